@@ -1,0 +1,10 @@
+module github.com/teredo-go/teredo
+
+go 1.26.8
+
+require (
+	go.uber.org/goleak v1.3.0 // indirect
+	golang.org/x/net v0.62.0 // indirect
+	golang.org/x/sys v0.50.0 // indirect
+	gvisor.dev/gvisor v0.0.0-20260905035102-160fafc42237 // indirect
+)
