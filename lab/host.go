@@ -1,0 +1,129 @@
+package lab
+
+import (
+	"context"
+	"fmt"
+	"net/netip"
+	"os/exec"
+	"strings"
+	"testing"
+)
+
+// Host is one network namespace of the lab: a machine on the internet bridge, a NAT
+// router, or a client behind a NAT.
+type Host struct {
+	Name string // role in the lab, e.g. "srv", "a1"
+	NS   string // network namespace name, for `ip netns exec`
+
+	IPv4 []netip.Addr // the host's own IPv4 addresses (a client's are private LAN ones)
+	IPv6 []netip.Addr // the host's global IPv6 addresses
+
+	// NAT is the router in front of a client host; nil for hosts on the internet.
+	NAT *NAT
+
+	lab *Lab
+}
+
+// String returns the host's role and namespace.
+func (h *Host) String() string { return h.Name + " (" + h.NS + ")" }
+
+// Command returns a command that runs name inside the host's namespace. name is
+// resolved like LookTool does when it is not a path.
+func (h *Host) Command(ctx context.Context, name string, args ...string) *exec.Cmd {
+	if !strings.Contains(name, "/") {
+		if p, err := LookTool(name); err == nil {
+			name = p
+		}
+	}
+	ipPath, err := LookTool("ip")
+	if err != nil {
+		ipPath = "ip"
+	}
+	return exec.CommandContext(ctx, ipPath, append([]string{"netns", "exec", h.NS, name}, args...)...)
+}
+
+// Run runs name in the host's namespace and returns its combined output; the error
+// carries the output when the command fails.
+func (h *Host) Run(ctx context.Context, name string, args ...string) (string, error) {
+	return runCmd(ctx, h.Command(ctx, name, args...))
+}
+
+// MustRun is Run with a default timeout that fails t on error.
+func (h *Host) MustRun(t testing.TB, name string, args ...string) string {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), cmdTimeout)
+	defer cancel()
+	out, err := h.Run(ctx, name, args...)
+	if err != nil {
+		t.Fatalf("%s: %v", h.Name, err)
+	}
+	return out
+}
+
+// Start runs name in the background inside the host's namespace, capturing its output.
+// The process (and its process group) is stopped when t's test ends; its output is
+// logged if t failed.
+func (h *Host) Start(t testing.TB, name string, args ...string) *Proc {
+	t.Helper()
+	cmd := h.Command(context.Background(), name, args...)
+	p, err := startProc(t, fmt.Sprintf("%s on %s", strings.Join(append([]string{name}, args...), " "), h.Name), cmd)
+	if err != nil {
+		t.Fatalf("%v", err)
+	}
+	return p
+}
+
+// ip runs `ip -n NS args...` with the default timeout.
+func (h *Host) ip(args ...string) error {
+	ipPath, err := LookTool("ip")
+	if err != nil {
+		return err
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), cmdTimeout)
+	defer cancel()
+	_, err = runCmd(ctx, exec.CommandContext(ctx, ipPath, append([]string{"-n", h.NS}, args...)...))
+	return err
+}
+
+// sysctl sets a sysctl inside the host's namespace (net.* sysctls are per namespace).
+func (h *Host) sysctl(kv string) error {
+	ctx, cancel := context.WithTimeout(context.Background(), cmdTimeout)
+	defer cancel()
+	_, err := h.Run(ctx, "sysctl", "-q", "-w", kv)
+	return err
+}
+
+// nft loads an nftables ruleset into the host's namespace.
+func (h *Host) nft(ruleset string) error {
+	ctx, cancel := context.WithTimeout(context.Background(), cmdTimeout)
+	defer cancel()
+	cmd := h.Command(ctx, "nft", "-f", "-")
+	cmd.Stdin = strings.NewReader(ruleset)
+	if _, err := runCmd(ctx, cmd); err != nil {
+		return fmt.Errorf("%w\nruleset:\n%s", err, ruleset)
+	}
+	return nil
+}
+
+// RouteVia routes prefix (for instance TeredoPrefix, or a single /128 that a test sends
+// to another relay) through the gateway via, replacing any route for the same prefix.
+func (h *Host) RouteVia(prefix netip.Prefix, via netip.Addr) error {
+	fam := "-4"
+	if prefix.Addr().Is6() {
+		fam = "-6"
+	}
+	if err := h.ip(fam, "route", "replace", prefix.Masked().String(), "via", via.String()); err != nil {
+		return fmt.Errorf("%s: %w", h.Name, err)
+	}
+	return nil
+}
+
+// EnableForwarding turns on IPv4 and IPv6 forwarding in this host's namespace only.
+func (h *Host) EnableForwarding() error {
+	for _, kv := range []string{"net.ipv4.ip_forward=1", "net.ipv6.conf.all.forwarding=1"} {
+		if err := h.sysctl(kv); err != nil {
+			return fmt.Errorf("%s: %w", h.Name, err)
+		}
+	}
+	return nil
+}
