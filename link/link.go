@@ -1,0 +1,471 @@
+// Package link is the gVisor link endpoint of the Teredo client: it hands
+// outbound IPv6 packets to a Tunnel, which decides where they go, and injects
+// the IPv6 packets the Tunnel extracts from received UDP datagrams, moving
+// datagrams in batches through a udpio.Conn.
+package link
+
+import (
+	"errors"
+	"log/slog"
+	"net"
+	"net/netip"
+	"os"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"gvisor.dev/gvisor/pkg/buffer"
+	"gvisor.dev/gvisor/pkg/tcpip"
+	"gvisor.dev/gvisor/pkg/tcpip/header"
+	"gvisor.dev/gvisor/pkg/tcpip/network/ipv6"
+	"gvisor.dev/gvisor/pkg/tcpip/stack"
+
+	"github.com/teredo-go/teredo/internal/udpio"
+	"github.com/teredo-go/teredo/proto"
+)
+
+// Tunnel is the Teredo client role as the link sees it: it routes outbound
+// packets and unwraps inbound datagrams. Implementations must be safe for
+// concurrent use by one reader and one writer.
+type Tunnel interface {
+	// Transmit routes one outbound IPv6 packet, given as a gather list whose
+	// first element holds at least the 40-byte IPv6 header.
+	// ok == true: the caller must send bufs to dst now (fast path).
+	// ok == false: the tunnel has taken care of the packet (copied, queued,
+	// dropped, or answered with ICMPv6 through its Deliver callback).
+	// The caller keeps ownership of bufs either way.
+	Transmit(bufs [][]byte) (dst netip.AddrPort, ok bool)
+
+	// Receive processes one datagram received on the UDP socket and returns
+	// the IPv6 packet to inject (a sub-slice of b) or nil. b is only valid
+	// during the call.
+	Receive(b []byte, from netip.AddrPort) []byte
+}
+
+// Defaults for Options fields left zero.
+const (
+	DefaultMTU = proto.MinMTU
+	// DefaultBatchSize matches fifo.BatchSize rounded up, so that one batch
+	// of the fifo queueing discipline fits one sendmmsg.
+	DefaultBatchSize = 64
+	// DefaultReadBufferSize holds a 1280-byte IPv6 packet with the largest
+	// indications in front, and IPv6 packets up to 4 KiB from peers whose
+	// MTU is larger than ours.
+	DefaultReadBufferSize = 4096
+)
+
+// Options tunes an Endpoint.
+type Options struct {
+	// MTU is the IPv6 link MTU; zero means 1280.
+	MTU uint32
+	// BatchSize is the number of datagrams moved per system call.
+	BatchSize int
+	// ReadBufferSize is the size of each receive buffer; longer datagrams
+	// are truncated by the socket and then dropped by the tunnel.
+	ReadBufferSize int
+	// GSO advertises gVisor's software segmentation offload, so that TCP
+	// hands large segments to the stack's own splitter, which is cheaper than
+	// building each MSS-sized segment separately.
+	GSO bool
+	// Logger receives unexpected socket errors; nil discards them.
+	Logger *slog.Logger
+}
+
+func (o Options) withDefaults() Options {
+	if o.MTU == 0 {
+		o.MTU = DefaultMTU
+	}
+	if o.BatchSize <= 0 {
+		o.BatchSize = DefaultBatchSize
+	}
+	if o.BatchSize > udpio.MaxBatch {
+		o.BatchSize = udpio.MaxBatch
+	}
+	if o.ReadBufferSize <= 0 {
+		o.ReadBufferSize = DefaultReadBufferSize
+	}
+	if o.Logger == nil {
+		o.Logger = slog.New(slog.DiscardHandler)
+	}
+	return o
+}
+
+// Stats counts the packets an Endpoint has moved and dropped.
+type Stats struct {
+	RxDatagrams   uint64 // UDP datagrams received
+	RxPackets     uint64 // IPv6 packets injected into the stack (including Deliver)
+	RxNotAttached uint64 // IPv6 packets dropped because no stack was attached
+	ReadErrors    uint64 // socket read errors other than shutdown
+	TxPackets     uint64 // IPv6 packets sent straight to a UDP destination
+	TxTunnel      uint64 // IPv6 packets the tunnel took over (queued, dropped, answered)
+	TxErrors      uint64 // IPv6 packets the socket refused to send
+}
+
+// Endpoint is a stack.LinkEndpoint carrying IPv6 over a Tunnel and a
+// udpio.Conn. Its reader goroutine runs from Start (or the first Attach)
+// until Attach(nil) or Close; the Endpoint never closes the Conn, which
+// stays its creator's.
+type Endpoint struct {
+	conn udpio.Conn
+	opts Options
+	tun  atomic.Pointer[tunnelBox]
+	disp atomic.Pointer[dispatcherBox]
+	mtu  atomic.Uint32
+
+	// mu guards the reader's lifecycle.
+	mu       sync.Mutex
+	running  bool
+	stopping atomic.Bool
+	done     chan struct{}
+	onClose  func()
+
+	// wmu serializes writers over the preallocated batch below; in a stack
+	// with the fifo queueing discipline there is only one writer.
+	wmu     sync.Mutex
+	wmsgs   []udpio.Message
+	scratch [][]byte // one MTU-sized buffer per slot, for packets whose header is split
+
+	rmsgs []udpio.Message
+
+	rxDatagrams, rxPackets, rxNotAttached, readErrors atomic.Uint64
+	txPackets, txTunnel, txErrors                    atomic.Uint64
+}
+
+type tunnelBox struct{ t Tunnel }
+type dispatcherBox struct{ d stack.NetworkDispatcher }
+
+var (
+	_ stack.LinkEndpoint = (*Endpoint)(nil)
+	_ stack.GSOEndpoint  = (*Endpoint)(nil)
+)
+
+// New returns an Endpoint on conn. tun may be nil and set later with
+// SetTunnel, because the tunnel usually needs the Endpoint's Deliver.
+func New(conn udpio.Conn, tun Tunnel, opts Options) *Endpoint {
+	opts = opts.withDefaults()
+	e := &Endpoint{conn: conn, opts: opts}
+	e.mtu.Store(opts.MTU)
+	if tun != nil {
+		e.SetTunnel(tun)
+	}
+	e.wmsgs = make([]udpio.Message, opts.BatchSize)
+	e.scratch = make([][]byte, opts.BatchSize)
+	for i := range e.wmsgs {
+		e.wmsgs[i].Buffers = make([][]byte, 0, 4)
+	}
+	e.rmsgs = make([]udpio.Message, opts.BatchSize)
+	bufs := make([]byte, opts.BatchSize*opts.ReadBufferSize)
+	for i := range e.rmsgs {
+		b := bufs[i*opts.ReadBufferSize : (i+1)*opts.ReadBufferSize : (i+1)*opts.ReadBufferSize]
+		e.rmsgs[i].Buffers = [][]byte{b}
+	}
+	return e
+}
+
+// SetTunnel sets the tunnel that routes and unwraps packets.
+func (e *Endpoint) SetTunnel(t Tunnel) { e.tun.Store(&tunnelBox{t}) }
+
+// Start starts the reader goroutine, so that the tunnel receives datagrams
+// (to qualify, for instance) before a stack is attached. IPv6 packets that
+// arrive while no stack is attached are counted and dropped.
+func (e *Endpoint) Start() {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	e.startLocked()
+}
+
+func (e *Endpoint) startLocked() {
+	if e.running {
+		return
+	}
+	if e.stopping.Load() {
+		// A previous stop set a past deadline; clear it.
+		e.stopping.Store(false)
+		_ = e.conn.SetReadDeadline(time.Time{})
+	}
+	e.running = true
+	e.done = make(chan struct{})
+	go e.readLoop(e.done)
+}
+
+// stop makes the reader return and waits for it.
+func (e *Endpoint) stop() {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if !e.running {
+		return
+	}
+	e.stopping.Store(true)
+	// A past deadline wakes a blocked ReadBatch; the loop then sees stopping.
+	_ = e.conn.SetReadDeadline(time.Now())
+	<-e.done
+	e.running = false
+}
+
+func (e *Endpoint) readLoop(done chan struct{}) {
+	defer close(done)
+	msgs := e.rmsgs
+	for {
+		for i := range msgs {
+			msgs[i].N = 0
+		}
+		n, err := e.conn.ReadBatch(msgs)
+		if e.stopping.Load() {
+			return
+		}
+		if err != nil {
+			if errors.Is(err, net.ErrClosed) {
+				return
+			}
+			if errors.Is(err, os.ErrDeadlineExceeded) {
+				continue
+			}
+			e.readErrors.Add(1)
+			e.opts.Logger.Warn("teredo link: read", "err", err)
+			// Avoid spinning on a persistent error; the stop path still
+			// wakes us through the deadline within this pause.
+			time.Sleep(10 * time.Millisecond)
+			continue
+		}
+		e.rxDatagrams.Add(uint64(n))
+		tb := e.tun.Load()
+		if tb == nil {
+			continue
+		}
+		for i := range msgs[:n] {
+			m := &msgs[i]
+			ip := tb.t.Receive(m.Buffers[0][:m.N], m.Addr)
+			if ip != nil {
+				e.inject(ip)
+			}
+		}
+	}
+}
+
+// Deliver injects an IPv6 packet into the attached stack; it is the
+// tunnel's path for packets it releases from its queues and for the ICMPv6
+// errors it generates. ipv6 is copied and may be reused on return.
+func (e *Endpoint) Deliver(ipv6 []byte) { e.inject(ipv6) }
+
+func (e *Endpoint) inject(ip []byte) {
+	db := e.disp.Load()
+	if db == nil {
+		e.rxNotAttached.Add(1)
+		return
+	}
+	// MakeWithData copies into a pooled chunk, so ip may be reused.
+	pkt := stack.NewPacketBuffer(stack.PacketBufferOptions{Payload: buffer.MakeWithData(ip)})
+	db.d.DeliverNetworkPacket(ipv6.ProtocolNumber, pkt)
+	// DeliverNetworkPacket takes its own references; ours ends here.
+	pkt.DecRef()
+	e.rxPackets.Add(1)
+}
+
+// WritePackets implements stack.LinkWriter. It does not DecRef the packets:
+// they stay the caller's (the queueing discipline releases them).
+func (e *Endpoint) WritePackets(pkts stack.PacketBufferList) (int, tcpip.Error) {
+	tb := e.tun.Load()
+	if tb == nil {
+		return 0, &tcpip.ErrClosedForSend{}
+	}
+	e.wmu.Lock()
+	defer e.wmu.Unlock()
+	all := pkts.AsSlice()
+	for len(all) > 0 {
+		k := min(len(all), len(e.wmsgs))
+		e.writeBatch(tb.t, all[:k])
+		all = all[k:]
+	}
+	// Packets the tunnel took over or the socket refused are still accounted
+	// as written: TCP recovers from the loss, and an error here would make
+	// the stack count them twice.
+	return pkts.Len(), nil
+}
+
+// writeBatch routes len(pkts) <= len(e.wmsgs) packets and sends those
+// the tunnel returns as fast-path in one batch.
+func (e *Endpoint) writeBatch(t Tunnel, pkts []*stack.PacketBuffer) {
+	msgs := e.wmsgs
+	n := 0
+	var tunneled uint64
+	for _, pkt := range pkts {
+		m := &msgs[n]
+		m.Buffers = appendSlices(m.Buffers[:0], pkt)
+		if len(m.Buffers) == 0 {
+			continue
+		}
+		if len(m.Buffers[0]) < header.IPv6MinimumSize {
+			// The header straddles views; flatten into this slot's scratch
+			// buffer so the tunnel sees a contiguous header.
+			m.Buffers = e.flatten(n, m.Buffers)
+		}
+		dst, ok := t.Transmit(m.Buffers)
+		if !ok {
+			tunneled++
+			continue
+		}
+		m.Addr = dst
+		n++
+	}
+	if tunneled > 0 {
+		e.txTunnel.Add(tunneled)
+	}
+	sent := 0
+	for sent < n {
+		k, err := e.conn.WriteBatch(msgs[sent:n])
+		sent += k
+		if err != nil {
+			if errors.Is(err, net.ErrClosed) {
+				e.txErrors.Add(uint64(n - sent))
+				break
+			}
+			// msgs[sent] could not be sent: drop it and go on.
+			e.txErrors.Add(1)
+			sent++
+		}
+	}
+	e.txPackets.Add(uint64(min(sent, n)))
+	for i := range msgs[:n] {
+		msgs[i].Buffers = msgs[i].Buffers[:0] // drop references to packet storage
+	}
+}
+
+// appendSlices appends the views of pkt, from its first header byte on, to
+// bufs without allocating (unlike PacketBuffer.AsSlices).
+func appendSlices(bufs [][]byte, pkt *stack.PacketBuffer) [][]byte {
+	vl, off := pkt.AsViewList()
+	for v := vl.Front(); v != nil; v = v.Next() {
+		b := v.AsSlice()
+		if off >= len(b) {
+			off -= len(b)
+			continue
+		}
+		b = b[off:]
+		off = 0
+		if len(b) > 0 {
+			bufs = append(bufs, b)
+		}
+	}
+	return bufs
+}
+
+func (e *Endpoint) flatten(slot int, bufs [][]byte) [][]byte {
+	total := 0
+	for _, b := range bufs {
+		total += len(b)
+	}
+	s := e.scratch[slot]
+	if cap(s) < total {
+		s = make([]byte, 0, max(total, int(e.MTU())))
+		e.scratch[slot] = s
+	}
+	s = s[:0]
+	for _, b := range bufs {
+		s = append(s, b...)
+	}
+	return append(bufs[:0], s)
+}
+
+// Stats returns the endpoint's counters.
+func (e *Endpoint) Stats() Stats {
+	return Stats{
+		RxDatagrams:   e.rxDatagrams.Load(),
+		RxPackets:     e.rxPackets.Load(),
+		RxNotAttached: e.rxNotAttached.Load(),
+		ReadErrors:    e.readErrors.Load(),
+		TxPackets:     e.txPackets.Load(),
+		TxTunnel:      e.txTunnel.Load(),
+		TxErrors:      e.txErrors.Load(),
+	}
+}
+
+// MTU implements stack.NetworkLinkEndpoint.
+func (e *Endpoint) MTU() uint32 { return e.mtu.Load() }
+
+// SetMTU implements stack.NetworkLinkEndpoint.
+func (e *Endpoint) SetMTU(mtu uint32) { e.mtu.Store(mtu) }
+
+// MaxHeaderLength implements stack.NetworkLinkEndpoint: the Teredo and UDP
+// headers are the kernel's and the tunnel's business, not the packet's.
+func (e *Endpoint) MaxHeaderLength() uint16 { return 0 }
+
+// LinkAddress implements stack.NetworkLinkEndpoint; Teredo has none.
+func (e *Endpoint) LinkAddress() tcpip.LinkAddress { return "" }
+
+// SetLinkAddress implements stack.NetworkLinkEndpoint; it is ignored.
+func (e *Endpoint) SetLinkAddress(tcpip.LinkAddress) {}
+
+// Capabilities implements stack.NetworkLinkEndpoint. Checksums are neither
+// verified nor computed here, so the stack must do both.
+func (e *Endpoint) Capabilities() stack.LinkEndpointCapabilities {
+	return stack.CapabilityNone
+}
+
+// GSOMaxSize implements stack.GSOEndpoint.
+func (e *Endpoint) GSOMaxSize() uint32 {
+	if e.opts.GSO {
+		return stack.GVisorGSOMaxSize
+	}
+	return 0
+}
+
+// SupportedGSO implements stack.GSOEndpoint.
+func (e *Endpoint) SupportedGSO() stack.SupportedGSO {
+	if e.opts.GSO {
+		return stack.GVisorGSOSupported
+	}
+	return stack.GSONotSupported
+}
+
+// Attach implements stack.NetworkLinkEndpoint. A non-nil dispatcher starts
+// the reader if needed; nil stops it, which Stack.Destroy relies on: it
+// calls Attach(nil) and then Wait.
+func (e *Endpoint) Attach(d stack.NetworkDispatcher) {
+	if d == nil {
+		e.disp.Store(nil)
+		e.stop()
+		return
+	}
+	e.disp.Store(&dispatcherBox{d})
+	e.Start()
+}
+
+// IsAttached implements stack.NetworkLinkEndpoint.
+func (e *Endpoint) IsAttached() bool { return e.disp.Load() != nil }
+
+// Wait implements stack.NetworkLinkEndpoint: it waits for a reader being
+// stopped; it does not block on a running one.
+func (e *Endpoint) Wait() {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+}
+
+// ARPHardwareType implements stack.NetworkLinkEndpoint.
+func (e *Endpoint) ARPHardwareType() header.ARPHardwareType { return header.ARPHardwareNone }
+
+// AddHeader implements stack.NetworkLinkEndpoint; there is no link header.
+func (e *Endpoint) AddHeader(*stack.PacketBuffer) {}
+
+// ParseHeader implements stack.NetworkLinkEndpoint; there is no link header.
+func (e *Endpoint) ParseHeader(*stack.PacketBuffer) bool { return true }
+
+// Close implements stack.NetworkLinkEndpoint: it stops the reader and runs
+// the close action. The Conn stays open.
+func (e *Endpoint) Close() {
+	e.disp.Store(nil)
+	e.stop()
+	e.mu.Lock()
+	f := e.onClose
+	e.onClose = nil
+	e.mu.Unlock()
+	if f != nil {
+		f()
+	}
+}
+
+// SetOnCloseAction implements stack.NetworkLinkEndpoint.
+func (e *Endpoint) SetOnCloseAction(f func()) {
+	e.mu.Lock()
+	e.onClose = f
+	e.mu.Unlock()
+}
