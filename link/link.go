@@ -128,7 +128,7 @@ type Endpoint struct {
 	rmsgs []udpio.Message
 
 	rxDatagrams, rxPackets, rxNotAttached, readErrors atomic.Uint64
-	txPackets, txTunnel, txErrors                    atomic.Uint64
+	txPackets, txTunnel, txErrors                     atomic.Uint64
 }
 
 type tunnelBox struct{ t Tunnel }
