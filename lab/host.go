@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"net/netip"
+	"os"
 	"os/exec"
 	"strings"
 	"testing"
@@ -85,12 +86,21 @@ func (h *Host) ip(args ...string) error {
 	return err
 }
 
-// sysctl sets a sysctl inside the host's namespace (net.* sysctls are per namespace).
+// sysctl sets a net.* sysctl ("net.ipv4.ip_forward=1") inside the host's namespace.
+// /proc/sys/net belongs to the namespace of the thread that opens it, so the write is
+// done from a thread switched into the namespace, with no dependency on procps.
 func (h *Host) sysctl(kv string) error {
-	ctx, cancel := context.WithTimeout(context.Background(), cmdTimeout)
-	defer cancel()
-	_, err := h.Run(ctx, "sysctl", "-q", "-w", kv)
-	return err
+	k, v, ok := strings.Cut(kv, "=")
+	if !ok || !strings.HasPrefix(k, "net.") || strings.Contains(k, "/") {
+		return fmt.Errorf("lab: bad sysctl %q", kv)
+	}
+	path := "/proc/sys/" + strings.ReplaceAll(k, ".", "/")
+	return inNetns(h.NS, func() error {
+		if err := os.WriteFile(path, []byte(v+"\n"), 0o644); err != nil {
+			return fmt.Errorf("lab: sysctl %s in %s: %w", kv, h.Name, err)
+		}
+		return nil
+	})
 }
 
 // nft loads an nftables ruleset into the host's namespace.

@@ -116,6 +116,10 @@ func (l *Lab) addNATClient(spec ClientSpec, i int) (*Host, error) {
 	if err := router.nft(rules); err != nil {
 		return nil, err
 	}
+	// Packet counts per flow let tests see, for instance, a client's refreshes.
+	if err := router.sysctl("net.netfilter.nf_conntrack_acct=1"); err != nil {
+		return nil, err
+	}
 	return h, nil
 }
 
@@ -174,6 +178,9 @@ type Tuple struct {
 type Flow struct {
 	Orig, Reply Tuple
 	Flags       []string // e.g. UNREPLIED, ASSURED
+	// OrigPackets and ReplyPackets count the packets seen in each direction (the lab
+	// turns conntrack accounting on in every NAT).
+	OrigPackets, ReplyPackets uint64
 }
 
 // Mapped is the public address and port the NAT gave the flow's originator.
@@ -222,6 +229,7 @@ func parseConntrack(out string) ([]Flow, error) {
 		}
 		var addrs []netip.Addr
 		var ports []uint16
+		var packets []uint64
 		var f Flow
 		for _, fld := range fields {
 			if strings.HasPrefix(fld, "[") {
@@ -245,6 +253,12 @@ func parseConntrack(out string) ([]Flow, error) {
 					return nil, fmt.Errorf("lab: conntrack line %q: %w", strings.TrimSpace(line), err)
 				}
 				ports = append(ports, uint16(p))
+			case "packets":
+				n, err := strconv.ParseUint(v, 10, 64)
+				if err != nil {
+					return nil, fmt.Errorf("lab: conntrack line %q: %w", strings.TrimSpace(line), err)
+				}
+				packets = append(packets, n)
 			}
 		}
 		if len(addrs) != 4 || len(ports) != 4 {
@@ -252,6 +266,9 @@ func parseConntrack(out string) ([]Flow, error) {
 		}
 		f.Orig = Tuple{netip.AddrPortFrom(addrs[0], ports[0]), netip.AddrPortFrom(addrs[1], ports[1])}
 		f.Reply = Tuple{netip.AddrPortFrom(addrs[2], ports[2]), netip.AddrPortFrom(addrs[3], ports[3])}
+		if len(packets) == 2 {
+			f.OrigPackets, f.ReplyPackets = packets[0], packets[1]
+		}
 		flows = append(flows, f)
 	}
 	return flows, nil

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"net"
 	"net/netip"
+	"os"
 	"strings"
 	"testing"
 	"time"
@@ -237,4 +238,29 @@ func TestRequireSkipsOrFails(t *testing.T) {
 			}
 		})
 	}
+}
+
+func TestForwardingOnlyInRouters(t *testing.T) {
+	l := New(t, Options{Clients: []ClientSpec{{"a1", HomeRouter}}})
+	for _, c := range []struct {
+		h      *Host
+		v4, v6 string
+	}{
+		{l.Server, "0", "0"},
+		{l.V6Host, "0", "0"},
+		{l.Relay, "0", "1"},
+		{l.Clients["a1"], "0", "0"},
+		{l.Clients["a1"].NAT.Router, "1", "1"},
+	} {
+		v4 := strings.TrimSpace(c.h.MustRun(t, "cat", "/proc/sys/net/ipv4/ip_forward"))
+		v6 := strings.TrimSpace(c.h.MustRun(t, "cat", "/proc/sys/net/ipv6/conf/all/forwarding"))
+		if v4 != c.v4 || v6 != c.v6 {
+			t.Errorf("%s: forwarding ipv4=%s ipv6=%s, want %s %s", c.h.Name, v4, v6, c.v4, c.v6)
+		}
+	}
+	root, err := os.ReadFile("/proc/sys/net/ipv6/conf/all/forwarding")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("root namespace ipv6 forwarding (untouched by the lab): %s", strings.TrimSpace(string(root)))
 }
