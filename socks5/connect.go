@@ -5,7 +5,6 @@ import (
 	"io"
 	"net"
 	"sync/atomic"
-	"time"
 )
 
 // copyBufSize is the CONNECT relay buffer: large enough for a full TCP
@@ -38,7 +37,6 @@ func (s *Server) connect(ss *session, req request) {
 	if err := s.reply(ss, ReplySucceeded, bnd); err != nil {
 		return
 	}
-	ss.conn.SetDeadline(time.Time{})
 	s.log.Debug("socks5: connected", "client", ss.conn.RemoteAddr(), "dst", req.dst)
 
 	done := make(chan struct{})

@@ -352,6 +352,10 @@ func (s *Server) serveSession(ss *session) {
 		s.log.Debug("socks5: handshake failed", "client", ss.conn.RemoteAddr(), "err", err)
 		return
 	}
+	// Dial and ListenPacket have their own timeout; the handshake's must
+	// not cut off a slow but successful dial (Teredo may need bubbles and
+	// an echo test before the first SYN goes out).
+	ss.conn.SetDeadline(time.Time{})
 	switch req.cmd {
 	case cmdConnect:
 		s.connect(ss, req)
@@ -440,13 +444,16 @@ func (s *Server) credentialsMatch(user, pass []byte) bool {
 	return subtle.ConstantTimeCompare(gu[:], wu[:])&subtle.ConstantTimeCompare(gp[:], wp[:]) == 1
 }
 
-// reply sends a reply and counts it.
+// reply sends a reply and counts it. The write is bounded by
+// HandshakeTimeout: a client that stops reading must not pin the session.
 func (s *Server) reply(ss *session, rep Reply, bnd addr) error {
 	var b [4 + 16 + 2]byte
 	if int(rep) < numReplies {
 		s.c.replies[rep].Add(1)
 	}
+	ss.conn.SetWriteDeadline(time.Now().Add(orDefault(s.HandshakeTimeout, DefaultHandshakeTimeout)))
 	_, err := ss.conn.Write(appendReply(b[:0], rep, bnd))
+	ss.conn.SetWriteDeadline(time.Time{})
 	return err
 }
 

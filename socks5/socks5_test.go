@@ -304,6 +304,24 @@ func TestDialTimeout(t *testing.T) {
 	}
 }
 
+func TestSlowDial(t *testing.T) {
+	// A dial longer than the handshake timeout still gets its reply.
+	echo := startEcho(t)
+	dial := loopbackDial(nil)
+	s := &Server{
+		HandshakeTimeout: 20 * time.Millisecond,
+		Dial: func(ctx context.Context, network, address string) (net.Conn, error) {
+			time.Sleep(100 * time.Millisecond)
+			return dial(ctx, network, address)
+		},
+	}
+	c, err := proxyDial(t, startServer(t, s), echo, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	roundTrip(t, c, []byte("slow"))
+}
+
 func TestUnsupported(t *testing.T) {
 	dst := addr{ip: netip.MustParseAddr("2001:db8::1"), port: 80}
 	tests := []struct {

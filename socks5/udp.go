@@ -87,7 +87,6 @@ func (s *Server) associate(ss *session, req request) {
 	if err := s.reply(ss, ReplySucceeded, addrFromAddrPort(relay.LocalAddr().(*net.UDPAddr).AddrPort())); err != nil {
 		return
 	}
-	ss.conn.SetDeadline(time.Time{})
 	s.c.associations.Add(1)
 	s.c.activeAssociations.Add(1)
 	defer s.c.activeAssociations.Add(-1)
