@@ -11,9 +11,11 @@
 //
 // Dial opens the stream for a CONNECT. network is always "tcp"; address is
 // "host:port" where host is an IP literal (IPv4 or IPv6, never zoned) or a
-// DNS name exactly as the client sent it. Names are passed through
-// unresolved: the dialer resolves them itself (for Teredo, AAAA through the
-// host resolver). ctx carries the server's DialTimeout and is cancelled
+// DNS name as the client sent it. Names are passed through unresolved: the
+// dialer resolves them itself (for Teredo, AAAA through the host
+// resolver). The server has already refused names that are empty, longer
+// than 253 bytes or hold anything but letters, digits, '-', '_' and '.',
+// and turned IP literals sent as names into IP literals. ctx carries the server's DialTimeout and is cancelled
 // when the server closes.
 //
 // ListenPacket opens the outbound socket of one UDP association. The server
@@ -43,6 +45,8 @@
 // the outbound socket's business. The association ends when the control
 // connection closes, when the server closes, or after UDPIdleTimeout with
 // no datagram in either direction; the control connection is then closed.
+// The idle timer is the control connection's read deadline, so it runs on
+// the real clock.
 package socks5
 
 import (
