@@ -1,0 +1,129 @@
+package relay
+
+import (
+	"net/netip"
+
+	"github.com/teredo-go/teredo/peer"
+	"github.com/teredo-go/teredo/proto"
+)
+
+// receive handles one UDP datagram from the Teredo side (RFC 4380 §5.4.2).
+func (r *Relay) receive(b []byte, from netip.AddrPort, sc *scratch) {
+	var p proto.Packet
+	if err := p.Parse(b); err != nil {
+		r.ctr.inc(RxDropMalformed)
+		return
+	}
+	if p.HasAuth || p.HasOrigin {
+		// Router advertisements and server-relayed bubbles are for clients.
+		r.ctr.inc(RxDropIndication)
+		return
+	}
+	ip := p.IPv6
+	src := [16]byte(ip[8:24])
+	if !r.inPrefix(src[:]) {
+		r.ctr.inc(RxDropSrcNotTeredo)
+		return
+	}
+	bubble := proto.IsBubble(ip)
+	if !bubble && !r.serves(ip) {
+		return // counted by serves
+	}
+	now := r.now()
+	if !bubble && r.table.Accept(src, from, now) {
+		r.deliver(ip)
+		return
+	}
+
+	// Slow path: a bubble, a new peer, or a known peer at a new mapping.
+	if !r.cfg.IPv4Filter(proto.ServerBytes(src[:])) || !r.cfg.IPv4Filter(from.Addr()) {
+		r.ctr.inc(RxDropFiltered)
+		return
+	}
+	symmetric := false
+	if proto.MappedBytes(src[:]) != from {
+		// Miredo's tolerance for clients behind symmetric NATs: their
+		// packets to us come from another mapping than the one their
+		// server saw, but a bubble to our nonce-derived source proves that
+		// the sender received our bubble to its Teredo address.
+		if !bubble || proto.Dst(ip) != r.bubbleSource(&src) {
+			r.ctr.inc(RxDropMappingMismatch)
+			return
+		}
+		symmetric = true
+	}
+	var k [16]byte
+	a4 := from.Addr().As4()
+	copy(k[:4], a4[:])
+	if !r.rxLimit.allow(k, r.ts(now)) {
+		r.ctr.inc(RxDropRateLimited)
+		return
+	}
+	create := !bubble && !r.cfg.DropUnknownPeers
+	created := false
+	pkts := sc.pkts[:0]
+	ok := r.table.Update(src, false, now, func(pe *peer.Peer) {
+		pe.Trust(from)
+		pe.Disarm()
+		pkts = pe.TakeQueue(pkts)
+	})
+	if !ok && create {
+		created = r.table.Update(src, true, now, func(pe *peer.Peer) {
+			pe.Trust(from)
+			pkts = pe.TakeQueue(pkts)
+		})
+		ok = created
+	}
+	if !ok {
+		r.ctr.inc(RxDropUnknownPeer)
+		return
+	}
+	if created {
+		r.ctr.inc(RxNewPeers)
+	}
+	if symmetric {
+		r.ctr.inc(RxSymmetricNAT)
+	}
+	if len(pkts) > 0 {
+		r.sendQueue(pkts, from)
+		r.table.Release(pkts)
+	}
+	sc.pkts = pkts[:0]
+	if bubble {
+		r.ctr.inc(RxBubbles)
+		return
+	}
+	r.deliver(ip)
+}
+
+// serves reports whether the relay forwards a decapsulated packet with the
+// destination of ip to the IPv6 side, counting the reason if not: never
+// Teredo, link-local, multicast, loopback or unspecified destinations, and
+// in host-specific mode only the host's own addresses.
+func (r *Relay) serves(ip []byte) bool {
+	if r.inPrefix(ip[24:40]) {
+		r.ctr.inc(RxDropDstTeredo)
+		return false
+	}
+	dst := proto.Dst(ip)
+	if !dst.IsGlobalUnicast() || dst.Is4In6() {
+		// IsGlobalUnicast excludes link-local, multicast, loopback and
+		// unspecified addresses (and keeps unique local ones).
+		r.ctr.inc(RxDropDstScope)
+		return false
+	}
+	if r.cfg.HostSpecific && !r.cfg.IsLocal(dst) {
+		r.ctr.inc(RxDropDstNotServed)
+		return false
+	}
+	return true
+}
+
+// deliver writes a decapsulated packet to the IPv6 side.
+func (r *Relay) deliver(ip []byte) {
+	if err := r.dev.WritePacket(ip); err != nil {
+		r.ctr.inc(RxErrors)
+		return
+	}
+	r.ctr.inc(RxForwarded)
+}

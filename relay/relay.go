@@ -1,0 +1,389 @@
+// Package relay is the Teredo relay role (RFC 4380 §5.4) and the
+// host-specific relay: it forwards IPv6 packets between native IPv6 hosts,
+// reached through a Device, and Teredo clients, reached over UDP/IPv4.
+//
+// The relay is a state machine driven by two readers (the UDP socket and the
+// Device) and a clock; the peer table (package peer) holds one entry per
+// Teredo client it talks to. Its transmit rules (§5.4.1): a packet to a
+// trusted peer is encapsulated to the peer's mapped endpoint; a packet to an
+// unknown peer is queued while bubbles go to the peer's server every 2 s, up
+// to 3 repeats, and if none is answered the queue is discarded with an ICMPv6
+// "address unreachable" (rate-limited) towards the IPv6 side. Its receive
+// rules (§5.4.2): the source must be a Teredo address whose embedded mapping
+// equals the UDP source, or, as Miredo allows for clients behind symmetric
+// NATs, a bubble addressed to the nonce-derived link-local source of our own
+// bubbles to that client; only destinations the relay serves go to the
+// Device. See README.md in this directory for how to run one.
+package relay
+
+import (
+	"context"
+	"crypto/rand"
+	"crypto/sha256"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/netip"
+	"os"
+	"sync"
+	"time"
+
+	"github.com/teredo-go/teredo/internal/clock"
+	"github.com/teredo-go/teredo/internal/udpio"
+	"github.com/teredo-go/teredo/peer"
+	"github.com/teredo-go/teredo/proto"
+)
+
+// Device is the relay's IPv6 side: a TUN interface (package relay/tun) or
+// an embedded netstack (package relay/netstack).
+//
+// ReadPacket and WritePacket may be called concurrently with each other, and
+// WritePacket from several goroutines at once.
+type Device interface {
+	// ReadPacket blocks until an IPv6 packet routed to the relay is
+	// available and copies it into b, returning its length. After Close it
+	// returns an error wrapping net.ErrClosed.
+	ReadPacket(b []byte) (int, error)
+	// WritePacket hands one IPv6 packet to the IPv6 side. It does not keep
+	// pkt after returning.
+	WritePacket(pkt []byte) error
+	// Close releases the device and unblocks ReadPacket.
+	Close() error
+}
+
+// Defaults for Config fields left zero.
+const (
+	DefaultMaxPeers       = peer.DefaultRelayMaxPeers
+	DefaultExpiry         = peer.DefaultRelayExpiry
+	DefaultBubbleInterval = 2 * time.Second
+	DefaultBubbleRepeats  = 3
+	DefaultICMPInterval   = 100 * time.Millisecond // Miredo: 10 errors per second
+	DefaultSourceRate     = 100                    // slow-path packets per second per source
+	DefaultSourceBurst    = 200
+	DefaultBatchSize      = 32
+	DefaultMaxPacket      = 8192
+)
+
+// Config configures a Relay.
+type Config struct {
+	// Conn is the Teredo side, usually bound to port 3544. The relay owns it
+	// and closes it.
+	Conn udpio.Conn
+	// Device is the IPv6 side. The relay owns it and closes it.
+	Device Device
+
+	// Clock drives the bubble timers and the table sweep; nil means the
+	// real clock.
+	Clock clock.Clock
+	// Logger receives debug and warning messages; nil discards them.
+	Logger *slog.Logger
+
+	// Prefix is the Teredo prefix; the zero value means 2001::/32, the only
+	// one RFC 4380 allows. Other values are for tests.
+	Prefix netip.Prefix
+	// IPv4Filter decides which embedded server and mapped IPv4 addresses are
+	// acceptable; nil means proto.IsGlobalUnicastIPv4 (RFC 4380 §5.4.1).
+	// Tests on loopback use proto.AnyIPv4.
+	IPv4Filter proto.IPv4Filter
+
+	// HostSpecific makes a host-specific relay: decapsulated packets go to
+	// the Device only if IsLocal reports their destination as one of this
+	// host's own addresses.
+	HostSpecific bool
+	IsLocal      func(netip.Addr) bool
+
+	// DropUnknownPeers drops data from Teredo clients that have no table
+	// entry even when their mapping checks out, as Miredo does. By default
+	// such a packet creates a trusted entry: RFC 4380 §5.4.2 allows either,
+	// and accepting keeps clients working across a relay restart or an
+	// expired entry.
+	DropUnknownPeers bool
+	// DirectBubbles also sends each bubble to the peer's mapped endpoint,
+	// not only through its server. It is off by default: on conntrack NATs
+	// an unsolicited packet can make the NAT remap the client's next
+	// outbound packet.
+	DirectBubbles bool
+
+	// MaxPeers bounds the peer table (default 65536); Expiry is how long
+	// an idle entry lives (default 30 s).
+	MaxPeers int
+	Expiry   time.Duration
+	// QueuePackets and QueueBytes bound each peer's queue (peer defaults).
+	QueuePackets, QueueBytes int
+	// BubbleInterval and BubbleRepeats set the bubble schedule (default
+	// 2 s and 3 repeats); after the last one goes unanswered for
+	// BubbleInterval, the entry is dropped.
+	BubbleInterval time.Duration
+	BubbleRepeats  int
+	// ICMPInterval is the minimum spacing of ICMPv6 errors (default 100 ms).
+	ICMPInterval time.Duration
+	// ICMPSource is the source of ICMPv6 errors. The relay owns no address
+	// of its own on the Teredo side; the zero value uses the unreachable
+	// destination, which is routable back through the relay.
+	ICMPSource netip.Addr
+	// SourceRate and SourceBurst limit the slow path per source: packets
+	// from Teredo clients that are not trusted yet (per UDP source IPv4)
+	// and packets to new peers (per IPv6 source /64). Negative disables.
+	SourceRate, SourceBurst int
+
+	// BatchSize is the number of datagrams read per call; MaxPacket the
+	// largest datagram and IPv6 packet handled (default 8192: Teredo's MTU
+	// is 1280, larger ones are counted as malformed).
+	BatchSize, MaxPacket int
+}
+
+func (c *Config) setDefaults() error {
+	if c.Conn == nil || c.Device == nil {
+		return errors.New("relay: Conn and Device are required")
+	}
+	if c.Clock == nil {
+		c.Clock = clock.Real{}
+	}
+	if c.Logger == nil {
+		c.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))
+	}
+	if !c.Prefix.IsValid() {
+		c.Prefix = proto.Prefix
+	}
+	if !c.Prefix.Addr().Is6() || c.Prefix.Bits() != 32 {
+		return fmt.Errorf("relay: prefix %v is not an IPv6 /32", c.Prefix)
+	}
+	c.Prefix = c.Prefix.Masked()
+	if c.IPv4Filter == nil {
+		c.IPv4Filter = proto.IsGlobalUnicastIPv4
+	}
+	if c.HostSpecific && c.IsLocal == nil {
+		return errors.New("relay: host-specific mode needs IsLocal")
+	}
+	if c.MaxPeers <= 0 {
+		c.MaxPeers = DefaultMaxPeers
+	}
+	if c.Expiry <= 0 {
+		c.Expiry = DefaultExpiry
+	}
+	if c.BubbleInterval <= 0 {
+		c.BubbleInterval = DefaultBubbleInterval
+	}
+	if c.BubbleRepeats <= 0 {
+		c.BubbleRepeats = DefaultBubbleRepeats
+	}
+	if c.ICMPInterval <= 0 {
+		c.ICMPInterval = DefaultICMPInterval
+	}
+	if c.SourceRate == 0 {
+		c.SourceRate = DefaultSourceRate
+	}
+	if c.SourceBurst <= 0 {
+		c.SourceBurst = DefaultSourceBurst
+	}
+	if c.BatchSize <= 0 {
+		c.BatchSize = DefaultBatchSize
+	}
+	if c.MaxPacket <= 0 {
+		c.MaxPacket = DefaultMaxPacket
+	}
+	c.MaxPacket = max(c.MaxPacket, proto.MinMTU+proto.MaxIndicationsLen)
+	return nil
+}
+
+// Relay is a running Teredo relay. Create it with New, run it with Run and
+// stop it with Close or by cancelling Run's context.
+type Relay struct {
+	cfg    Config
+	conn   udpio.Conn
+	dev    Device
+	table  *peer.Table
+	log    *slog.Logger
+	prefix [4]byte
+	secret [32]byte
+	epoch  time.Time
+
+	started time.Time
+	ctr     counters
+
+	rxLimit *sourceLimiter // per UDP source IPv4, receive slow path
+	txLimit *sourceLimiter // per IPv6 source /64, new peers
+
+	icmpMu   sync.Mutex
+	icmpRate gcra
+
+	timerPool sync.Pool // *[]byte scratch for timer callbacks
+
+	closeOnce sync.Once
+	closed    chan struct{}
+	runMu     sync.Mutex
+	running   bool
+	done      chan struct{}
+}
+
+// New returns a relay for cfg. It does no I/O until Run.
+func New(cfg Config) (*Relay, error) {
+	if err := cfg.setDefaults(); err != nil {
+		return nil, err
+	}
+	r := &Relay{
+		cfg:    cfg,
+		conn:   cfg.Conn,
+		dev:    cfg.Device,
+		log:    cfg.Logger,
+		epoch:  cfg.Clock.Now(),
+		closed: make(chan struct{}),
+		done:   make(chan struct{}),
+	}
+	r.started = r.epoch
+	copy(r.prefix[:], cfg.Prefix.Addr().AsSlice()[:4])
+	if _, err := rand.Read(r.secret[:]); err != nil {
+		return nil, fmt.Errorf("relay: nonce secret: %w", err)
+	}
+	key := binary.LittleEndian.Uint64(r.secret[24:])
+	if cfg.SourceRate > 0 {
+		r.rxLimit = newSourceLimiter(4096, cfg.SourceRate, cfg.SourceBurst, key)
+		r.txLimit = newSourceLimiter(4096, cfg.SourceRate, cfg.SourceBurst, ^key)
+	}
+	r.table = peer.New(peer.Config{
+		MaxPeers:     cfg.MaxPeers,
+		Expiry:       cfg.Expiry,
+		QueuePackets: cfg.QueuePackets,
+		QueueBytes:   cfg.QueueBytes,
+		Bubble: peer.Limit{
+			Interval: cfg.BubbleInterval,
+			Max:      cfg.BubbleRepeats + 1,
+			Window:   300 * time.Second,
+		},
+		Clock:   cfg.Clock,
+		OnTimer: r.onTimer,
+	})
+	return r, nil
+}
+
+// Addr returns the Teredo side's local address.
+func (r *Relay) Addr() netip.AddrPort { return r.conn.LocalAddr() }
+
+// Run forwards packets until ctx is done or Close is called, then closes the
+// socket and the device. It returns nil after a normal stop, or the error
+// that stopped a reader.
+func (r *Relay) Run(ctx context.Context) error {
+	r.runMu.Lock()
+	if r.running {
+		r.runMu.Unlock()
+		return errors.New("relay: Run called twice")
+	}
+	r.running = true
+	r.runMu.Unlock()
+	defer close(r.done)
+
+	errc := make(chan error, 2)
+	go func() { errc <- r.readTeredo() }()
+	go func() { errc <- r.readDevice() }()
+
+	var err error
+	pending := 2
+	select {
+	case <-ctx.Done():
+	case <-r.closed:
+	case err = <-errc:
+		pending--
+	}
+	r.shutdown()
+	for ; pending > 0; pending-- {
+		<-errc
+	}
+	select {
+	case <-ctx.Done():
+		return nil
+	case <-r.closed:
+		if errors.Is(err, net.ErrClosed) || errors.Is(err, os.ErrClosed) {
+			return nil // Close raced with the reader noticing it
+		}
+	default:
+	}
+	return err
+}
+
+// shutdown closes the socket, the device and the table.
+func (r *Relay) shutdown() {
+	r.closeOnce.Do(func() { close(r.closed) })
+	r.conn.Close()
+	r.dev.Close()
+	r.table.Close()
+}
+
+// Close stops Run and waits for it to return. If Run was never called, it
+// releases the socket and the device.
+func (r *Relay) Close() error {
+	r.runMu.Lock()
+	running := r.running
+	r.running = true // a later Run must not start
+	r.runMu.Unlock()
+	r.shutdown()
+	if running {
+		<-r.done
+	}
+	return nil
+}
+
+func (r *Relay) now() time.Time { return r.cfg.Clock.Now() }
+
+// ts is a clock reading in nanoseconds since New, for the rate limiters.
+func (r *Relay) ts(now time.Time) int64 { return int64(now.Sub(r.epoch)) }
+
+// inPrefix reports whether the 16-byte address a is in the Teredo prefix.
+func (r *Relay) inPrefix(a []byte) bool {
+	return a[0] == r.prefix[0] && a[1] == r.prefix[1] && a[2] == r.prefix[2] && a[3] == r.prefix[3]
+}
+
+// bubbleSource is the link-local source of our bubbles to the peer at addr:
+// a keyed hash of the address, so that a bubble in reply, whatever mapping
+// it comes from, proves that its sender saw ours (Miredo's
+// SendBubbleFromDst/CheckBubble).
+func (r *Relay) bubbleSource(addr *[16]byte) netip.Addr {
+	var in [48]byte
+	copy(in[:32], r.secret[:])
+	copy(in[32:], addr[:])
+	sum := sha256.Sum256(in[:])
+	return proto.LinkLocalFromID([8]byte(sum[:8]))
+}
+
+// readTeredo is the receive loop.
+func (r *Relay) readTeredo() error {
+	n := r.cfg.BatchSize
+	msgs := make([]udpio.Message, n)
+	bufs := make([]byte, n*r.cfg.MaxPacket)
+	for i := range msgs {
+		msgs[i].Buffers = [][]byte{bufs[i*r.cfg.MaxPacket : (i+1)*r.cfg.MaxPacket]}
+	}
+	var sc scratch
+	for {
+		k, err := r.conn.ReadBatch(msgs)
+		if err != nil {
+			return fmt.Errorf("relay: read: %w", err)
+		}
+		for i := range k {
+			m := &msgs[i]
+			r.receive(m.Buffers[0][:m.N], m.Addr, &sc)
+		}
+	}
+}
+
+// readDevice is the transmit loop.
+func (r *Relay) readDevice() error {
+	buf := make([]byte, r.cfg.MaxPacket)
+	var sc scratch
+	for {
+		n, err := r.dev.ReadPacket(buf)
+		if err != nil {
+			return fmt.Errorf("relay: device read: %w", err)
+		}
+		r.transmit(buf[:n], &sc)
+	}
+}
+
+// scratch is per-goroutine working memory, so that the slow paths reuse
+// their buffers.
+type scratch struct {
+	pkts []peer.Packet
+	buf  []byte
+}
