@@ -17,37 +17,37 @@ type Counter int
 // Counters of the transmit path (IPv6 side to Teredo), the receive path
 // (Teredo to IPv6 side) and ICMPv6 errors.
 const (
-	TxForwarded         Counter = iota // encapsulated to a trusted peer
-	TxQueued                           // queued while the peer is bubbled
-	TxFlushed                          // queued packets sent once the peer answered
-	TxBubblesIndirect                  // bubbles sent through the peer's server
-	TxBubblesDirect                    // bubbles sent to the peer's mapping
-	TxDropMalformed                    // not a valid IPv6 packet
-	TxDropMulticast                    // multicast destination
-	TxDropNotTeredo                    // destination outside the Teredo prefix
-	TxDropFiltered                     // embedded server or mapping not global unicast
-	TxDropQueueFull                    // the peer's queue was full
-	TxDropRateLimited                  // too many new peers from one IPv6 source
-	TxDropUnreachable                  // queued packets discarded when bubbles went unanswered
-	TxErrors                           // UDP send errors
-	PeersUnreachable                   // peers given up after the last bubble
-	RxForwarded                        // decapsulated to the IPv6 side
-	RxBubbles                          // bubbles received and accepted
-	RxSymmetricNAT                     // accepted from a mapping that differs from the address (nonce-validated bubble)
-	RxNewPeers                         // unknown peers accepted on a matching mapping
-	RxDropMalformed                    // not a valid Teredo packet
-	RxDropIndication                   // carried an authentication or origin indication (for clients, not relays)
-	RxDropSrcNotTeredo                 // source outside the Teredo prefix
-	RxDropMappingMismatch              // source mapping differs from the UDP source
-	RxDropFiltered                     // embedded server or UDP source not global unicast
-	RxDropDstTeredo                    // destination is itself a Teredo address
-	RxDropDstScope                     // link-local, multicast, loopback or unspecified destination
-	RxDropDstNotServed                 // host-specific mode: not one of the host's addresses
-	RxDropUnknownPeer                  // bubble from, or (with DropUnknownPeers) data from, a peer not in the table
-	RxDropRateLimited                  // too many slow-path packets from one IPv4 source
-	RxErrors                           // IPv6-side write errors
-	ICMPSent                           // ICMPv6 errors written to the IPv6 side
-	ICMPRateLimited                    // ICMPv6 errors suppressed by the rate limit
+	TxForwarded           Counter = iota // encapsulated to a trusted peer
+	TxQueued                             // queued while the peer is bubbled
+	TxFlushed                            // queued packets sent once the peer answered
+	TxBubblesIndirect                    // bubbles sent through the peer's server
+	TxBubblesDirect                      // bubbles sent to the peer's mapping
+	TxDropMalformed                      // not a valid IPv6 packet
+	TxDropMulticast                      // multicast destination
+	TxDropNotTeredo                      // destination outside the Teredo prefix
+	TxDropFiltered                       // embedded server or mapping not global unicast
+	TxDropQueueFull                      // the peer's queue was full
+	TxDropRateLimited                    // too many new peers from one IPv6 source
+	TxDropUnreachable                    // queued packets discarded when bubbles went unanswered
+	TxErrors                             // UDP send errors
+	PeersUnreachable                     // peers given up after the last bubble
+	RxForwarded                          // decapsulated to the IPv6 side
+	RxBubbles                            // bubbles received and accepted
+	RxSymmetricNAT                       // accepted from a mapping that differs from the address (nonce-validated bubble)
+	RxNewPeers                           // unknown peers accepted on a matching mapping
+	RxDropMalformed                      // not a valid Teredo packet
+	RxDropIndication                     // carried an authentication or origin indication (for clients, not relays)
+	RxDropSrcNotTeredo                   // source outside the Teredo prefix
+	RxDropMappingMismatch                // source mapping differs from the UDP source
+	RxDropFiltered                       // embedded server or UDP source not global unicast
+	RxDropDstTeredo                      // destination is itself a Teredo address
+	RxDropDstScope                       // link-local, multicast, loopback or unspecified destination
+	RxDropDstNotServed                   // host-specific mode: not one of the host's addresses
+	RxDropUnknownPeer                    // bubble from, or (with DropUnknownPeers) data from, a peer not in the table
+	RxDropRateLimited                    // too many slow-path packets from one IPv4 source
+	RxErrors                             // IPv6-side write errors
+	ICMPSent                             // ICMPv6 errors written to the IPv6 side
+	ICMPRateLimited                      // ICMPv6 errors suppressed by the rate limit
 	numCounters
 )
 
