@@ -3,11 +3,11 @@ package relay
 import (
 	"encoding/json"
 	"fmt"
-	"io"
 	"net/http"
-	"sort"
 	"sync/atomic"
 	"time"
+
+	"github.com/teredo-go/teredo/internal/metrics"
 )
 
 // Counter names an event the relay counts: a packet forwarded, a bubble
@@ -145,29 +145,16 @@ func (r *Relay) Status() Status {
 }
 
 // WriteMetrics writes the counters in the Prometheus text exposition format.
-func (r *Relay) WriteMetrics(w io.Writer) error {
-	st := r.Status()
-	names := make([]string, 0, len(st.Counters))
-	for n := range st.Counters {
-		names = append(names, n)
+func (r *Relay) WriteMetrics(w *metrics.Writer) {
+	ts := r.table.Stats()
+	w.Header("teredo_relay_events_total", "Packets forwarded, bubbles sent and packets dropped, by event.", metrics.Counter)
+	for c := range numCounters {
+		w.Sample("teredo_relay_events_total", float64(r.Counter(c)), "event", c.String())
 	}
-	sort.Strings(names)
-	var err error
-	p := func(format string, a ...any) {
-		if err == nil {
-			_, err = fmt.Fprintf(w, format, a...)
-		}
-	}
-	p("# HELP teredo_relay_events_total Packets forwarded, bubbles sent and packets dropped, by event.\n")
-	p("# TYPE teredo_relay_events_total counter\n")
-	for _, n := range names {
-		p("teredo_relay_events_total{event=%q} %d\n", n, st.Counters[n])
-	}
-	p("# HELP teredo_relay_peers Entries in the peer table.\n# TYPE teredo_relay_peers gauge\nteredo_relay_peers %d\n", st.Peers)
-	p("# HELP teredo_relay_peers_created_total Peer entries created.\n# TYPE teredo_relay_peers_created_total counter\nteredo_relay_peers_created_total %d\n", st.PeersCreated)
-	p("# HELP teredo_relay_peers_evicted_total Peer entries evicted to make room.\n# TYPE teredo_relay_peers_evicted_total counter\nteredo_relay_peers_evicted_total %d\n", st.PeersEvicted)
-	p("# HELP teredo_relay_peers_expired_total Peer entries removed when idle.\n# TYPE teredo_relay_peers_expired_total counter\nteredo_relay_peers_expired_total %d\n", st.PeersExpired)
-	return err
+	w.Gauge("teredo_relay_peers", "Entries in the peer table.", float64(ts.Peers))
+	w.Counter("teredo_relay_peers_created_total", "Peer entries created.", ts.Created)
+	w.Counter("teredo_relay_peers_evicted_total", "Peer entries evicted to make room.", ts.Evicted)
+	w.Counter("teredo_relay_peers_expired_total", "Peer entries removed when idle.", ts.Expired)
 }
 
 // Handler serves the status as JSON at /status and the metrics at /metrics.
@@ -179,9 +166,6 @@ func (r *Relay) Handler() http.Handler {
 		enc.SetIndent("", "  ")
 		_ = enc.Encode(r.Status())
 	})
-	mux.HandleFunc("GET /metrics", func(w http.ResponseWriter, _ *http.Request) {
-		w.Header().Set("Content-Type", "text/plain; version=0.0.4; charset=utf-8")
-		_ = r.WriteMetrics(w)
-	})
+	mux.Handle("/metrics", metrics.Handler(r.WriteMetrics))
 	return mux
 }
