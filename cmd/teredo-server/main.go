@@ -1,0 +1,223 @@
+// Command teredo-server runs a Teredo server (RFC 4380 §5.3) on two IPv4
+// addresses, as an ordinary user.
+//
+// Usage:
+//
+//	teredo-server -primary 198.18.0.1 [-secondary 198.18.0.2] [-port 3544]
+//	              [-mtu 1280] [-status 127.0.0.1:9544] [-raw] [-v]
+//
+// When its sockets are bound it prints one line to standard output,
+// "teredo-server: listening on <primary>:<port> and <secondary>:<port>";
+// logs go to standard error. SIGINT or SIGTERM stops it. Bad flags exit
+// with status 2.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/netip"
+	"os"
+	"os/signal"
+	"syscall"
+	"time"
+
+	"github.com/teredo-go/teredo/proto"
+	"github.com/teredo-go/teredo/server"
+)
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	code := run(ctx, os.Args[1:], os.Stdout, os.Stderr)
+	stop()
+	os.Exit(code)
+}
+
+// rawMode is whether to use the raw IPv6 output.
+type rawMode int
+
+const (
+	rawAuto rawMode = iota // if it can be opened
+	rawOn                  // required
+	rawOff
+)
+
+// options are the parsed command line.
+type options struct {
+	primary, secondary netip.Addr
+	port               uint16
+	mtu                uint32
+	status             string
+	raw                rawMode
+	verbose            bool
+	anyIPv4            bool
+}
+
+// usageError is a command-line error, which exits with status 2.
+type usageError string
+
+func (e usageError) Error() string { return string(e) }
+
+func usagef(format string, args ...any) error { return usageError(fmt.Sprintf(format, args...)) }
+
+func parseFlags(args []string, stderr io.Writer) (options, error) {
+	var o options
+	fs := flag.NewFlagSet("teredo-server", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	primary := fs.String("primary", "", "primary IPv4 `address` (required)")
+	secondary := fs.String("secondary", "", "secondary IPv4 `address` (default primary+1)")
+	port := fs.Uint("port", proto.Port, "UDP `port` on both addresses")
+	mtu := fs.Uint("mtu", proto.MinMTU, "link MTU advertised to clients (at least 1280)")
+	fs.StringVar(&o.status, "status", "", "serve GET /status (JSON) and /metrics (Prometheus) on this TCP `address`")
+	raw := fs.Bool("raw", false, "send clients' echo requests to native IPv6 hosts through a raw IPv6 socket\n(needs root or CAP_NET_RAW; default: if it can be opened)")
+	fs.BoolVar(&o.verbose, "v", false, "debug logging, including every dropped packet")
+	fs.BoolVar(&o.anyIPv4, "any-ipv4", false, "treat every IPv4 address as global unicast\n(for tests on loopback or private networks only)")
+	if err := fs.Parse(args); err != nil {
+		return o, err
+	}
+	if fs.NArg() > 0 {
+		return o, usagef("unexpected argument %q", fs.Arg(0))
+	}
+	o.raw = rawAuto
+	fs.Visit(func(f *flag.Flag) {
+		if f.Name == "raw" {
+			o.raw = map[bool]rawMode{true: rawOn, false: rawOff}[*raw]
+		}
+	})
+	global := proto.IsGlobalUnicastIPv4
+	if o.anyIPv4 {
+		global = proto.AnyIPv4
+	}
+
+	var err error
+	if *primary == "" {
+		return o, usagef("-primary is required")
+	}
+	if o.primary, err = parseIPv4("primary", *primary, global); err != nil {
+		return o, err
+	}
+	if *secondary == "" {
+		if o.secondary = o.primary.Next(); !o.secondary.IsValid() {
+			return o, usagef("-primary %v has no next address; set -secondary", o.primary)
+		}
+		if !global(o.secondary) {
+			return o, usagef("the default -secondary %v (primary+1) is not a global unicast IPv4 address", o.secondary)
+		}
+	} else if o.secondary, err = parseIPv4("secondary", *secondary, global); err != nil {
+		return o, err
+	}
+	if o.secondary == o.primary {
+		return o, usagef("-secondary must differ from -primary (%v)", o.primary)
+	}
+	if *port < 1 || *port > 65535 {
+		return o, usagef("-port %d is outside 1..65535", *port)
+	}
+	o.port = uint16(*port)
+	if *mtu < proto.MinMTU || *mtu > 65535 {
+		return o, usagef("-mtu %d is outside 1280..65535", *mtu)
+	}
+	o.mtu = uint32(*mtu)
+	return o, nil
+}
+
+func parseIPv4(name, s string, global proto.IPv4Filter) (netip.Addr, error) {
+	a, err := netip.ParseAddr(s)
+	if err != nil || !a.Is4() {
+		return a, usagef("-%s %q is not an IPv4 address", name, s)
+	}
+	if !global(a) {
+		return a, usagef("-%s %v is not a global unicast IPv4 address (clients would refuse it; -any-ipv4 allows it for tests)", name, a)
+	}
+	return a, nil
+}
+
+// run is the whole command; it returns the exit status.
+func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
+	o, err := parseFlags(args, stderr)
+	switch {
+	case errors.Is(err, flag.ErrHelp):
+		return 0
+	case err != nil:
+		var ue usageError
+		if errors.As(err, &ue) {
+			fmt.Fprintf(stderr, "teredo-server: %v (see -h)\n", ue)
+		} // else the flag package has printed the error and the usage.
+		return 2
+	}
+
+	level := slog.LevelInfo
+	if o.verbose {
+		level = slog.LevelDebug
+	}
+	log := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: level}))
+
+	cfg := server.Config{
+		Primary:   o.primary,
+		Secondary: o.secondary,
+		Port:      o.port,
+		MTU:       o.mtu,
+		Logger:    log,
+	}
+	if o.anyIPv4 {
+		cfg.IPv4Filter = proto.AnyIPv4
+	}
+	if o.raw != rawOff {
+		raw, err := server.OpenRawIPv6()
+		switch {
+		case err == nil:
+			defer raw.Close()
+			cfg.IPv6Output = raw
+			log.Info("raw IPv6 output open: relay-discovery echo requests go to native IPv6")
+		case o.raw == rawOn:
+			log.Error("cannot open the raw IPv6 output", "err", err)
+			return 1
+		default:
+			log.Warn("raw IPv6 output unavailable (needs root or CAP_NET_RAW)", "err", err)
+		}
+	}
+
+	srv, err := server.New(cfg)
+	if err != nil {
+		log.Error("cannot start", "err", err)
+		return 1
+	}
+	defer srv.Close()
+
+	if o.status != "" {
+		ln, err := net.Listen("tcp", o.status)
+		if err != nil {
+			log.Error("cannot serve status", "err", err)
+			return 1
+		}
+		hs := &http.Server{Handler: server.StatusHandler(srv.Status), ReadHeaderTimeout: 10 * time.Second}
+		log.Info("status", "addr", ln.Addr().String())
+		done := make(chan struct{})
+		go func() {
+			defer close(done)
+			if err := hs.Serve(ln); !errors.Is(err, http.ErrServerClosed) {
+				log.Error("status server", "err", err)
+			}
+		}()
+		defer func() {
+			sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			defer cancel()
+			hs.Shutdown(sctx)
+			hs.Close()
+			<-done
+		}()
+	}
+
+	primary, secondary := srv.Addrs()
+	fmt.Fprintf(stdout, "teredo-server: listening on %v and %v\n", primary, secondary)
+	if err := srv.Serve(ctx); err != nil {
+		log.Error("server stopped", "err", err)
+		return 1
+	}
+	log.Info("stopped")
+	return 0
+}

@@ -1,0 +1,198 @@
+package main
+
+import (
+	"bufio"
+	"context"
+	"fmt"
+	"io"
+	"math/rand/v2"
+	"net"
+	"net/http"
+	"net/netip"
+	"regexp"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"go.uber.org/goleak"
+
+	"github.com/teredo-go/teredo/proto"
+)
+
+func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+
+func TestParseFlags(t *testing.T) {
+	tests := []struct {
+		name string
+		args []string
+		want options // compared when wantErr is ""
+		// wantErr is a substring of the error.
+		wantErr string
+	}{
+		{"defaults", []string{"-primary", "198.18.0.1"},
+			options{primary: netip.MustParseAddr("198.18.0.1"), secondary: netip.MustParseAddr("198.18.0.2"), port: 3544, mtu: 1280, raw: rawAuto}, ""},
+		{"everything", []string{"-primary", "198.18.0.1", "-secondary", "198.18.7.9", "-port", "4000", "-mtu", "1500", "-status", "127.0.0.1:9544", "-raw", "-v"},
+			options{primary: netip.MustParseAddr("198.18.0.1"), secondary: netip.MustParseAddr("198.18.7.9"), port: 4000, mtu: 1500, status: "127.0.0.1:9544", raw: rawOn, verbose: true}, ""},
+		{"raw off", []string{"-primary", "198.18.0.1", "-raw=false"},
+			options{primary: netip.MustParseAddr("198.18.0.1"), secondary: netip.MustParseAddr("198.18.0.2"), port: 3544, mtu: 1280, raw: rawOff}, ""},
+		{"loopback with -any-ipv4", []string{"-primary", "127.0.0.2", "-any-ipv4"},
+			options{primary: netip.MustParseAddr("127.0.0.2"), secondary: netip.MustParseAddr("127.0.0.3"), port: 3544, mtu: 1280, anyIPv4: true}, ""},
+		{"missing primary", nil, options{}, "-primary is required"},
+		{"bad primary", []string{"-primary", "198.18.0"}, options{}, `-primary "198.18.0" is not an IPv4 address`},
+		{"IPv6 primary", []string{"-primary", "2001:db8::1"}, options{}, "is not an IPv4 address"},
+		{"mapped primary", []string{"-primary", "::ffff:198.18.0.1"}, options{}, "is not an IPv4 address"},
+		{"private primary", []string{"-primary", "10.0.0.1"}, options{}, "not a global unicast"},
+		{"loopback primary", []string{"-primary", "127.0.0.2"}, options{}, "not a global unicast"},
+		{"bad secondary", []string{"-primary", "198.18.0.1", "-secondary", "x"}, options{}, `-secondary "x" is not an IPv4 address`},
+		{"IPv6 secondary", []string{"-primary", "198.18.0.1", "-secondary", "::1"}, options{}, "is not an IPv4 address"},
+		{"secondary equals primary", []string{"-primary", "198.18.0.1", "-secondary", "198.18.0.1"}, options{}, "must differ"},
+		{"no primary+1", []string{"-primary", "255.255.255.255", "-any-ipv4"}, options{}, "no next address"},
+		{"primary+1 not global", []string{"-primary", "223.255.255.255"}, options{}, "the default -secondary 224.0.0.0"},
+		{"port 0", []string{"-primary", "198.18.0.1", "-port", "0"}, options{}, "-port 0 is outside"},
+		{"port too large", []string{"-primary", "198.18.0.1", "-port", "65536"}, options{}, "-port 65536 is outside"},
+		{"port negative", []string{"-primary", "198.18.0.1", "-port", "-1"}, options{}, "invalid value"},
+		{"mtu too small", []string{"-primary", "198.18.0.1", "-mtu", "1279"}, options{}, "-mtu 1279 is outside"},
+		{"mtu too large", []string{"-primary", "198.18.0.1", "-mtu", "65536"}, options{}, "-mtu 65536 is outside"},
+		{"unknown flag", []string{"-primary", "198.18.0.1", "-bogus"}, options{}, "flag provided but not defined"},
+		{"positional", []string{"-primary", "198.18.0.1", "extra"}, options{}, `unexpected argument "extra"`},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			got, err := parseFlags(tt.args, io.Discard)
+			if tt.wantErr != "" {
+				if err == nil || !strings.Contains(err.Error(), tt.wantErr) {
+					t.Fatalf("err = %v, want %q", err, tt.wantErr)
+				}
+				return
+			}
+			if err != nil || got != tt.want {
+				t.Fatalf("got %+v, %v\nwant %+v", got, err, tt.want)
+			}
+		})
+	}
+}
+
+func TestRunBadFlags(t *testing.T) {
+	for _, args := range [][]string{
+		nil,
+		{"-primary", "2001:db8::1"},
+		{"-primary", "198.18.0.1", "-secondary", "198.18.0.1"},
+		{"-primary", "198.18.0.1", "-port", "70000"},
+		{"-primary", "198.18.0.1", "-mtu", "576"},
+		{"-nope"},
+	} {
+		var stdout, stderr strings.Builder
+		if code := run(context.Background(), args, &stdout, &stderr); code != 2 {
+			t.Errorf("%q: exit %d, want 2", args, code)
+		}
+		if stdout.Len() != 0 || !strings.Contains(stderr.String(), "teredo-server") && !strings.Contains(stderr.String(), "Usage") {
+			t.Errorf("%q: stdout %q, stderr %q", args, stdout.String(), stderr.String())
+		}
+	}
+	var stdout, stderr strings.Builder
+	if code := run(context.Background(), []string{"-h"}, &stdout, &stderr); code != 0 || !strings.Contains(stderr.String(), "-primary") {
+		t.Errorf("-h: exit %d, stderr %q", code, stderr.String())
+	}
+}
+
+// syncBuffer is a goroutine-safe log sink.
+type syncBuffer struct {
+	mu sync.Mutex
+	sb strings.Builder
+}
+
+func (b *syncBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.sb.Write(p)
+}
+
+func (b *syncBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.sb.String()
+}
+
+// TestRun starts the command on loopback, checks the ready line, gets an
+// RA and the status page, and stops it by cancelling the context.
+func TestRun(t *testing.T) {
+	base := [4]byte{127, byte(rand.IntN(200) + 20), byte(rand.IntN(250) + 1), 1}
+	primary := netip.AddrFrom4(base)
+	secondary := primary.Next()
+	args := []string{"-primary", primary.String(), "-any-ipv4", "-raw=false", "-status", "127.0.0.1:0", "-v"}
+
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	outR, outW := io.Pipe()
+	var stderr syncBuffer
+	code := make(chan int, 1)
+	go func() {
+		code <- run(ctx, args, outW, &stderr)
+		outW.Close()
+	}()
+
+	lines := bufio.NewScanner(outR)
+	if !lines.Scan() {
+		t.Fatalf("no ready line; exit %d; stderr:\n%s", <-code, stderr.String())
+	}
+	want := fmt.Sprintf("teredo-server: listening on %v:3544 and %v:3544", primary, secondary)
+	if lines.Text() != want {
+		t.Fatalf("ready line %q, want %q", lines.Text(), want)
+	}
+
+	// The server answers an RS.
+	c, err := net.ListenUDP("udp4", net.UDPAddrFromAddrPort(netip.AddrPortFrom(primary, 0)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	nonce := [8]byte{9, 8, 7, 6, 5, 4, 3, 2}
+	if _, err := c.WriteToUDPAddrPort(proto.AppendRS(nil, nonce, false), netip.AddrPortFrom(primary, proto.Port)); err != nil {
+		t.Fatal(err)
+	}
+	c.SetReadDeadline(time.Now().Add(5 * time.Second))
+	buf := make([]byte, 1500)
+	n, err := c.Read(buf)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var pkt proto.Packet
+	if err := pkt.Parse(buf[:n]); err != nil {
+		t.Fatal(err)
+	}
+	if ra, err := proto.ParseRA(&pkt); err != nil || ra.Nonce != nonce || ra.Server != primary {
+		t.Fatalf("RA %+v: %v", ra, err)
+	}
+
+	// The status server's address is in the log.
+	statusRE := regexp.MustCompile(`msg=status addr=(\S+)`)
+	var m []string
+	for deadline := time.Now().Add(5 * time.Second); m == nil && time.Now().Before(deadline); {
+		m = statusRE.FindStringSubmatch(stderr.String())
+		time.Sleep(5 * time.Millisecond)
+	}
+	if m == nil {
+		t.Fatalf("no status address in the log:\n%s", stderr.String())
+	}
+	resp, err := http.Get("http://" + m[1] + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if !strings.Contains(string(body), "teredo_server_answered_rs_total 1\n") {
+		t.Fatalf("/metrics:\n%s", body)
+	}
+	if !strings.Contains(stderr.String(), "no IPv6 output") {
+		t.Errorf("no warning about the missing IPv6 output:\n%s", stderr.String())
+	}
+
+	cancel()
+	if got := <-code; got != 0 {
+		t.Fatalf("exit %d; stderr:\n%s", got, stderr.String())
+	}
+	if lines.Scan() {
+		t.Fatalf("more than one line on stdout: %q", lines.Text())
+	}
+}
