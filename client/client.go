@@ -1,0 +1,418 @@
+// Package client is the Teredo client role (RFC 4380 §5.2, RFC 5991) as a
+// deterministic state machine: qualification and maintenance with a Teredo
+// server, NAT classification, the peer list with bubbles and the echo test,
+// and the transmit and receive rules. It opens no sockets and starts no
+// goroutines: the caller hands it datagrams and outbound IPv6 packets, and
+// injects a Transport, a Clock and a Deliver callback.
+//
+// # Contract with the link endpoint
+//
+// The link endpoint calls two methods from its goroutines (the link package's
+// Tunnel interface):
+//
+//	// Transmit routes one outbound IPv6 packet, given as a gather list whose
+//	// first element holds at least the 40-byte IPv6 header.
+//	// ok == true: the caller must send bufs to dst now (fast path: trusted,
+//	// valid peer; last-send updated).
+//	// ok == false: the client has taken care of the packet (copied and
+//	// queued it, started bubbles or the echo test, dropped it, or answered
+//	// with an ICMPv6 error through Deliver). The caller keeps ownership of
+//	// bufs either way.
+//	Transmit(bufs [][]byte) (dst netip.AddrPort, ok bool)
+//
+//	// Receive processes one datagram received on the client's UDP socket.
+//	// It returns the IPv6 packet to inject into the stack (a sub-slice of
+//	// b), or nil if the client consumed or dropped it. b is only valid
+//	// during the call.
+//	Receive(b []byte, from netip.AddrPort) []byte
+//
+// Everything else leaves through Config: Transport.WriteTo for control
+// traffic and flushed queues, Deliver for packets delivered asynchronously
+// (flushed inbound queues, locally generated ICMPv6 errors), OnEvent for
+// state changes. None of them is called with the client's lock held.
+//
+// ICMPv6 errors the client generates come from the server's link-local
+// address (proto.ServerLinkLocal), never from the client's own address,
+// which gVisor would drop as a martian.
+package client
+
+import (
+	"crypto/rand"
+	"errors"
+	"fmt"
+	"hash/maphash"
+	"io"
+	"log/slog"
+	"net/netip"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/teredo-go/teredo/internal/clock"
+	"github.com/teredo-go/teredo/peer"
+	"github.com/teredo-go/teredo/proto"
+)
+
+// Transport sends UDP datagrams from the client's socket.
+type Transport interface {
+	WriteTo(b []byte, to netip.AddrPort) error
+}
+
+// Config configures a Client.
+type Config struct {
+	// Transport sends control traffic (RS, bubbles, echo requests) and
+	// flushed queues. Required.
+	Transport Transport
+	// Deliver hands an IPv6 packet to the stack outside of Receive. The
+	// callee must copy it. Required.
+	Deliver func(ipv6 []byte)
+	// Clock defaults to the real clock.
+	Clock clock.Clock
+	// Logger defaults to a logger that discards.
+	Logger *slog.Logger
+	// Rand supplies keys and nonces; defaults to crypto/rand.
+	Rand io.Reader
+	// IsGlobal decides which IPv4 addresses may be servers and mapped
+	// addresses; defaults to proto.IsGlobalUnicastIPv4.
+	IsGlobal proto.IPv4Filter
+	// Servers are the primary server IPv4 addresses, tried in order.
+	Servers []netip.Addr
+	// Secondary is the second address of Servers[0]; other servers use
+	// their address + 1, as Windows and Miredo assume.
+	Secondary netip.Addr
+	// ServerPort defaults to 3544.
+	ServerPort uint16
+	// MaxPeers bounds the peer list (default 4096).
+	MaxPeers int
+	// ConeProbe adds a cone RS to the NAT classification (diagnostic only).
+	ConeProbe bool
+	// FixedRelay, if set, carries every packet to a non-Teredo destination
+	// and is trusted as their source, instead of the echo test.
+	FixedRelay netip.AddrPort
+	// LocalDiscovery turns on RFC 4380 §5.2.8: discovery bubbles are sent
+	// through Transport to 224.0.0.253:3544 every 200-300 s, and the caller
+	// passes datagrams received on its discovery socket (joined to
+	// 224.0.0.253, port 3544) to ReceiveDiscovery.
+	LocalDiscovery bool
+	// OnEvent receives state changes, in order, without locks held. It must
+	// not call Receive or Transmit synchronously.
+	OnEvent func(Event)
+}
+
+// Event is one of Qualified, AddressChanged, Offline, NATClassified.
+type Event interface{ event() }
+
+// Qualified reports that the client has a usable Teredo address.
+type Qualified struct {
+	Addr   netip.Addr
+	Server netip.Addr
+	Mapped netip.AddrPort
+	MTU    int
+}
+
+// AddressChanged reports that, while qualified, the NAT mapping and so the
+// address changed. The peer list was flushed.
+type AddressChanged struct{ Old, New netip.Addr }
+
+// Offline reports that the client lost (or could not get) qualification;
+// Addr reports false until the next Qualified.
+type Offline struct{ Reason error }
+
+// NATClassified reports the result of the background NAT classification.
+type NATClassified struct{ Type NATType }
+
+func (Qualified) event()      {}
+func (AddressChanged) event() {}
+func (Offline) event()        {}
+func (NATClassified) event()  {}
+
+// ErrNoReply is the Offline reason when the server did not answer.
+var ErrNoReply = errors.New("teredo client: no reply from server")
+
+// ErrClosed is returned by Start after Close.
+var ErrClosed = errors.New("teredo client: closed")
+
+// State is the client's qualification state.
+type State int
+
+const (
+	StateIdle       State = iota // before Start
+	StateQualifying              // waiting for the first RA from a server
+	StateQualified               // has an address
+	StateOffline                 // every try failed; waiting to try again
+	StateClosed
+)
+
+func (s State) String() string {
+	return [...]string{"idle", "qualifying", "qualified", "offline", "closed"}[s]
+}
+
+// NATType is the result of NAT classification.
+type NATType int
+
+const (
+	NATUnknown    NATType = iota // not classified (yet), or the secondary did not answer
+	NATRestricted                // same mapping towards both server addresses
+	NATSymmetric                 // the secondary server saw another mapping
+	NATCone                      // an RA from the other server address got through
+)
+
+func (n NATType) String() string {
+	return [...]string{"unknown", "restricted", "symmetric", "cone"}[n]
+}
+
+// Status is a snapshot of the client.
+type Status struct {
+	State    State
+	NAT      NATType
+	Server   netip.Addr
+	Addr     netip.Addr
+	Mapped   netip.AddrPort
+	MTU      int
+	Peers    int
+	Counters Counters
+}
+
+// Counters are cumulative packet counts. Drops is keyed by reason.
+type Counters struct {
+	TxFast, TxQueued, TxFlushed    uint64
+	RxDelivered, RxHeldDelivered   uint64
+	RS, RA, Bubbles, BubbleReplies uint64
+	EchoRequests, ICMPErrors       uint64
+	PeerTable                      peer.Stats
+	Drops                          map[string]uint64
+}
+
+// PeerState reports what the client knows about reaching dst, for a dialer
+// that wants a prompt error: peer.Reachable, Pending, Unreachable or Unknown.
+// A non-Teredo destination with a fixed relay is Reachable while qualified.
+func (c *Client) PeerState(dst netip.Addr) peer.State {
+	if !dst.Is6() {
+		return peer.Unreachable
+	}
+	if c.up.Load() == nil {
+		return peer.Unreachable
+	}
+	if !proto.IsTeredo(dst) && c.cfg.FixedRelay.IsValid() {
+		return peer.Reachable
+	}
+	return c.peers.State(dst.As16(), c.clk.Now())
+}
+
+// Client is the Teredo client role. Its methods are safe for concurrent use.
+type Client struct {
+	cfg  Config
+	clk  clock.Clock
+	log  *slog.Logger
+	glob proto.IPv4Filter
+	port uint16
+	key  [32]byte
+
+	peers *peer.Table
+	up    atomic.Pointer[link] // nil unless qualified
+
+	mu   sync.Mutex
+	q    qualState
+	nat  natState
+	disc clock.Timer
+	evs  []Event
+	out  []datagram
+
+	evMu sync.Mutex // serializes OnEvent calls
+
+	icmpMu     sync.Mutex
+	icmpTokens float64
+	icmpLast   time.Time
+
+	replyMu   sync.Mutex
+	seed      maphash.Seed
+	replySeen [replySlots]replySlot
+
+	ctr counters
+}
+
+// link is the immutable snapshot of a qualified client that the data path
+// reads without locks.
+type link struct {
+	addr     [16]byte
+	ip       netip.Addr
+	mapped   netip.AddrPort
+	server   netip.Addr
+	serverAP netip.AddrPort
+	mtu      int
+	errSrc   netip.Addr // source of the ICMPv6 errors we generate
+}
+
+// New validates cfg and returns a client; Start begins qualification.
+func New(cfg Config) (*Client, error) {
+	if cfg.Transport == nil {
+		return nil, errors.New("teredo client: Config.Transport is required")
+	}
+	if cfg.Deliver == nil {
+		return nil, errors.New("teredo client: Config.Deliver is required")
+	}
+	if len(cfg.Servers) == 0 {
+		return nil, errors.New("teredo client: no server")
+	}
+	if cfg.IsGlobal == nil {
+		cfg.IsGlobal = proto.IsGlobalUnicastIPv4
+	}
+	for _, s := range cfg.Servers {
+		if !s.Is4() || !cfg.IsGlobal(s) {
+			return nil, fmt.Errorf("teredo client: server %v is not a global unicast IPv4 address", s)
+		}
+	}
+	if cfg.Secondary.IsValid() && !cfg.Secondary.Is4() {
+		return nil, fmt.Errorf("teredo client: secondary %v is not IPv4", cfg.Secondary)
+	}
+	if cfg.FixedRelay.IsValid() && !cfg.FixedRelay.Addr().Is4() {
+		return nil, fmt.Errorf("teredo client: fixed relay %v is not IPv4", cfg.FixedRelay)
+	}
+	if cfg.Clock == nil {
+		cfg.Clock = clock.Real{}
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+	if cfg.Rand == nil {
+		cfg.Rand = rand.Reader
+	}
+	if cfg.ServerPort == 0 {
+		cfg.ServerPort = proto.Port
+	}
+	c := &Client{cfg: cfg, clk: cfg.Clock, log: cfg.Logger, glob: cfg.IsGlobal, port: cfg.ServerPort}
+	if _, err := io.ReadFull(cfg.Rand, c.key[:]); err != nil {
+		return nil, fmt.Errorf("teredo client: reading key: %w", err)
+	}
+	c.peers = peer.New(peer.Config{
+		MaxPeers: cfg.MaxPeers,
+		Clock:    cfg.Clock,
+		OnTimer:  c.onPeerTimer,
+	})
+	c.icmpTokens = icmpBurst
+	c.seed = maphash.MakeSeed()
+	return c, nil
+}
+
+// Start begins qualification with the first server.
+func (c *Client) Start() error {
+	c.mu.Lock()
+	switch c.q.state {
+	case StateClosed:
+		c.mu.Unlock()
+		return ErrClosed
+	case StateIdle:
+		c.log.Info("teredo client: qualifying", "server", c.cfg.Servers[0])
+		c.startRound(0)
+	}
+	c.unlock()
+	return nil
+}
+
+// Close stops every timer and drops all queued packets. The client answers
+// nothing afterwards.
+func (c *Client) Close() {
+	c.mu.Lock()
+	c.q.state = StateClosed
+	c.up.Store(nil)
+	c.stopTimers()
+	c.mu.Unlock()
+	c.peers.Close()
+}
+
+// Addr returns the client's Teredo address while it is qualified.
+func (c *Client) Addr() (netip.Addr, bool) {
+	if l := c.up.Load(); l != nil {
+		return l.ip, true
+	}
+	return netip.Addr{}, false
+}
+
+// MTU returns the link MTU advertised by the server (1280 by default).
+func (c *Client) MTU() int {
+	if l := c.up.Load(); l != nil {
+		return l.mtu
+	}
+	return proto.MinMTU
+}
+
+// Status returns a snapshot of the client.
+func (c *Client) Status() Status {
+	c.mu.Lock()
+	s := Status{
+		State:  c.q.state,
+		NAT:    c.nat.result,
+		Server: c.q.server(),
+		MTU:    proto.MinMTU,
+	}
+	c.mu.Unlock()
+	if l := c.up.Load(); l != nil {
+		s.Addr, s.Mapped, s.MTU = l.ip, l.mapped, l.mtu
+	}
+	s.Counters = c.ctr.snapshot()
+	s.Counters.PeerTable = c.peers.Stats()
+	s.Peers = s.Counters.PeerTable.Peers
+	return s
+}
+
+// emit queues an event; call with c.mu held.
+func (c *Client) emit(e Event) { c.evs = append(c.evs, e) }
+
+// flushEvents delivers queued events in order; call without c.mu.
+func (c *Client) flushEvents() {
+	if c.cfg.OnEvent == nil {
+		c.mu.Lock()
+		c.evs = c.evs[:0]
+		c.mu.Unlock()
+		return
+	}
+	c.evMu.Lock()
+	defer c.evMu.Unlock()
+	for {
+		c.mu.Lock()
+		evs := c.evs
+		c.evs = nil
+		c.mu.Unlock()
+		if len(evs) == 0 {
+			return
+		}
+		for _, e := range evs {
+			c.cfg.OnEvent(e)
+		}
+	}
+}
+
+// datagram is a control message built under the lock and sent after it.
+type datagram struct {
+	b  []byte
+	to netip.AddrPort
+}
+
+// queue adds a datagram to send once c.mu is released; call with c.mu held.
+func (c *Client) queue(b []byte, to netip.AddrPort) { c.out = append(c.out, datagram{b, to}) }
+
+// unlock releases c.mu, then sends the queued datagrams and delivers the
+// queued events, so that no lock is held across a syscall or a callback.
+func (c *Client) unlock() {
+	out := c.out
+	c.out = nil
+	ev := len(c.evs) > 0
+	c.mu.Unlock()
+	c.send(out)
+	if ev {
+		c.flushEvents()
+	}
+}
+
+func (c *Client) send(out []datagram) {
+	for _, d := range out {
+		c.write(d.b, d.to)
+	}
+}
+
+func (c *Client) write(b []byte, to netip.AddrPort) {
+	if err := c.cfg.Transport.WriteTo(b, to); err != nil {
+		c.ctr.drop(dropSendError)
+		c.log.Debug("teredo client: send failed", "to", to, "err", err)
+	}
+}
