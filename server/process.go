@@ -265,8 +265,9 @@ func (p *Processor) process(sock Socket, payload []byte, src netip.AddrPort, tx 
 	if next != proto.ProtoICMPv6 && !proto.IsBubble(ip) {
 		return drop(DropNotBubbleOrICMPv6)
 	}
-	// Check 3.
-	if !p.global(src.Addr()) {
+	// Check 3. (The limiter and origin indications need IPv4, whatever
+	// the filter accepts.)
+	if !src.Addr().Is4() || !p.global(src.Addr()) {
 		return drop(DropSourceNotGlobal)
 	}
 

@@ -465,3 +465,24 @@ func TestStrings(t *testing.T) {
 		t.Error("out-of-range names")
 	}
 }
+
+// TestNonIPv4Source checks that an IPv6 UDP source is refused even by a
+// filter that accepts everything, and that a 4-in-6 source is unmapped.
+func TestNonIPv4Source(t *testing.T) {
+	p, _ := newTestProcessor(t, func(c *Config) { c.IPv4Filter = func(netip.Addr) bool { return true } })
+	tx := &fakeSender{}
+	rs := proto.AppendRS(nil, nonce, false)
+	if r := p.Process(Primary, rs, netip.MustParseAddrPort("[2001:db8::1]:40000"), tx); r.Reason != DropSourceNotGlobal {
+		t.Fatalf("IPv6 source: %+v", r)
+	}
+	if r := p.Process(Primary, rs, netip.AddrPort{}, tx); r.Reason != DropSourceNotGlobal {
+		t.Fatalf("zero source: %+v", r)
+	}
+	mapped := netip.AddrPortFrom(netip.AddrFrom16(mapA.Addr().As16()), mapA.Port())
+	if r := p.Process(Primary, bubble(teredoA, teredoB), mapped, tx); r.Action != ForwardedTeredo {
+		t.Fatalf("4-in-6 source: %+v", r)
+	}
+	if len(tx.sent) != 1 || !bytes.HasPrefix(tx.sent[0].b, proto.AppendOrigin(nil, mapA)) {
+		t.Fatalf("sent %+v", tx.sent)
+	}
+}
