@@ -1,0 +1,41 @@
+// Package tun is a relay.Device on a Linux TUN interface: the kernel routes
+// the Teredo prefix into it, and the relay reads and writes raw IPv6
+// packets.
+//
+// Open creates the interface (or attaches to an existing one), sets its MTU
+// to 1280, brings it up and routes the configured prefixes into it, which
+// needs CAP_NET_ADMIN. An unprivileged relay uses a device an administrator
+// made for its user, configured beforehand:
+//
+//	ip tuntap add dev teredo mode tun user relay
+//	ip link set dev teredo mtu 1280 up
+//	ip -6 route add 2001::/32 dev teredo
+//
+// Open then attaches to it as it is, and reports that through Configured.
+package tun
+
+import (
+	"errors"
+	"net/netip"
+)
+
+// DefaultName is the interface name the relay uses by default.
+const DefaultName = "teredo"
+
+// MTU is Teredo's link MTU (RFC 4380 §5.1.2).
+const MTU = 1280
+
+// ErrUnsupported is returned by Open on systems other than Linux.
+var ErrUnsupported = errors.New("tun: TUN devices are supported on Linux only")
+
+// Config configures Open.
+type Config struct {
+	// Name is the interface name; empty means DefaultName.
+	Name string
+	// MTU is the interface MTU; zero means 1280.
+	MTU int
+	// Routes are the prefixes routed into the interface, usually the Teredo
+	// prefix 2001::/32 (for a relay) or nothing (when the operator routes
+	// it).
+	Routes []netip.Prefix
+}

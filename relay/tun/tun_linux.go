@@ -1,0 +1,208 @@
+package tun
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"os"
+
+	"golang.org/x/sys/unix"
+)
+
+// Device is an open TUN interface. It is safe for concurrent use.
+type Device struct {
+	f          *os.File
+	name       string
+	index      int
+	configured bool
+}
+
+// Open opens the TUN interface described by cfg. If the interface cannot be
+// configured for lack of privilege, Open still succeeds when the device
+// itself could be attached (a device created for this user), leaving its
+// configuration as it is; Configured then reports false and Warning says
+// what was skipped.
+func Open(cfg Config) (*Device, error) {
+	if cfg.Name == "" {
+		cfg.Name = DefaultName
+	}
+	if cfg.MTU == 0 {
+		cfg.MTU = MTU
+	}
+	if len(cfg.Name) >= unix.IFNAMSIZ {
+		return nil, fmt.Errorf("tun: interface name %q too long", cfg.Name)
+	}
+	fd, err := unix.Open("/dev/net/tun", unix.O_RDWR|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return nil, fmt.Errorf("tun: open /dev/net/tun: %w", err)
+	}
+	ifr, err := unix.NewIfreq(cfg.Name)
+	if err != nil {
+		unix.Close(fd)
+		return nil, fmt.Errorf("tun: %w", err)
+	}
+	ifr.SetUint16(unix.IFF_TUN | unix.IFF_NO_PI)
+	if err := unix.IoctlIfreq(fd, unix.TUNSETIFF, ifr); err != nil {
+		unix.Close(fd)
+		if errors.Is(err, unix.EPERM) {
+			return nil, fmt.Errorf("tun: attach %s: %w (create it for this user first: ip tuntap add dev %s mode tun user $USER)", cfg.Name, err, cfg.Name)
+		}
+		return nil, fmt.Errorf("tun: attach %s: %w", cfg.Name, err)
+	}
+	if err := unix.SetNonblock(fd, true); err != nil {
+		unix.Close(fd)
+		return nil, fmt.Errorf("tun: %w", err)
+	}
+	d := &Device{f: os.NewFile(uintptr(fd), "/dev/net/tun"), name: ifr.Name()}
+	ifi, err := net.InterfaceByName(d.name)
+	if err != nil {
+		d.f.Close()
+		return nil, fmt.Errorf("tun: %w", err)
+	}
+	d.index = ifi.Index
+	switch err := d.configure(cfg); {
+	case err == nil:
+		d.configured = true
+	case errors.Is(err, unix.EPERM) || errors.Is(err, unix.EACCES):
+		// An unprivileged relay on a device prepared by the administrator.
+		if ifi.Flags&net.FlagUp == 0 {
+			d.f.Close()
+			return nil, fmt.Errorf("tun: %s is down and cannot be configured without CAP_NET_ADMIN: %w", d.name, err)
+		}
+	default:
+		d.f.Close()
+		return nil, err
+	}
+	return d, nil
+}
+
+// configure sets the MTU, brings the link up and adds the routes.
+func (d *Device) configure(cfg Config) error {
+	s, err := unix.Socket(unix.AF_INET, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		return fmt.Errorf("tun: %w", err)
+	}
+	defer unix.Close(s)
+	ifr, err := unix.NewIfreq(d.name)
+	if err != nil {
+		return err
+	}
+	ifr.SetUint32(uint32(cfg.MTU))
+	if err := unix.IoctlIfreq(s, unix.SIOCSIFMTU, ifr); err != nil {
+		return fmt.Errorf("tun: set MTU of %s: %w", d.name, err)
+	}
+	if err := unix.IoctlIfreq(s, unix.SIOCGIFFLAGS, ifr); err != nil {
+		return fmt.Errorf("tun: flags of %s: %w", d.name, err)
+	}
+	ifr.SetUint16(ifr.Uint16() | unix.IFF_UP)
+	if err := unix.IoctlIfreq(s, unix.SIOCSIFFLAGS, ifr); err != nil {
+		return fmt.Errorf("tun: bring %s up: %w", d.name, err)
+	}
+	for _, p := range cfg.Routes {
+		if err := addRoute(d.index, p); err != nil {
+			return fmt.Errorf("tun: route %v into %s: %w", p, d.name, err)
+		}
+	}
+	return nil
+}
+
+// addRoute adds (or replaces) a route for the IPv6 prefix p through the
+// interface index with an rtnetlink request.
+func addRoute(index int, p netip.Prefix) error {
+	if !p.Addr().Is6() {
+		return fmt.Errorf("not an IPv6 prefix")
+	}
+	p = p.Masked()
+	s, err := unix.Socket(unix.AF_NETLINK, unix.SOCK_RAW|unix.SOCK_CLOEXEC, unix.NETLINK_ROUTE)
+	if err != nil {
+		return err
+	}
+	defer unix.Close(s)
+	if err := unix.Bind(s, &unix.SockaddrNetlink{Family: unix.AF_NETLINK}); err != nil {
+		return err
+	}
+	dst := p.Addr().As16()
+	msg := make([]byte, 0, 64)
+	msg = binary.NativeEndian.AppendUint32(msg, 0) // length, set below
+	msg = binary.NativeEndian.AppendUint16(msg, unix.RTM_NEWROUTE)
+	msg = binary.NativeEndian.AppendUint16(msg, unix.NLM_F_REQUEST|unix.NLM_F_ACK|unix.NLM_F_CREATE|unix.NLM_F_REPLACE)
+	msg = binary.NativeEndian.AppendUint32(msg, 1) // sequence
+	msg = binary.NativeEndian.AppendUint32(msg, 0) // port id
+	msg = append(msg,
+		unix.AF_INET6, byte(p.Bits()), 0, 0, // family, dst_len, src_len, tos
+		unix.RT_TABLE_MAIN, unix.RTPROT_STATIC, unix.RT_SCOPE_UNIVERSE, unix.RTN_UNICAST)
+	msg = binary.NativeEndian.AppendUint32(msg, 0) // flags
+	msg = appendAttr(msg, unix.RTA_DST, dst[:])
+	var oif [4]byte
+	binary.NativeEndian.PutUint32(oif[:], uint32(index))
+	msg = appendAttr(msg, unix.RTA_OIF, oif[:])
+	binary.NativeEndian.PutUint32(msg[0:4], uint32(len(msg)))
+	if err := unix.Sendto(s, msg, 0, &unix.SockaddrNetlink{Family: unix.AF_NETLINK}); err != nil {
+		return err
+	}
+	buf := make([]byte, 4096)
+	n, _, err := unix.Recvfrom(s, buf, 0)
+	if err != nil {
+		return err
+	}
+	if n < unix.NLMSG_HDRLEN+4 {
+		return fmt.Errorf("short netlink answer")
+	}
+	if typ := binary.NativeEndian.Uint16(buf[4:6]); typ != unix.NLMSG_ERROR {
+		return fmt.Errorf("unexpected netlink answer type %d", typ)
+	}
+	if code := int32(binary.NativeEndian.Uint32(buf[unix.NLMSG_HDRLEN:])); code != 0 {
+		return unix.Errno(-code)
+	}
+	return nil
+}
+
+func appendAttr(b []byte, typ uint16, data []byte) []byte {
+	l := unix.SizeofRtAttr + len(data)
+	b = binary.NativeEndian.AppendUint16(b, uint16(l))
+	b = binary.NativeEndian.AppendUint16(b, typ)
+	b = append(b, data...)
+	for len(b)%4 != 0 {
+		b = append(b, 0)
+	}
+	return b
+}
+
+// Name returns the interface name, as the kernel chose it.
+func (d *Device) Name() string { return d.name }
+
+// Index returns the interface index.
+func (d *Device) Index() int { return d.index }
+
+// Configured reports whether Open set the MTU, the link state and the
+// routes itself; false means the device was used as its owner left it.
+func (d *Device) Configured() bool { return d.configured }
+
+// ReadPacket implements relay.Device.
+func (d *Device) ReadPacket(b []byte) (int, error) {
+	n, err := d.f.Read(b)
+	if err != nil {
+		if errors.Is(err, os.ErrClosed) {
+			return 0, fmt.Errorf("tun: read %s: %w", d.name, net.ErrClosed)
+		}
+		return 0, fmt.Errorf("tun: read %s: %w", d.name, err)
+	}
+	return n, nil
+}
+
+// WritePacket implements relay.Device.
+func (d *Device) WritePacket(p []byte) error {
+	if _, err := d.f.Write(p); err != nil {
+		if errors.Is(err, os.ErrClosed) {
+			return fmt.Errorf("tun: write %s: %w", d.name, net.ErrClosed)
+		}
+		return fmt.Errorf("tun: write %s: %w", d.name, err)
+	}
+	return nil
+}
+
+// Close closes the device; a device Open created disappears with its
+// routes.
+func (d *Device) Close() error { return d.f.Close() }

@@ -1,0 +1,134 @@
+package tun
+
+import (
+	"bytes"
+	"errors"
+	"net"
+	"net/netip"
+	"os"
+	"os/exec"
+	"testing"
+	"time"
+
+	"github.com/teredo-go/teredo/proto"
+)
+
+// TestTUN runs itself again inside a new network namespace (root only):
+// a datagram to a Teredo address leaves through the device, and a packet
+// written to the device reaches a local socket.
+func TestTUN(t *testing.T) {
+	if os.Getenv("TUN_TEST_NETNS") == "1" {
+		testInNetns(t)
+		return
+	}
+	if os.Geteuid() != 0 {
+		t.Skip("needs root for a network namespace")
+	}
+	unshare, err := exec.LookPath("unshare")
+	if err != nil {
+		t.Skip("no unshare")
+	}
+	cmd := exec.Command(unshare, "-n", os.Args[0], "-test.run=^TestTUN$", "-test.v")
+	cmd.Env = append(os.Environ(), "TUN_TEST_NETNS=1")
+	out, err := cmd.CombinedOutput()
+	t.Logf("in netns:\n%s", out)
+	if err != nil {
+		t.Fatalf("netns run: %v", err)
+	}
+	if !bytes.Contains(out, []byte("--- PASS: TestTUN")) {
+		t.Fatal("the netns run did not pass")
+	}
+}
+
+func run(t *testing.T, args ...string) {
+	t.Helper()
+	if out, err := exec.Command(args[0], args[1:]...).CombinedOutput(); err != nil {
+		t.Fatalf("%v: %v\n%s", args, err, out)
+	}
+}
+
+func testInNetns(t *testing.T) {
+	run(t, "ip", "link", "set", "lo", "up")
+	run(t, "ip", "addr", "add", "2001:db8::1/128", "dev", "lo")
+	d, err := Open(Config{Name: "teredotest0", Routes: []netip.Prefix{proto.Prefix}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer d.Close()
+	if !d.Configured() || d.Name() != "teredotest0" {
+		t.Fatalf("configured %v name %q", d.Configured(), d.Name())
+	}
+	ifi, err := net.InterfaceByName("teredotest0")
+	if err != nil || ifi.MTU != MTU || ifi.Flags&net.FlagUp == 0 {
+		t.Fatalf("interface %+v, %v", ifi, err)
+	}
+	peer := netip.MustParseAddr("2001:0:cb00:7101::1")
+	sock, err := net.ListenUDP("udp6", &net.UDPAddr{IP: net.ParseIP("2001:db8::1"), Port: 5555})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sock.Close()
+	if _, err := sock.WriteToUDPAddrPort([]byte("out"), netip.AddrPortFrom(peer, 9)); err != nil {
+		t.Fatal(err)
+	}
+	buf := make([]byte, 2048)
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		if time.Now().After(deadline) {
+			t.Fatal("no packet from the kernel")
+		}
+		n, err := d.ReadPacket(buf)
+		if err != nil {
+			t.Fatal(err)
+		}
+		p := buf[:n]
+		if n >= 40 && p[0]>>4 == 6 && proto.Dst(p) == peer && proto.NextHeader(p) == proto.ProtoUDP {
+			if !bytes.HasSuffix(p, []byte("out")) {
+				t.Fatalf("wrong payload %x", p)
+			}
+			break
+		}
+		// Router solicitations and the like: skip.
+	}
+	// A reply written to the device reaches the socket.
+	payload := []byte("back")
+	l := 8 + len(payload)
+	pkt := []byte{0x60, 0, 0, 0, byte(l >> 8), byte(l), proto.ProtoUDP, 64}
+	s, dd := peer.As16(), netip.MustParseAddr("2001:db8::1").As16()
+	pkt = append(pkt, s[:]...)
+	pkt = append(pkt, dd[:]...)
+	pkt = append(pkt, 0, 9, 0x15, 0xb3, byte(l>>8), byte(l), 0, 0)
+	pkt = append(pkt, payload...)
+	cs := proto.Checksum(peer, netip.MustParseAddr("2001:db8::1"), proto.ProtoUDP, pkt[40:])
+	pkt[46], pkt[47] = byte(cs>>8), byte(cs)
+	if err := d.WritePacket(pkt); err != nil {
+		t.Fatal(err)
+	}
+	sock.SetReadDeadline(time.Now().Add(5 * time.Second))
+	n, from, err := sock.ReadFromUDPAddrPort(buf)
+	if err != nil {
+		t.Fatalf("reply not delivered: %v", err)
+	}
+	if string(buf[:n]) != "back" || from.Addr() != peer {
+		t.Fatalf("got %q from %v", buf[:n], from)
+	}
+	// Close unblocks a reader with net.ErrClosed.
+	done := make(chan error, 1)
+	go func() { _, err := d.ReadPacket(buf); done <- err }()
+	time.Sleep(10 * time.Millisecond)
+	d.Close()
+	select {
+	case err := <-done:
+		if !errors.Is(err, net.ErrClosed) {
+			t.Errorf("read after close: %v", err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("Close did not unblock ReadPacket")
+	}
+}
+
+func TestOpenErrors(t *testing.T) {
+	if _, err := Open(Config{Name: "a-name-that-is-far-too-long"}); err == nil {
+		t.Error("long name accepted")
+	}
+}

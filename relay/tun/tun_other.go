@@ -1,0 +1,26 @@
+//go:build !linux
+
+package tun
+
+import "net"
+
+// Device is an open TUN interface; only Linux has one.
+type Device struct{}
+
+// Open reports ErrUnsupported.
+func Open(Config) (*Device, error) { return nil, ErrUnsupported }
+
+// Name returns the interface name.
+func (d *Device) Name() string { return "" }
+
+// Configured reports whether Open configured the interface.
+func (d *Device) Configured() bool { return false }
+
+// ReadPacket implements relay.Device.
+func (d *Device) ReadPacket([]byte) (int, error) { return 0, net.ErrClosed }
+
+// WritePacket implements relay.Device.
+func (d *Device) WritePacket([]byte) error { return ErrUnsupported }
+
+// Close implements relay.Device.
+func (d *Device) Close() error { return nil }
