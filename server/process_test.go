@@ -195,6 +195,9 @@ func TestProcessRules(t *testing.T) {
 			fwd(mapB, relayUDP, bubble(native, teredoB))},
 		{"relay echo reply to our client", Primary, relayUDP, echo(native, teredoB, proto.ICMPEchoReply, 22), nil, nil,
 			fwd(mapB, relayUDP, echo(native, teredoB, proto.ICMPEchoReply, 22))},
+		{"Miredo-style bubble from a link-local nonce source", Primary, mapA, bubble(proto.LinkLocalFromID(nonce), teredoB), nil, nil,
+			fwd(mapB, mapA, bubble(proto.LinkLocalFromID(nonce), teredoB))},
+		{"link-local source to another server's client", Primary, mapA, bubble(proto.LinkLocalFromID(nonce), teredoC), nil, nil, dropped(DropNotAllowed)},
 		{"relay bubble to another server's client", Primary, relayUDP, bubble(native, teredoC), nil, nil, dropped(DropNotAllowed)},
 		{"non-Teredo to non-Teredo", Primary, relayUDP, bubble(native, native), nil, nil, dropped(DropNotAllowed)},
 

@@ -1,7 +1,7 @@
 // Package server is the Teredo server role (RFC 4380 §5.3): it answers
 // router solicitations on two IPv4 addresses and relays bubbles and small
 // ICMPv6 messages between Teredo clients, relays and native IPv6 hosts,
-// keeping no state per client.
+// keeping no state per client beyond a bounded per-source rate-limit table.
 //
 // The rules live in Processor, which handles one datagram at a time with an
 // injected clock and sender; Server is the thin adapter that moves batches
