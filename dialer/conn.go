@@ -30,7 +30,7 @@ func (c *TCPConn) err(op string, err error) error {
 	if c.closed.Load() {
 		return &net.OpError{Op: op, Net: "tcp", Source: c.c.LocalAddr(), Addr: c.c.RemoteAddr(), Err: net.ErrClosed}
 	}
-	return translate(err)
+	return TranslateError(err)
 }
 
 // Read implements net.Conn.
@@ -106,7 +106,7 @@ func (c *UDPConn) err(op string, err error) error {
 	if c.closed.Load() {
 		return &net.OpError{Op: op, Net: "udp", Source: c.c.LocalAddr(), Err: net.ErrClosed}
 	}
-	return translate(err)
+	return TranslateError(err)
 }
 
 // Read implements net.Conn.

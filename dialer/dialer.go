@@ -239,6 +239,7 @@ func (d *Dialer) dialTCP(ctx context.Context, raddr netip.AddrPort) (net.Conn, e
 			// An ICMPv6 "no route" about a Teredo peer means that host,
 			// not the network, is out of reach.
 			e.Errno = syscall.EHOSTUNREACH
+			e.Msg = "no route to host: Teredo peer " + dst.String() + " unreachable"
 		}
 		return nil, err
 	}

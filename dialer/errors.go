@@ -2,6 +2,7 @@ package dialer
 
 import (
 	"errors"
+	"io"
 	"net"
 	"os"
 	"syscall"
@@ -98,11 +99,18 @@ func fromString(msg string) *Error {
 // os.ErrDeadlineExceeded and is a net.Error with Timeout true.
 var errDeadline error = &Error{Msg: "i/o timeout", Sentinel: os.ErrDeadlineExceeded}
 
-// translate rewrites an error of a gonet conn or listener: gonet reports
-// gVisor errors as opaque strings inside *net.OpError.
-func translate(err error) error {
+// TranslateError rewrites an error returned by gonet (gVisor's net.Conn
+// adapter), which reports gVisor errors as opaque strings, often inside a
+// *net.OpError, into one whose chain holds an *Error.
+func TranslateError(err error) error {
 	var op *net.OpError
 	if !errors.As(err, &op) {
+		if err == nil || err == io.EOF {
+			return err
+		}
+		if _, ok := errnoOf[err.Error()]; ok {
+			return fromString(err.Error())
+		}
 		return err
 	}
 	inner := op.Err
