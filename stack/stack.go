@@ -1,0 +1,439 @@
+// Package stack assembles an unprivileged Teredo IPv6 host: a UDP socket,
+// the Teredo client role, the link endpoint and a gVisor network stack that
+// owns the Teredo address, with its lifecycle, status and address-change
+// events.
+package stack
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/netip"
+	"sync"
+
+	"gvisor.dev/gvisor/pkg/tcpip"
+	"gvisor.dev/gvisor/pkg/tcpip/header"
+	"gvisor.dev/gvisor/pkg/tcpip/link/qdisc/fifo"
+	"gvisor.dev/gvisor/pkg/tcpip/network/ipv6"
+	gstack "gvisor.dev/gvisor/pkg/tcpip/stack"
+	"gvisor.dev/gvisor/pkg/tcpip/transport/icmp"
+	"gvisor.dev/gvisor/pkg/tcpip/transport/tcp"
+	"gvisor.dev/gvisor/pkg/tcpip/transport/udp"
+
+	"github.com/teredo-go/teredo/client"
+	"github.com/teredo-go/teredo/internal/clock"
+	"github.com/teredo-go/teredo/internal/udpio"
+	"github.com/teredo-go/teredo/link"
+	"github.com/teredo-go/teredo/peer"
+	"github.com/teredo-go/teredo/proto"
+)
+
+// NIC is the id of the stack's only NIC, the Teredo link.
+const NIC tcpip.NICID = 1
+
+// TCP buffer defaults: large enough for a fast path with tens of
+// milliseconds of round trip, as Tailscale's netstack uses.
+const (
+	DefaultTCPReceiveBufferMax = 8 << 20
+	DefaultTCPSendBufferMax    = 6 << 20
+)
+
+// Config configures a Stack.
+type Config struct {
+	// Servers are the Teredo servers' primary IPv4 addresses, tried in
+	// order. Required.
+	Servers []netip.Addr
+	// Secondary is the second address of Servers[0]; zero means its
+	// address + 1.
+	Secondary netip.Addr
+	// ServerPort defaults to 3544.
+	ServerPort uint16
+
+	// LocalAddr is the UDP socket's local address; the zero value means
+	// any address and an ephemeral port.
+	LocalAddr netip.AddrPort
+	// Socket tunes the UDP socket opened for LocalAddr.
+	Socket udpio.Options
+	// Conn, if set, is used instead of opening a socket (tests inject an
+	// in-memory one). The Stack closes it on Close either way.
+	Conn udpio.Conn
+
+	// IsGlobal decides which IPv4 addresses may be servers and mapped
+	// addresses; nil means the RFC 4380 rule. Tests on loopback use
+	// proto.AnyIPv4.
+	IsGlobal proto.IPv4Filter
+	// MaxPeers bounds the peer list; zero means the client's default.
+	MaxPeers int
+	// ConeProbe adds a cone RS to the background NAT classification.
+	ConeProbe bool
+	// FixedRelay, if set, carries all traffic to non-Teredo destinations.
+	FixedRelay netip.AddrPort
+
+	// TCPReceiveBufferMax and TCPSendBufferMax bound TCP's auto-tuned
+	// buffers; zero means the defaults above.
+	TCPReceiveBufferMax, TCPSendBufferMax int
+	// DisableGSO turns off gVisor's in-stack segmentation offload.
+	DisableGSO bool
+
+	// Clock, Logger and Rand default to the real clock, a discarding
+	// logger and crypto/rand.
+	Clock  clock.Clock
+	Logger *slog.Logger
+	Rand   io.Reader
+}
+
+// Event is a state change of the Teredo client: client.Qualified,
+// client.AddressChanged, client.Offline or client.NATClassified.
+type Event = client.Event
+
+// Status is a snapshot of a Stack.
+type Status struct {
+	// Client is the Teredo client's state: qualification, NAT type,
+	// server, mapped endpoint, peer count and counters.
+	Client client.Status
+	// Link counts the packets the link endpoint moved and dropped.
+	Link link.Stats
+}
+
+// Stack is a Teredo IPv6 host. Its methods are safe for concurrent use.
+type Stack struct {
+	cfg  Config
+	log  *slog.Logger
+	conn udpio.Conn
+	ep   *link.Endpoint
+	cl   *client.Client
+	ns   *gstack.Stack
+
+	// Events from the client are queued here and applied, in order, by
+	// the event goroutine (or by New while it waits for qualification).
+	qmu    sync.Mutex
+	queue  []Event
+	wake   chan struct{}
+	quit   chan struct{}
+	evDone chan struct{}
+
+	mu        sync.Mutex
+	addr      netip.Addr
+	closed    bool
+	subs      map[int]func(Event)
+	nextSubID int
+}
+
+// New opens the socket, qualifies with the configured servers and builds
+// the network stack. It returns once the client is qualified, or with the
+// reason qualification failed when ctx ends.
+func New(ctx context.Context, cfg Config) (*Stack, error) {
+	if len(cfg.Servers) == 0 {
+		return nil, errors.New("stack: no Teredo server configured")
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+	s := &Stack{
+		cfg:    cfg,
+		log:    cfg.Logger,
+		wake:   make(chan struct{}, 1),
+		quit:   make(chan struct{}),
+		evDone: make(chan struct{}),
+		subs:   make(map[int]func(Event)),
+	}
+	s.conn = cfg.Conn
+	if s.conn == nil {
+		c, err := udpio.Listen(cfg.LocalAddr, cfg.Socket)
+		if err != nil {
+			return nil, fmt.Errorf("stack: %w", err)
+		}
+		s.conn = c
+	}
+	s.ep = link.New(s.conn, nil, link.Options{GSO: !cfg.DisableGSO, Logger: cfg.Logger})
+	cl, err := client.New(client.Config{
+		Transport:  s.conn,
+		Deliver:    s.ep.Deliver,
+		Clock:      cfg.Clock,
+		Logger:     cfg.Logger,
+		Rand:       cfg.Rand,
+		IsGlobal:   cfg.IsGlobal,
+		Servers:    cfg.Servers,
+		Secondary:  cfg.Secondary,
+		ServerPort: cfg.ServerPort,
+		MaxPeers:   cfg.MaxPeers,
+		ConeProbe:  cfg.ConeProbe,
+		FixedRelay: cfg.FixedRelay,
+		OnEvent:    s.enqueue,
+	})
+	if err != nil {
+		s.conn.Close()
+		return nil, fmt.Errorf("stack: %w", err)
+	}
+	s.cl = cl
+	s.ep.SetTunnel(cl)
+	s.ep.Start()
+	if err := cl.Start(); err != nil {
+		s.abort()
+		return nil, fmt.Errorf("stack: %w", err)
+	}
+	q, err := s.qualify(ctx)
+	if err != nil {
+		s.abort()
+		return nil, err
+	}
+	if err := s.build(q); err != nil {
+		s.abort()
+		return nil, err
+	}
+	go s.eventLoop()
+	return s, nil
+}
+
+// abort undoes a New that failed before the network stack existed.
+func (s *Stack) abort() {
+	s.cl.Close()
+	s.ep.Close()
+	s.conn.Close()
+}
+
+func (s *Stack) enqueue(ev Event) {
+	s.qmu.Lock()
+	s.queue = append(s.queue, ev)
+	s.qmu.Unlock()
+	select {
+	case s.wake <- struct{}{}:
+	default:
+	}
+}
+
+func (s *Stack) dequeue() []Event {
+	s.qmu.Lock()
+	defer s.qmu.Unlock()
+	evs := s.queue
+	s.queue = nil
+	return evs
+}
+
+// qualify waits for the first Qualified event.
+func (s *Stack) qualify(ctx context.Context) (client.Qualified, error) {
+	var reason error
+	for {
+		evs := s.dequeue()
+		for i, ev := range evs {
+			switch ev := ev.(type) {
+			case client.Qualified:
+				// Keep what followed for the event loop.
+				s.qmu.Lock()
+				s.queue = append(evs[i+1:len(evs):len(evs)], s.queue...)
+				s.qmu.Unlock()
+				s.log.Info("teredo: qualified", "addr", ev.Addr, "server", ev.Server, "mapped", ev.Mapped)
+				return ev, nil
+			case client.Offline:
+				reason = ev.Reason
+			}
+		}
+		select {
+		case <-s.wake:
+		case <-ctx.Done():
+			if reason == nil {
+				reason = fmt.Errorf("no reply from Teredo server %v", s.cfg.Servers[0])
+			}
+			return client.Qualified{}, fmt.Errorf("stack: not qualified: %w: %w", reason, ctx.Err())
+		}
+	}
+}
+
+// build creates the gVisor stack with the Teredo address.
+func (s *Stack) build(q client.Qualified) error {
+	ns := gstack.New(gstack.Options{
+		NetworkProtocols:   []gstack.NetworkProtocolFactory{ipv6.NewProtocol},
+		TransportProtocols: []gstack.TransportProtocolFactory{tcp.NewProtocol, udp.NewProtocol, icmp.NewProtocol6},
+	})
+	rcv, snd := s.cfg.TCPReceiveBufferMax, s.cfg.TCPSendBufferMax
+	if rcv <= 0 {
+		rcv = DefaultTCPReceiveBufferMax
+	}
+	if snd <= 0 {
+		snd = DefaultTCPSendBufferMax
+	}
+	// SACK and RACK are gVisor's defaults at our pin; SACK is set anyway
+	// so that a future default cannot silently turn it off. RACK stays on:
+	// without it, reordering paths lose most of their throughput.
+	sack := tcpip.TCPSACKEnabled(true)
+	moderate := tcpip.TCPModerateReceiveBufferOption(true)
+	opts := []tcpip.SettableTransportProtocolOption{
+		&sack,
+		&moderate,
+		&tcpip.TCPReceiveBufferSizeRangeOption{Min: tcp.MinBufferSize, Default: tcp.DefaultReceiveBufferSize, Max: rcv},
+		&tcpip.TCPSendBufferSizeRangeOption{Min: tcp.MinBufferSize, Default: tcp.DefaultSendBufferSize, Max: snd},
+	}
+	for _, o := range opts {
+		if err := ns.SetTransportProtocolOption(tcp.ProtocolNumber, o); err != nil {
+			ns.Destroy()
+			return fmt.Errorf("stack: TCP option %T: %s", o, err)
+		}
+	}
+	if q.MTU >= proto.MinMTU {
+		s.ep.SetMTU(uint32(q.MTU))
+	}
+	if err := ns.CreateNICWithOptions(NIC, s.ep, gstack.NICOptions{
+		Name:  "teredo",
+		QDisc: fifo.New(s.ep, 1, 1000),
+	}); err != nil {
+		ns.Destroy()
+		return fmt.Errorf("stack: create NIC: %s", err)
+	}
+	if err := addAddr(ns, q.Addr); err != nil {
+		ns.Destroy()
+		return err
+	}
+	ns.SetRouteTable([]tcpip.Route{{Destination: header.IPv6EmptySubnet, NIC: NIC}})
+	s.ns = ns
+	s.addr = q.Addr
+	return nil
+}
+
+func addAddr(ns *gstack.Stack, a netip.Addr) error {
+	pa := tcpip.ProtocolAddress{
+		Protocol:          ipv6.ProtocolNumber,
+		AddressWithPrefix: tcpip.AddrFrom16(a.As16()).WithPrefix(),
+	}
+	if err := ns.AddProtocolAddress(NIC, pa, gstack.AddressProperties{}); err != nil {
+		return fmt.Errorf("stack: add address %v: %s", a, err)
+	}
+	return nil
+}
+
+func (s *Stack) eventLoop() {
+	defer close(s.evDone)
+	for {
+		for _, ev := range s.dequeue() {
+			s.apply(ev)
+		}
+		select {
+		case <-s.wake:
+		case <-s.quit:
+			return
+		}
+	}
+}
+
+// apply acts on one client event, then tells subscribers.
+func (s *Stack) apply(ev Event) {
+	switch ev := ev.(type) {
+	case client.Qualified:
+		s.setAddr(ev.Addr)
+	case client.AddressChanged:
+		s.setAddr(ev.New)
+	case client.Offline:
+		s.log.Warn("teredo: offline", "reason", ev.Reason)
+	}
+	s.mu.Lock()
+	subs := make([]func(Event), 0, len(s.subs))
+	for _, f := range s.subs {
+		subs = append(subs, f)
+	}
+	s.mu.Unlock()
+	for _, f := range subs {
+		f(ev)
+	}
+}
+
+// setAddr moves the stack to address a: the old /128 goes, and so do the
+// connections bound to it, which could never be reached again. Listeners,
+// bound to the NIC rather than an address, keep accepting.
+func (s *Stack) setAddr(a netip.Addr) {
+	s.mu.Lock()
+	old := s.addr
+	if old == a || s.closed {
+		s.mu.Unlock()
+		return
+	}
+	s.addr = a
+	s.mu.Unlock()
+	s.log.Info("teredo: address changed", "old", old, "new", a)
+	if err := addAddr(s.ns, a); err != nil {
+		s.log.Error("teredo: address change", "err", err)
+	}
+	if old.IsValid() {
+		oldAddr := tcpip.AddrFrom16(old.As16())
+		if err := s.ns.RemoveAddress(NIC, oldAddr); err != nil {
+			s.log.Warn("teredo: remove old address", "addr", old, "err", err)
+		}
+		for _, ep := range s.ns.RegisteredEndpoints() {
+			e, ok := ep.(interface{ Info() tcpip.EndpointInfo })
+			if !ok {
+				continue
+			}
+			info, ok := e.Info().(*gstack.TransportEndpointInfo)
+			if ok && info.ID.LocalAddress == oldAddr {
+				ep.Abort()
+			}
+		}
+	}
+}
+
+// Subscribe calls f for every client event, in order, from the stack's
+// event goroutine after the stack has acted on it (for an address change:
+// the new address is in place and connections on the old one are closed).
+// f must not block for long. The returned function cancels the
+// subscription.
+func (s *Stack) Subscribe(f func(Event)) (cancel func()) {
+	s.mu.Lock()
+	id := s.nextSubID
+	s.nextSubID++
+	s.subs[id] = f
+	s.mu.Unlock()
+	return func() {
+		s.mu.Lock()
+		delete(s.subs, id)
+		s.mu.Unlock()
+	}
+}
+
+// Addr returns the current Teredo address.
+func (s *Stack) Addr() netip.Addr {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.addr
+}
+
+// Status returns a snapshot of the client and link.
+func (s *Stack) Status() Status {
+	return Status{Client: s.cl.Status(), Link: s.ep.Stats()}
+}
+
+// Netstack returns the gVisor stack, for code that needs more than
+// packages dialer and listener offer.
+func (s *Stack) Netstack() *gstack.Stack { return s.ns }
+
+// NICID returns the Teredo NIC's id.
+func (s *Stack) NICID() tcpip.NICID { return NIC }
+
+// LocalAddr returns the UDP socket's local address.
+func (s *Stack) LocalAddr() netip.AddrPort { return s.conn.LocalAddr() }
+
+// PeerState reports what the Teredo client knows about reaching dst.
+func (s *Stack) PeerState(dst netip.Addr) peer.State { return s.cl.PeerState(dst) }
+
+// Unreachable reports whether the client has given up on reaching dst.
+func (s *Stack) Unreachable(dst netip.Addr) bool {
+	return s.cl.PeerState(dst) == peer.Unreachable
+}
+
+// Close shuts the stack down: connections end, the client stops, the
+// socket closes, and no goroutine of the stack is left when it returns.
+func (s *Stack) Close() error {
+	s.mu.Lock()
+	if s.closed {
+		s.mu.Unlock()
+		return nil
+	}
+	s.closed = true
+	s.mu.Unlock()
+	s.cl.Close()
+	close(s.quit)
+	<-s.evDone
+	// Destroy detaches the link (stopping its reader), closes the queueing
+	// discipline and waits for the protocol goroutines.
+	s.ns.Destroy()
+	return s.conn.Close()
+}
