@@ -368,3 +368,64 @@ func TestInMemoryNetwork(t *testing.T) {
 		t.Fatalf("no echo request on the IPv6 output; stats %+v", s.Stats())
 	}
 }
+
+// TestManyClients pushes more datagrams than one batch through the socket
+// adapter and checks that every client gets its RA.
+func TestManyClients(t *testing.T) {
+	network := udpiotest.NewNetwork()
+	s, err := New(Config{Primary: netip.MustParseAddr("198.18.0.1"), Listen: network.Listen})
+	if err != nil {
+		t.Fatal(err)
+	}
+	errc := make(chan error, 1)
+	go func() { errc <- s.Serve(context.Background()) }()
+	defer func() {
+		s.Close()
+		if err := <-errc; err != nil {
+			t.Error(err)
+		}
+	}()
+	primary, secondary := s.Addrs()
+	const n = 5 * batchSize
+	clients := make([]udpio.Conn, n)
+	for i := range clients {
+		c, err := network.Listen(netip.AddrPortFrom(netip.AddrFrom4([4]byte{203, 0, byte(i / 250), byte(i%250 + 1)}), 40000))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		clients[i] = c
+		to := primary
+		if i%3 == 0 {
+			to = secondary
+		}
+		if err := c.WriteTo(proto.AppendRS(nil, [8]byte{byte(i)}, i%2 == 0), to); err != nil {
+			t.Fatal(err)
+		}
+	}
+	msgs := []udpio.Message{{Buffers: [][]byte{make([]byte, 2048)}}}
+	for i, c := range clients {
+		c.SetReadDeadline(time.Now().Add(5 * time.Second))
+		if _, err := c.ReadBatch(msgs); err != nil {
+			t.Fatalf("client %d: %v; stats %+v", i, err, s.Stats())
+		}
+		var pkt proto.Packet
+		if err := pkt.Parse(msgs[0].Buffers[0][:msgs[0].N]); err != nil {
+			t.Fatal(err)
+		}
+		ra, err := proto.ParseRA(&pkt)
+		if err != nil || ra.Nonce != [8]byte{byte(i)} || ra.Mapped != c.LocalAddr() {
+			t.Fatalf("client %d: RA %+v, %v", i, ra, err)
+		}
+		wantFrom := primary
+		if (i%3 == 0) != (i%2 == 0) { // secondary xor cone
+			wantFrom = secondary
+		}
+		if msgs[0].Addr != wantFrom {
+			t.Fatalf("client %d: RA from %v, want %v", i, msgs[0].Addr, wantFrom)
+		}
+	}
+	if st := s.Stats(); st.AnsweredRS != n || st.SendErrors != 0 {
+		t.Fatalf("stats %+v", st)
+	}
+}
