@@ -1,0 +1,195 @@
+// Command teredo-relay runs a Teredo relay (RFC 4380 §5.4), or with
+// -host-specific a host-specific relay, between a UDP/IPv4 socket and a
+// Linux TUN interface.
+//
+// Usage:
+//
+//	teredo-relay [-bind 0.0.0.0:3544] [-tun teredo] [-host-specific]
+//	             [-status 127.0.0.1:9545] [-direct-bubbles] [-v]
+//
+// It creates the TUN interface (MTU 1280) and routes 2001::/32 into it,
+// which needs CAP_NET_ADMIN; as an ordinary user it attaches to a device
+// made for it with "ip tuntap add dev teredo mode tun user USER" and
+// configured beforehand. When it is ready it prints one line to standard
+// output, "teredo-relay: ready on <addr>:<port>, tun <name>"; logs go to
+// standard error. SIGINT or SIGTERM stops it. Bad flags exit with status 2.
+// See relay/README.md for what a relay needs around it (routing, IPv6
+// forwarding).
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/netip"
+	"os"
+	"os/signal"
+	"syscall"
+	"time"
+
+	"github.com/teredo-go/teredo/internal/udpio"
+	"github.com/teredo-go/teredo/proto"
+	"github.com/teredo-go/teredo/relay"
+	"github.com/teredo-go/teredo/relay/tun"
+)
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	code := run(ctx, os.Args[1:], os.Stdout, os.Stderr)
+	stop()
+	os.Exit(code)
+}
+
+// options are the parsed command line.
+type options struct {
+	bind          netip.AddrPort
+	tun           string
+	prefix        netip.Prefix
+	hostSpecific  bool
+	status        string
+	verbose       bool
+	anyIPv4       bool
+	directBubbles bool
+	maxPeers      int
+}
+
+// usageError is a command-line error, which exits with status 2.
+type usageError string
+
+func (e usageError) Error() string { return string(e) }
+
+func usagef(format string, args ...any) error { return usageError(fmt.Sprintf(format, args...)) }
+
+func parseFlags(args []string, stderr io.Writer) (options, error) {
+	var o options
+	fs := flag.NewFlagSet("teredo-relay", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	bind := fs.String("bind", "0.0.0.0:3544", "Teredo-side UDP/IPv4 `address:port`")
+	fs.StringVar(&o.tun, "tun", tun.DefaultName, "TUN interface `name` (created if missing; an existing one is used as it is)")
+	prefix := fs.String("prefix", proto.Prefix.String(), "Teredo `prefix` (RFC 4380 fixes 2001::/32; other values are for tests)")
+	fs.BoolVar(&o.hostSpecific, "host-specific", false, "serve only this host's own IPv6 addresses (host-specific relay)")
+	fs.StringVar(&o.status, "status", "", "serve GET /status (JSON) and /metrics (Prometheus) on this TCP `address`")
+	fs.BoolVar(&o.verbose, "v", false, "debug logging")
+	fs.BoolVar(&o.anyIPv4, "any-ipv4", false, "treat every IPv4 address as global unicast\n(for tests on loopback or private networks only)")
+	fs.BoolVar(&o.directBubbles, "direct-bubbles", false, "also send bubbles straight to clients' mappings\n(can make conntrack NATs remap clients; off by default)")
+	fs.IntVar(&o.maxPeers, "max-peers", relay.DefaultMaxPeers, "peer table size")
+	if err := fs.Parse(args); err != nil {
+		return o, err
+	}
+	if fs.NArg() > 0 {
+		return o, usagef("unexpected argument %q", fs.Arg(0))
+	}
+	var err error
+	if o.bind, err = netip.ParseAddrPort(*bind); err != nil || !o.bind.Addr().Is4() {
+		return o, usagef("-bind %q is not an IPv4 address:port", *bind)
+	}
+	if o.prefix, err = netip.ParsePrefix(*prefix); err != nil || !o.prefix.Addr().Is6() || o.prefix.Bits() != 32 {
+		return o, usagef("-prefix %q is not an IPv6 /32", *prefix)
+	}
+	o.prefix = o.prefix.Masked()
+	if o.tun == "" || len(o.tun) > 15 {
+		return o, usagef("-tun %q: the name must have 1 to 15 characters", o.tun)
+	}
+	if o.maxPeers < 1 {
+		return o, usagef("-max-peers %d must be positive", o.maxPeers)
+	}
+	return o, nil
+}
+
+// run is the whole command; it returns the exit status.
+func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
+	o, err := parseFlags(args, stderr)
+	switch {
+	case errors.Is(err, flag.ErrHelp):
+		return 0
+	case err != nil:
+		var ue usageError
+		if errors.As(err, &ue) {
+			fmt.Fprintf(stderr, "teredo-relay: %v (see -h)\n", ue)
+		}
+		return 2
+	}
+	level := slog.LevelInfo
+	if o.verbose {
+		level = slog.LevelDebug
+	}
+	log := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: level}))
+	if err := serve(ctx, o, log, stdout); err != nil {
+		fmt.Fprintf(stderr, "teredo-relay: %v\n", err)
+		return 1
+	}
+	return 0
+}
+
+func serve(ctx context.Context, o options, log *slog.Logger, stdout io.Writer) error {
+	conn, err := udpio.Listen(o.bind, udpio.Options{})
+	if err != nil {
+		return err
+	}
+	dev, err := tun.Open(tun.Config{Name: o.tun, Routes: []netip.Prefix{o.prefix}})
+	if err != nil {
+		conn.Close()
+		return err
+	}
+	if !dev.Configured() {
+		log.Warn("using the TUN device as it is: its MTU and routes were set by its owner", "tun", dev.Name())
+	}
+	cfg := relay.Config{
+		Conn:          conn,
+		Device:        dev,
+		Logger:        log,
+		Prefix:        o.prefix,
+		DirectBubbles: o.directBubbles,
+		MaxPeers:      o.maxPeers,
+	}
+	if o.anyIPv4 {
+		cfg.IPv4Filter = proto.AnyIPv4
+	}
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	if o.hostSpecific {
+		local := newLocalAddrs(log)
+		go local.refresh(ctx, 10*time.Second)
+		cfg.HostSpecific, cfg.IsLocal = true, local.contains
+	}
+	r, err := relay.New(cfg)
+	if err != nil {
+		conn.Close()
+		dev.Close()
+		return err
+	}
+	defer r.Close()
+
+	var srv *http.Server
+	srvDone := make(chan struct{})
+	if o.status != "" {
+		l, err := net.Listen("tcp", o.status)
+		if err != nil {
+			return fmt.Errorf("status listener: %w", err)
+		}
+		srv = &http.Server{Handler: r.Handler(), ReadHeaderTimeout: 10 * time.Second}
+		go func() {
+			defer close(srvDone)
+			srv.Serve(l)
+		}()
+		log.Info("status", "url", "http://"+l.Addr().String()+"/status")
+	} else {
+		close(srvDone)
+	}
+	fmt.Fprintf(stdout, "teredo-relay: ready on %v, tun %s\n", r.Addr(), dev.Name())
+	log.Info("relay running", "addr", r.Addr(), "tun", dev.Name(), "prefix", o.prefix, "host_specific", o.hostSpecific)
+	err = r.Run(ctx)
+	if srv != nil {
+		sctx, scancel := context.WithTimeout(context.Background(), 2*time.Second)
+		srv.Shutdown(sctx)
+		scancel()
+	}
+	<-srvDone
+	log.Info("relay stopped")
+	return err
+}

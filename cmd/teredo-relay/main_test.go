@@ -1,0 +1,190 @@
+package main
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/json"
+	"io"
+	"net"
+	"net/http"
+	"net/netip"
+	"os"
+	"os/exec"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/teredo-go/teredo/proto"
+	"github.com/teredo-go/teredo/relay"
+)
+
+func TestBadFlags(t *testing.T) {
+	for _, args := range [][]string{
+		{"-bind", "nonsense"},
+		{"-bind", "[::1]:3544"},
+		{"-prefix", "2001::/48"},
+		{"-prefix", "10.0.0.0/8"},
+		{"-tun", ""},
+		{"-tun", "a-name-longer-than-fifteen"},
+		{"-max-peers", "0"},
+		{"-no-such-flag"},
+		{"extra"},
+	} {
+		var stdout, stderr bytes.Buffer
+		if code := run(context.Background(), args, &stdout, &stderr); code != 2 {
+			t.Errorf("%q: exit %d, want 2", args, code)
+		}
+		if stderr.Len() == 0 {
+			t.Errorf("%q: no message", args)
+		}
+	}
+	var stdout, stderr bytes.Buffer
+	if code := run(context.Background(), []string{"-h"}, &stdout, &stderr); code != 0 {
+		t.Errorf("-h: exit %d", code)
+	}
+	if !strings.Contains(stderr.String(), "-host-specific") {
+		t.Errorf("usage does not list -host-specific")
+	}
+}
+
+// TestRelayInNetns runs the command inside a new network namespace (root
+// only) with a real TUN device: a client's packet to a native IPv6 socket on
+// this host goes through the relay and the kernel, and the answer comes back
+// through the kernel's route into the TUN device.
+func TestRelayInNetns(t *testing.T) {
+	if os.Getenv("RELAY_TEST_NETNS") == "1" {
+		testInNetns(t)
+		return
+	}
+	if os.Geteuid() != 0 {
+		t.Skip("needs root for a network namespace")
+	}
+	unshare, err := exec.LookPath("unshare")
+	if err != nil {
+		t.Skip("no unshare")
+	}
+	cmd := exec.Command(unshare, "-n", os.Args[0], "-test.run=^TestRelayInNetns$", "-test.v")
+	cmd.Env = append(os.Environ(), "RELAY_TEST_NETNS=1")
+	out, err := cmd.CombinedOutput()
+	t.Logf("in netns:\n%s", out)
+	if err != nil || !bytes.Contains(out, []byte("--- PASS: TestRelayInNetns")) {
+		t.Fatalf("netns run failed: %v", err)
+	}
+}
+
+func sh(t *testing.T, args ...string) {
+	t.Helper()
+	if out, err := exec.Command(args[0], args[1:]...).CombinedOutput(); err != nil {
+		t.Fatalf("%v: %v\n%s", args, err, out)
+	}
+}
+
+func testInNetns(t *testing.T) {
+	sh(t, "ip", "link", "set", "lo", "up")
+	native := netip.MustParseAddr("2001:db8::80")
+	sh(t, "ip", "addr", "add", native.String()+"/128", "dev", "lo")
+
+	ctx, cancel := context.WithCancel(context.Background())
+	pr, pw := io.Pipe()
+	done := make(chan int, 1)
+	go func() {
+		done <- run(ctx, []string{"-bind", "127.0.0.1:3544", "-tun", "teredo9", "-any-ipv4",
+			"-status", "127.0.0.1:9545", "-v"}, pw, os.Stderr)
+		pw.Close()
+	}()
+	line, err := bufio.NewReader(pr).ReadString('\n')
+	if err != nil {
+		t.Fatalf("no ready line: %v", err)
+	}
+	if want := "teredo-relay: ready on 127.0.0.1:3544, tun teredo9\n"; line != want {
+		t.Fatalf("ready line %q, want %q", line, want)
+	}
+	go io.Copy(io.Discard, pr)
+
+	// A native service on this host.
+	svc, err := net.ListenUDP("udp6", &net.UDPAddr{IP: native.AsSlice(), Port: 7})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer svc.Close()
+	// A Teredo client on loopback.
+	cl, err := net.ListenUDP("udp4", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cl.Close()
+	mapped := cl.LocalAddr().(*net.UDPAddr).AddrPort()
+	mapped = netip.AddrPortFrom(mapped.Addr().Unmap(), mapped.Port())
+	teredo := proto.Address{Server: netip.MustParseAddr("127.0.0.9"), Mapped: mapped}.Addr()
+	pkt := udp6(teredo, native, 4000, 7, []byte("hello relay"))
+	if _, err := cl.WriteToUDPAddrPort(pkt, netip.MustParseAddrPort("127.0.0.1:3544")); err != nil {
+		t.Fatal(err)
+	}
+	svc.SetReadDeadline(time.Now().Add(5 * time.Second))
+	buf := make([]byte, 2048)
+	n, from, err := svc.ReadFromUDPAddrPort(buf)
+	if err != nil {
+		t.Fatalf("native service got nothing: %v", err)
+	}
+	if string(buf[:n]) != "hello relay" || from.Addr() != teredo {
+		t.Fatalf("service got %q from %v", buf[:n], from)
+	}
+	if _, err := svc.WriteToUDPAddrPort([]byte("hello client"), from); err != nil {
+		t.Fatal(err)
+	}
+	cl.SetReadDeadline(time.Now().Add(5 * time.Second))
+	n, rfrom, err := cl.ReadFromUDPAddrPort(buf)
+	if err != nil {
+		t.Fatalf("client got no answer: %v", err)
+	}
+	if !bytes.HasSuffix(buf[:n], []byte("hello client")) || proto.Src(buf[:n]) != native || rfrom.Port() != 3544 {
+		t.Fatalf("client got %x from %v", buf[:n], rfrom)
+	}
+
+	resp, err := http.Get("http://127.0.0.1:9545/status")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var st relay.Status
+	err = json.NewDecoder(resp.Body).Decode(&st)
+	resp.Body.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st.Counters["rx_forwarded"] != 1 || st.Counters["tx_forwarded"] != 1 || st.Peers != 1 {
+		t.Errorf("status %+v", st)
+	}
+	resp, err = http.Get("http://127.0.0.1:9545/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if !bytes.Contains(body, []byte(`teredo_relay_events_total{event="rx_forwarded"} 1`)) {
+		t.Errorf("metrics:\n%s", body)
+	}
+
+	cancel()
+	select {
+	case code := <-done:
+		if code != 0 {
+			t.Errorf("exit %d", code)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("no graceful stop")
+	}
+}
+
+func udp6(src, dst netip.Addr, sport, dport uint16, payload []byte) []byte {
+	l := 8 + len(payload)
+	b := []byte{0x60, 0, 0, 0, byte(l >> 8), byte(l), proto.ProtoUDP, 64}
+	s, d := src.As16(), dst.As16()
+	b = append(b, s[:]...)
+	b = append(b, d[:]...)
+	b = append(b, byte(sport>>8), byte(sport), byte(dport>>8), byte(dport), byte(l>>8), byte(l), 0, 0)
+	b = append(b, payload...)
+	cs := proto.Checksum(src, dst, proto.ProtoUDP, b[40:])
+	b[46], b[47] = byte(cs>>8), byte(cs)
+	return b
+}
