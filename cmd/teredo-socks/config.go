@@ -1,0 +1,193 @@
+package main
+
+import (
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"net"
+	"net/netip"
+	"strconv"
+	"strings"
+)
+
+// DefaultServer is Miredo's default Teredo server. Public servers come and
+// go; when it does not answer, the user is told to pick one with -server.
+const DefaultServer = "teredo.remlab.net"
+
+// envPrefix prefixes the environment variable of every flag:
+// -listen is also TEREDO_SOCKS_LISTEN.
+const envPrefix = "TEREDO_SOCKS_"
+
+// Forward exposes a local TCP service on a port of the Teredo address.
+type Forward struct {
+	Port   uint16 // port on the Teredo address
+	Target string // host:port the accepted connections are forwarded to
+}
+
+// Config is the parsed command line.
+type Config struct {
+	Listen   string
+	Servers  []string
+	Bind     netip.AddrPort
+	User     string
+	Pass     string
+	IPv4     string // "direct" or "reject"
+	Prefer   string // "ipv4" or "ipv6"
+	Forwards []Forward
+	Status   string
+	Demo     bool
+	Verbose  bool
+}
+
+type forwardList []Forward
+
+func (f *forwardList) String() string {
+	parts := make([]string, len(*f))
+	for i, fw := range *f {
+		parts[i] = fmt.Sprintf("%d=%s", fw.Port, fw.Target)
+	}
+	return strings.Join(parts, ",")
+}
+
+// Set accepts PORT=HOST:PORT, or several separated by commas (the form the
+// environment variable uses).
+func (f *forwardList) Set(s string) error {
+	for _, one := range strings.Split(s, ",") {
+		one = strings.TrimSpace(one)
+		if one == "" {
+			continue
+		}
+		fw, err := parseForward(one)
+		if err != nil {
+			return err
+		}
+		*f = append(*f, fw)
+	}
+	return nil
+}
+
+func parseForward(s string) (Forward, error) {
+	portStr, target, ok := strings.Cut(s, "=")
+	if !ok {
+		return Forward{}, fmt.Errorf("forward %q: want PORT=HOST:PORT", s)
+	}
+	port, err := strconv.ParseUint(portStr, 10, 16)
+	if err != nil || port == 0 {
+		return Forward{}, fmt.Errorf("forward %q: bad port %q", s, portStr)
+	}
+	host, tport, err := net.SplitHostPort(target)
+	if err != nil || host == "" {
+		return Forward{}, fmt.Errorf("forward %q: target must be HOST:PORT", s)
+	}
+	if p, err := strconv.ParseUint(tport, 10, 16); err != nil || p == 0 {
+		return Forward{}, fmt.Errorf("forward %q: bad target port %q", s, tport)
+	}
+	return Forward{Port: uint16(port), Target: target}, nil
+}
+
+// parseConfig parses args, with each flag's environment variable as its
+// default. Errors are meant for the user, as they are.
+func parseConfig(args []string, getenv func(string) string, stderr io.Writer) (*Config, error) {
+	fs := flag.NewFlagSet("teredo-socks", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	var (
+		c       Config
+		servers string
+		bind    string
+		fwds    forwardList
+	)
+	fs.StringVar(&c.Listen, "listen", "127.0.0.1:1080", "SOCKS5 listen `address`; a non-loopback address needs -user and -pass")
+	fs.StringVar(&servers, "server", DefaultServer, "Teredo server `host[,host...]`, tried in order")
+	fs.StringVar(&bind, "bind", "", "local UDP endpoint `IPv4:port` of the Teredo client (default: any address, random port)")
+	fs.StringVar(&c.User, "user", "", "SOCKS5 user name (RFC 1929)")
+	fs.StringVar(&c.Pass, "pass", "", "SOCKS5 password (RFC 1929)")
+	fs.StringVar(&c.IPv4, "ipv4", "direct", "IPv4 destinations: `direct` through the host, or reject")
+	fs.StringVar(&c.Prefer, "prefer", "ipv4", "family tried first for names with A and AAAA records: `ipv4` or ipv6")
+	fs.Var(&fwds, "forward", "accept TCP on the Teredo address's `PORT=HOST:PORT` and forward it (repeatable)")
+	fs.StringVar(&c.Status, "status", "", "serve GET /status (JSON) and /metrics (Prometheus) on `address`")
+	fs.BoolVar(&c.Demo, "demo", false, "run against a built-in in-process Teredo internet (no root, no network)")
+	fs.BoolVar(&c.Verbose, "v", false, "verbose (debug) logging")
+	fs.Usage = func() {
+		fmt.Fprintf(fs.Output(), "Usage: teredo-socks [flags]\n\nA SOCKS5 proxy that gives any program IPv6 through a user-space Teredo client.\nEvery flag can also be set with the environment variable %s<NAME>, e.g. %sLISTEN.\n\n", envPrefix, envPrefix)
+		fs.PrintDefaults()
+	}
+
+	// Environment first, so that flags given on the command line win.
+	var envErr error
+	fs.VisitAll(func(f *flag.Flag) {
+		name := envPrefix + strings.ToUpper(f.Name)
+		if v := getenv(name); v != "" && envErr == nil {
+			if err := fs.Set(f.Name, v); err != nil {
+				envErr = fmt.Errorf("environment variable %s: %w", name, err)
+			}
+		}
+	})
+	if envErr != nil {
+		return nil, envErr
+	}
+	envForwards := len(fwds)
+	if err := fs.Parse(args); err != nil {
+		return nil, err
+	}
+	if fs.NArg() > 0 {
+		return nil, fmt.Errorf("unexpected argument %q", fs.Arg(0))
+	}
+	// Forwards given on the command line replace those from the environment.
+	if len(fwds) > envForwards && envForwards > 0 {
+		fwds = fwds[envForwards:]
+	}
+	c.Forwards = fwds
+
+	for _, s := range strings.Split(servers, ",") {
+		if s = strings.TrimSpace(s); s != "" {
+			c.Servers = append(c.Servers, s)
+		}
+	}
+	if len(c.Servers) == 0 && !c.Demo {
+		return nil, errors.New("-server: at least one Teredo server is needed")
+	}
+	if bind != "" {
+		ap, err := netip.ParseAddrPort(bind)
+		if err != nil || !ap.Addr().Is4() {
+			return nil, fmt.Errorf("-bind %q: want IPv4:port", bind)
+		}
+		c.Bind = ap
+	}
+	switch c.IPv4 {
+	case "direct", "reject":
+	default:
+		return nil, fmt.Errorf("-ipv4 %q: want direct or reject", c.IPv4)
+	}
+	switch c.Prefer {
+	case "ipv4", "ipv6":
+	default:
+		return nil, fmt.Errorf("-prefer %q: want ipv4 or ipv6", c.Prefer)
+	}
+	if (c.User == "") != (c.Pass == "") {
+		return nil, errors.New("-user and -pass go together")
+	}
+	host, _, err := net.SplitHostPort(c.Listen)
+	if err != nil {
+		return nil, fmt.Errorf("-listen %q: %w", c.Listen, err)
+	}
+	if !isLoopback(host) && c.User == "" {
+		return nil, fmt.Errorf("-listen %q is not a loopback address: refusing to run an open proxy; set -user and -pass", c.Listen)
+	}
+	seen := map[uint16]bool{}
+	for _, f := range c.Forwards {
+		if seen[f.Port] {
+			return nil, fmt.Errorf("-forward: port %d given twice", f.Port)
+		}
+		seen[f.Port] = true
+	}
+	return &c, nil
+}
+
+func isLoopback(host string) bool {
+	if host == "localhost" {
+		return true
+	}
+	a, err := netip.ParseAddr(host)
+	return err == nil && a.IsLoopback()
+}

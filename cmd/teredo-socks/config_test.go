@@ -1,0 +1,72 @@
+package main
+
+import (
+	"io"
+	"net/netip"
+	"reflect"
+	"strings"
+	"testing"
+)
+
+func TestParseConfig(t *testing.T) {
+	tests := []struct {
+		name    string
+		args    []string
+		env     map[string]string
+		wantErr string
+		check   func(t *testing.T, c *Config)
+	}{
+		{name: "defaults", check: func(t *testing.T, c *Config) {
+			if c.Listen != "127.0.0.1:1080" || !reflect.DeepEqual(c.Servers, []string{DefaultServer}) || c.IPv4 != "direct" || c.Prefer != "ipv4" || c.Bind.IsValid() {
+				t.Fatalf("%+v", c)
+			}
+		}},
+		{name: "servers and bind", args: []string{"-server", "a.example, b.example", "-bind", "0.0.0.0:3545"}, check: func(t *testing.T, c *Config) {
+			if !reflect.DeepEqual(c.Servers, []string{"a.example", "b.example"}) || c.Bind != netip.MustParseAddrPort("0.0.0.0:3545") {
+				t.Fatalf("%+v", c)
+			}
+		}},
+		{name: "env", env: map[string]string{"TEREDO_SOCKS_LISTEN": "[::1]:9050", "TEREDO_SOCKS_PREFER": "ipv6", "TEREDO_SOCKS_FORWARD": "80=127.0.0.1:8080,22=localhost:22", "TEREDO_SOCKS_V": "true"}, check: func(t *testing.T, c *Config) {
+			if c.Listen != "[::1]:9050" || c.Prefer != "ipv6" || !c.Verbose || len(c.Forwards) != 2 || c.Forwards[1] != (Forward{22, "localhost:22"}) {
+				t.Fatalf("%+v", c)
+			}
+		}},
+		{name: "flag beats env", args: []string{"-prefer", "ipv4", "-forward", "8080=127.0.0.1:80"}, env: map[string]string{"TEREDO_SOCKS_PREFER": "ipv6", "TEREDO_SOCKS_FORWARD": "80=127.0.0.1:8080"}, check: func(t *testing.T, c *Config) {
+			if c.Prefer != "ipv4" || len(c.Forwards) != 1 || c.Forwards[0].Port != 8080 {
+				t.Fatalf("%+v", c)
+			}
+		}},
+		{name: "open proxy refused", args: []string{"-listen", "0.0.0.0:1080"}, wantErr: "open proxy"},
+		{name: "open proxy with auth", args: []string{"-listen", "0.0.0.0:1080", "-user", "u", "-pass", "p"}},
+		{name: "user without pass", args: []string{"-user", "u"}, wantErr: "go together"},
+		{name: "bad ipv4 mode", args: []string{"-ipv4", "maybe"}, wantErr: "direct or reject"},
+		{name: "bad prefer", args: []string{"-prefer", "ipv5"}, wantErr: "ipv4 or ipv6"},
+		{name: "bad bind", args: []string{"-bind", "[::1]:80"}, wantErr: "IPv4:port"},
+		{name: "bad forward", args: []string{"-forward", "80"}, wantErr: "PORT=HOST:PORT"},
+		{name: "bad forward port", args: []string{"-forward", "0=a:1"}, wantErr: "bad port"},
+		{name: "bad forward target", args: []string{"-forward", "80=nohost"}, wantErr: "HOST:PORT"},
+		{name: "duplicate forward", args: []string{"-forward", "80=a:1", "-forward", "80=b:2"}, wantErr: "twice"},
+		{name: "bad env", env: map[string]string{"TEREDO_SOCKS_V": "perhaps"}, wantErr: "TEREDO_SOCKS_V"},
+		{name: "unknown flag", args: []string{"-nope"}, wantErr: "not defined"},
+		{name: "stray argument", args: []string{"extra"}, wantErr: "unexpected argument"},
+		{name: "empty server", args: []string{"-server", " , "}, wantErr: "at least one"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			getenv := func(k string) string { return tt.env[k] }
+			c, err := parseConfig(tt.args, getenv, io.Discard)
+			if tt.wantErr != "" {
+				if err == nil || !strings.Contains(err.Error(), tt.wantErr) {
+					t.Fatalf("err = %v, want %q", err, tt.wantErr)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			if tt.check != nil {
+				tt.check(t, c)
+			}
+		})
+	}
+}

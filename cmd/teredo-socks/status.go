@@ -1,0 +1,232 @@
+package main
+
+import (
+	"encoding/json"
+	"fmt"
+	"net/http"
+	"net/netip"
+	"slices"
+	"time"
+
+	"github.com/teredo-go/teredo/internal/metrics"
+	"github.com/teredo-go/teredo/socks5"
+)
+
+// teredoStatus is a snapshot of the Teredo side, in the command's terms, so
+// that the status page does not follow every change of the stack's API.
+type teredoStatus struct {
+	State  string // "qualifying", "qualified", "offline", "closed"
+	Addr   netip.Addr
+	Server netip.Addr
+	Mapped netip.AddrPort
+	NAT    string // "unknown", "restricted", "symmetric", "cone"
+	Peers  int
+	MTU    int
+	// Counters are cumulative packet counts by name (snake_case), Drops
+	// the client's discarded packets by reason.
+	Counters map[string]uint64
+	Drops    map[string]uint64
+}
+
+// statusSource gathers what /status and /metrics show.
+type statusSource struct {
+	teredo     func() teredoStatus
+	socks      func() socks5.Stats
+	serverName func(netip.Addr) string // the -server name an address came from
+	listen     string
+	started    time.Time
+	now        func() time.Time
+}
+
+// statusJSON is the body of GET /status.
+type statusJSON struct {
+	State      string       `json:"state"`
+	Address    string       `json:"address"`
+	Server     string       `json:"server"`
+	ServerName string       `json:"server_name,omitempty"`
+	Mapped     string       `json:"mapped"`
+	NAT        string       `json:"nat"`
+	Peers      int          `json:"peers"`
+	MTU        int          `json:"mtu"`
+	Listen     string       `json:"listen"`
+	Uptime     float64      `json:"uptime_seconds"`
+	Counters   countersJSON `json:"counters"`
+}
+
+type countersJSON struct {
+	Client      map[string]uint64 `json:"client"`
+	ClientDrops map[string]uint64 `json:"client_drops"`
+	SOCKS5      socks5JSON        `json:"socks5"`
+}
+
+type socks5JSON struct {
+	Accepted            uint64            `json:"accepted"`
+	Rejected            uint64            `json:"rejected"`
+	Active              int64             `json:"active"`
+	HandshakeFailures   uint64            `json:"handshake_failures"`
+	AuthFailures        uint64            `json:"auth_failures"`
+	Replies             map[string]uint64 `json:"replies"`
+	BytesUp             uint64            `json:"bytes_up"`
+	BytesDown           uint64            `json:"bytes_down"`
+	Associations        uint64            `json:"udp_associations"`
+	ActiveAssociations  int64             `json:"udp_associations_active"`
+	ExpiredAssociations uint64            `json:"udp_associations_expired"`
+	UDPUp               uint64            `json:"udp_up"`
+	UDPDown             uint64            `json:"udp_down"`
+	UDPDrops            map[string]uint64 `json:"udp_drops"`
+}
+
+// replyLabels name socks5 reply codes in JSON keys and metric labels.
+var replyLabels = []string{
+	"succeeded", "general_failure", "not_allowed", "network_unreachable",
+	"host_unreachable", "connection_refused", "ttl_expired",
+	"command_not_supported", "address_type_not_supported",
+}
+
+func replyLabel(code int) string {
+	if code < len(replyLabels) {
+		return replyLabels[code]
+	}
+	return fmt.Sprintf("0x%02x", code)
+}
+
+func udpDrops(d socks5.UDPDrops) map[string]uint64 {
+	return map[string]uint64{
+		"source": d.Source, "malformed": d.Malformed, "fragmented": d.Fragmented,
+		"resolve": d.Resolve, "send": d.Send, "no_client": d.NoClient,
+		"reply": d.Reply, "recv": d.Recv,
+	}
+}
+
+func addrString[T interface {
+	IsValid() bool
+	String() string
+}](a T) string {
+	if !a.IsValid() {
+		return ""
+	}
+	return a.String()
+}
+
+func (s *statusSource) snapshot() statusJSON {
+	t := s.teredo()
+	st := s.socks()
+	out := statusJSON{
+		State:   t.State,
+		Address: addrString(t.Addr),
+		Server:  addrString(t.Server),
+		Mapped:  addrString(t.Mapped),
+		NAT:     t.NAT,
+		Peers:   t.Peers,
+		MTU:     t.MTU,
+		Listen:  s.listen,
+		Uptime:  s.now().Sub(s.started).Seconds(),
+	}
+	if s.serverName != nil && t.Server.IsValid() {
+		if n := s.serverName(t.Server); n != t.Server.String() {
+			out.ServerName = n
+		}
+	}
+	out.Counters.Client = orEmpty(t.Counters)
+	out.Counters.ClientDrops = orEmpty(t.Drops)
+	replies := map[string]uint64{}
+	for code, n := range st.Replies {
+		replies[replyLabel(code)] = n
+	}
+	out.Counters.SOCKS5 = socks5JSON{
+		Accepted: st.Accepted, Rejected: st.Rejected, Active: st.Active,
+		HandshakeFailures: st.HandshakeFailures, AuthFailures: st.AuthFailures,
+		Replies: replies, BytesUp: st.BytesUp, BytesDown: st.BytesDown,
+		Associations: st.Associations, ActiveAssociations: st.ActiveAssociations,
+		ExpiredAssociations: st.ExpiredAssociations,
+		UDPUp:               st.UDPUp, UDPDown: st.UDPDown, UDPDrops: udpDrops(st.UDPDrop),
+	}
+	return out
+}
+
+func orEmpty(m map[string]uint64) map[string]uint64 {
+	if m == nil {
+		return map[string]uint64{}
+	}
+	return m
+}
+
+// handler serves GET /status (JSON) and GET /metrics (Prometheus text).
+func (s *statusSource) handler() http.Handler {
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /status", func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "application/json")
+		enc := json.NewEncoder(w)
+		enc.SetIndent("", "  ")
+		enc.Encode(s.snapshot())
+	})
+	mux.Handle("/metrics", metrics.Handler(s.writeMetrics))
+	return mux
+}
+
+// sortedKeys gives metrics a stable order.
+func sortedKeys(m map[string]uint64) []string {
+	keys := make([]string, 0, len(m))
+	for k := range m {
+		keys = append(keys, k)
+	}
+	slices.Sort(keys)
+	return keys
+}
+
+func (s *statusSource) writeMetrics(w *metrics.Writer) {
+	st := s.snapshot()
+	qualified := 0.0
+	if st.State == "qualified" {
+		qualified = 1
+	}
+	w.Gauge("teredo_socks_qualified", "Whether the Teredo client has an address (1) or not (0).", qualified)
+	w.Header("teredo_socks_info", "The Teredo address, server, mapped endpoint and NAT type, as labels.", metrics.Gauge)
+	w.Sample("teredo_socks_info", 1, "state", st.State, "address", st.Address, "server", st.Server, "mapped", st.Mapped, "nat", st.NAT)
+	w.Gauge("teredo_socks_peers", "Entries in the Teredo peer list.", float64(st.Peers))
+	w.Gauge("teredo_socks_uptime_seconds", "Seconds since the proxy started.", st.Uptime)
+
+	for _, k := range sortedKeys(st.Counters.Client) {
+		name := "teredo_socks_client_" + metricSafe(k) + "_total"
+		w.Counter(name, "Teredo client counter "+k+".", st.Counters.Client[k])
+	}
+	w.Header("teredo_socks_client_drops_total", "Packets the Teredo client dropped, by reason.", metrics.Counter)
+	for _, k := range sortedKeys(st.Counters.ClientDrops) {
+		w.Sample("teredo_socks_client_drops_total", float64(st.Counters.ClientDrops[k]), "reason", k)
+	}
+
+	c := st.Counters.SOCKS5
+	w.Counter("teredo_socks_socks5_accepted_total", "SOCKS5 connections accepted, including rejected ones.", c.Accepted)
+	w.Counter("teredo_socks_socks5_rejected_total", "SOCKS5 connections closed at once because too many sessions were active.", c.Rejected)
+	w.Gauge("teredo_socks_socks5_active", "SOCKS5 sessions in progress.", float64(c.Active))
+	w.Counter("teredo_socks_socks5_handshake_failures_total", "SOCKS5 handshakes that failed before a reply.", c.HandshakeFailures)
+	w.Counter("teredo_socks_socks5_auth_failures_total", "SOCKS5 authentications with a wrong user name or password.", c.AuthFailures)
+	w.Header("teredo_socks_socks5_replies_total", "SOCKS5 replies sent, by reply.", metrics.Counter)
+	for _, k := range sortedKeys(c.Replies) {
+		w.Sample("teredo_socks_socks5_replies_total", float64(c.Replies[k]), "reply", k)
+	}
+	w.Header("teredo_socks_socks5_bytes_total", "CONNECT payload bytes relayed, by direction.", metrics.Counter)
+	w.Sample("teredo_socks_socks5_bytes_total", float64(c.BytesUp), "direction", "up")
+	w.Sample("teredo_socks_socks5_bytes_total", float64(c.BytesDown), "direction", "down")
+	w.Counter("teredo_socks_socks5_udp_associations_total", "UDP associations established.", c.Associations)
+	w.Gauge("teredo_socks_socks5_udp_associations_active", "UDP associations in progress.", float64(c.ActiveAssociations))
+	w.Counter("teredo_socks_socks5_udp_associations_expired_total", "UDP associations ended by the idle timeout.", c.ExpiredAssociations)
+	w.Header("teredo_socks_socks5_udp_datagrams_total", "Datagrams relayed, by direction.", metrics.Counter)
+	w.Sample("teredo_socks_socks5_udp_datagrams_total", float64(c.UDPUp), "direction", "up")
+	w.Sample("teredo_socks_socks5_udp_datagrams_total", float64(c.UDPDown), "direction", "down")
+	w.Header("teredo_socks_socks5_udp_drops_total", "Datagrams the UDP relay discarded, by reason.", metrics.Counter)
+	for _, k := range sortedKeys(c.UDPDrops) {
+		w.Sample("teredo_socks_socks5_udp_drops_total", float64(c.UDPDrops[k]), "reason", k)
+	}
+}
+
+// metricSafe maps a counter name onto the characters metric names allow.
+func metricSafe(s string) string {
+	b := []byte(s)
+	for i, c := range b {
+		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '_') {
+			b[i] = '_'
+		}
+	}
+	return string(b)
+}
