@@ -39,13 +39,32 @@ type sent struct {
 type fakeNet struct {
 	mu   sync.Mutex
 	sent []sent
+	// respond, if set, sees every datagram first and reports whether it
+	// consumed it (a fake server answering refreshes).
+	respond func(d sent) bool
 }
 
 func (f *fakeNet) WriteTo(b []byte, to netip.AddrPort) error {
+	d := sent{append([]byte(nil), b...), to}
+	if f.respond != nil && f.respond(d) {
+		return nil
+	}
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	f.sent = append(f.sent, sent{append([]byte(nil), b...), to})
+	f.sent = append(f.sent, d)
 	return nil
+}
+
+// serve makes a fake server1 answer every refresh RS with mappedUs.
+func (h *harness) serve() {
+	h.net.respond = func(d sent) bool {
+		r, ok := parseRS(d)
+		if !ok || d.to != ap(server1) {
+			return false
+		}
+		h.c.Receive(ra(r, server1, mappedUs, 0), ap(server1))
+		return true
+	}
 }
 
 // take returns and forgets the recorded datagrams.
