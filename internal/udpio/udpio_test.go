@@ -361,24 +361,6 @@ func TestListenZeroAddr(t *testing.T) {
 	}
 }
 
-func TestReuseAddr(t *testing.T) {
-	a, err := udpio.Listen(loopback, udpio.Options{ReuseAddr: true})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer a.Close()
-	b, err := udpio.Listen(a.LocalAddr(), udpio.Options{ReuseAddr: true})
-	if err != nil {
-		t.Fatalf("second Listen on %v with ReuseAddr: %v", a.LocalAddr(), err)
-	}
-	b.Close()
-	c, err := udpio.Listen(a.LocalAddr(), udpio.Options{})
-	if err == nil {
-		c.Close()
-		t.Fatalf("second Listen on %v without ReuseAddr succeeded", a.LocalAddr())
-	}
-}
-
 func ExampleListen() {
 	server, err := udpio.Listen(netip.MustParseAddrPort("127.0.0.1:0"), udpio.Options{})
 	if err != nil {
