@@ -175,6 +175,9 @@ func (e *Endpoint) Start() {
 }
 
 func (e *Endpoint) startLocked() {
+	if e.running && e.stopping.Load() {
+		e.joinLocked()
+	}
 	if e.running {
 		return
 	}
@@ -188,16 +191,24 @@ func (e *Endpoint) startLocked() {
 	go e.readLoop(e.done)
 }
 
-// stop makes the reader return and waits for it.
-func (e *Endpoint) stop() {
-	e.mu.Lock()
-	defer e.mu.Unlock()
-	if !e.running {
+// signalStopLocked asks the reader to return without waiting for it: the
+// reader may be inside DeliverNetworkPacket, waiting for a stack lock that
+// the caller (gVisor's NIC removal) holds.
+func (e *Endpoint) signalStopLocked() {
+	if !e.running || e.stopping.Load() {
 		return
 	}
 	e.stopping.Store(true)
 	// A past deadline wakes a blocked ReadBatch; the loop then sees stopping.
 	_ = e.conn.SetReadDeadline(time.Now())
+}
+
+// joinLocked stops the reader and waits for it.
+func (e *Endpoint) joinLocked() {
+	if !e.running {
+		return
+	}
+	e.signalStopLocked()
 	<-e.done
 	e.running = false
 }
@@ -418,12 +429,15 @@ func (e *Endpoint) SupportedGSO() stack.SupportedGSO {
 }
 
 // Attach implements stack.NetworkLinkEndpoint. A non-nil dispatcher starts
-// the reader if needed; nil stops it, which Stack.Destroy relies on: it
-// calls Attach(nil) and then Wait.
+// the reader if needed; nil tells it to stop, which Stack.Destroy relies on:
+// it calls Attach(nil), Wait and, once it has released its locks, Close,
+// which waits for the reader.
 func (e *Endpoint) Attach(d stack.NetworkDispatcher) {
 	if d == nil {
 		e.disp.Store(nil)
-		e.stop()
+		e.mu.Lock()
+		e.signalStopLocked()
+		e.mu.Unlock()
 		return
 	}
 	e.disp.Store(&dispatcherBox{d})
@@ -433,12 +447,10 @@ func (e *Endpoint) Attach(d stack.NetworkDispatcher) {
 // IsAttached implements stack.NetworkLinkEndpoint.
 func (e *Endpoint) IsAttached() bool { return e.disp.Load() != nil }
 
-// Wait implements stack.NetworkLinkEndpoint: it waits for a reader being
-// stopped; it does not block on a running one.
-func (e *Endpoint) Wait() {
-	e.mu.Lock()
-	defer e.mu.Unlock()
-}
+// Wait implements stack.NetworkLinkEndpoint. It does not block: gVisor
+// calls it with the stack's lock held, which a reader delivering a packet
+// may be waiting for. Close waits for the reader.
+func (e *Endpoint) Wait() {}
 
 // ARPHardwareType implements stack.NetworkLinkEndpoint.
 func (e *Endpoint) ARPHardwareType() header.ARPHardwareType { return header.ARPHardwareNone }
@@ -449,12 +461,12 @@ func (e *Endpoint) AddHeader(*stack.PacketBuffer) {}
 // ParseHeader implements stack.NetworkLinkEndpoint; there is no link header.
 func (e *Endpoint) ParseHeader(*stack.PacketBuffer) bool { return true }
 
-// Close implements stack.NetworkLinkEndpoint: it stops the reader and runs
-// the close action. The Conn stays open.
+// Close implements stack.NetworkLinkEndpoint: it stops the reader, waits
+// for it, and runs the close action. The Conn stays open.
 func (e *Endpoint) Close() {
 	e.disp.Store(nil)
-	e.stop()
 	e.mu.Lock()
+	e.joinLocked()
 	f := e.onClose
 	e.onClose = nil
 	e.mu.Unlock()

@@ -399,6 +399,7 @@ func TestReceive(t *testing.T) {
 	if ep.IsAttached() {
 		t.Fatal("still attached")
 	}
+	time.Sleep(20 * time.Millisecond) // Attach(nil) does not wait for the reader
 	before := ep.Stats().RxDatagrams
 	b.WriteTo(ipv6Packet(5, 8), a.LocalAddr())
 	time.Sleep(20 * time.Millisecond)
@@ -436,5 +437,42 @@ func TestCloseWithClosedConn(t *testing.T) {
 	case <-done:
 	case <-time.After(5 * time.Second):
 		t.Fatal("Close hangs")
+	}
+}
+
+// TestDestroyUnderLoad destroys a stack while its reader is busy injecting:
+// gVisor holds its stack lock across Attach(nil) and Wait, which the reader
+// needs to deliver, so neither may wait for the reader.
+func TestDestroyUnderLoad(t *testing.T) {
+	for range 5 {
+		a, b := memPair(t)
+		ep := New(a, &directTunnel{peer: b.LocalAddr()}, Options{})
+		s := newNetstack(t, ep, addrA)
+		stop := make(chan struct{})
+		flooded := make(chan struct{})
+		go func() {
+			defer close(flooded)
+			pkt := ipv6Packet(1, 64)
+			for i := 0; i < 1_000_000; i++ {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				b.WriteTo(pkt, a.LocalAddr())
+			}
+		}()
+		waitFor(t, func() bool { return ep.Stats().RxPackets > 100 })
+		done := make(chan struct{})
+		go func() { s.Destroy(); close(done) }()
+		select {
+		case <-done:
+		case <-time.After(10 * time.Second):
+			t.Fatal("Stack.Destroy deadlocks with a busy reader")
+		}
+		close(stop)
+		<-flooded
+		a.Close()
+		b.Close()
 	}
 }
