@@ -208,8 +208,9 @@ type Client struct {
 	port uint16
 	key  [32]byte
 
-	peers *peer.Table
-	up    atomic.Pointer[link] // nil unless qualified
+	peers  *peer.Table
+	up     atomic.Pointer[link] // nil unless qualified
+	closed atomic.Bool
 
 	mu   sync.Mutex
 	q    qualState
@@ -313,6 +314,7 @@ func (c *Client) Start() error {
 // nothing afterwards.
 func (c *Client) Close() {
 	c.mu.Lock()
+	c.closed.Store(true)
 	c.q.state = StateClosed
 	c.up.Store(nil)
 	c.stopTimers()

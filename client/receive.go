@@ -25,7 +25,11 @@ func (c *Client) Receive(b []byte, from netip.AddrPort) []byte {
 	}
 	l := c.up.Load()
 	if l == nil {
-		c.ctr.drop(dropNotQualified)
+		if c.closed.Load() {
+			c.ctr.drop(dropClosed)
+		} else {
+			c.ctr.drop(dropNotQualified)
+		}
 		return nil
 	}
 	if !pkt.HasOrigin && ip[6] != proto.ProtoNoNext && [16]byte(ip[24:40]) == l.addr &&

@@ -313,7 +313,7 @@ func TestLocalDiscovery(t *testing.T) {
 		b    []byte
 		from netip.AddrPort
 	}{
-		{disc, netip.MustParseAddrPort("198.51.100.9:50000")}, // not private
+		{disc, netip.MustParseAddrPort("198.51.100.9:50000")},           // not private
 		{proto.AppendBubble(nil, peerAddr, proto.AllNodes, 1), nbLocal}, // other mapped IPv4
 		{proto.AppendBubble(nil, nb, us, 1), nbLocal},                   // not to ff02::1
 	} {
@@ -390,8 +390,12 @@ func TestCloseStopsTimers(t *testing.T) {
 		t.Fatal("address after Close")
 	}
 	h.net.take()
+	h.takeDelivered()
 	h.advance(time.Hour)
 	if len(h.net.take()) != 0 {
 		t.Fatal("sent after Close")
+	}
+	if _, ok := h.c.Transmit([][]byte{ipPacket(us, peerAddr, "x")}); ok || len(h.takeDelivered()) != 0 || h.drops("closed") != 1 {
+		t.Fatal("transmit after Close must drop silently")
 	}
 }

@@ -53,6 +53,10 @@ func (c *Client) transmitSlow(bufs [][]byte) (netip.AddrPort, bool) {
 	h := bufs[0]
 	l := c.up.Load()
 	if l == nil {
+		if c.closed.Load() {
+			c.ctr.drop(dropClosed)
+			return netip.AddrPort{}, false
+		}
 		c.ctr.drop(dropNotQualified)
 		c.unreachable(flatten(bufs), now)
 		return netip.AddrPort{}, false

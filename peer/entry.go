@@ -33,6 +33,7 @@ type Peer struct {
 	created int64
 	now     int64 // time of the current Update, table nanoseconds
 	removed bool
+	remove  bool // Remove was called during the current Update
 
 	lastRecv, lastSend atomic.Int64
 	ref                atomic.Bool
@@ -138,6 +139,10 @@ func (p *Peer) Arm(d time.Duration) {
 	addr, on := p.Addr(), p.t.cfg.OnTimer
 	p.timer = c.AfterFunc(d, func() { on(addr) })
 }
+
+// Remove deletes the entry, with its queue and timer, when the current
+// Update returns; a relay does this once its bubbles are exhausted.
+func (p *Peer) Remove() { p.remove = true }
 
 // Disarm stops the retry timer.
 func (p *Peer) Disarm() {

@@ -260,6 +260,9 @@ func (t *Table) Update(addr [16]byte, create bool, now time.Time, f func(p *Peer
 	p.touch()
 	p.now = t.ts(now)
 	f(p)
+	if p.remove {
+		t.remove(p)
+	}
 	return true
 }
 

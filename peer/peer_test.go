@@ -308,3 +308,44 @@ func BenchmarkEnqueueTake(b *testing.B) {
 		tab.Release(out)
 	}
 }
+
+// TestRelayBubbleSeries follows the relay's use: an indirect bubble every
+// 2 s from the retry timer, up to 3 repeats, then the entry is dropped.
+func TestRelayBubbleSeries(t *testing.T) {
+	clk := clock.NewFake(t0)
+	var tab *Table
+	var sentAt []time.Duration
+	gone := false
+	cfg := RelayConfig()
+	cfg.Clock = clk
+	cfg.OnTimer = func(a netip.Addr) {
+		tab.Update(a.As16(), false, clk.Now(), func(p *Peer) {
+			switch {
+			case p.CountBubble():
+				sentAt = append(sentAt, clk.Now().Sub(t0))
+				p.Arm(2 * time.Second)
+			case p.BubblesExhausted():
+				p.Remove()
+				gone = true
+			}
+		})
+	}
+	tab = New(cfg)
+	defer tab.Close()
+	if c := tab.Config(); c.MaxPeers != 65536 || c.Expiry != 30*time.Second {
+		t.Fatalf("relay config %+v", c)
+	}
+	tab.Update(addrA, true, clk.Now(), func(p *Peer) {
+		p.Enqueue(false, netip.AddrPort{}, []byte{1})
+		p.CountBubble()
+		sentAt = append(sentAt, 0)
+		p.Arm(2 * time.Second)
+	})
+	clk.Advance(10 * time.Second)
+	if fmt.Sprint(sentAt) != "[0s 2s 4s 6s]" || !gone || tab.Len() != 0 {
+		t.Fatalf("bubbles at %v, removed %v, len %d", sentAt, gone, tab.Len())
+	}
+	if s := tab.Stats(); s.Dropped != 1 {
+		t.Fatalf("stats %+v", s)
+	}
+}
