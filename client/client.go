@@ -102,7 +102,9 @@ type Config struct {
 // Event is one of Qualified, AddressChanged, Offline, NATClassified.
 type Event interface{ event() }
 
-// Qualified reports that the client has a usable Teredo address.
+// Qualified reports that the client has a usable Teredo address: on every
+// transition to qualified (first time, after Offline) and when the server
+// changes the advertised MTU.
 type Qualified struct {
 	Addr   netip.Addr
 	Server netip.Addr
@@ -144,6 +146,9 @@ const (
 )
 
 func (s State) String() string {
+	if s < 0 || s > StateClosed {
+		return fmt.Sprintf("State(%d)", int(s))
+	}
 	return [...]string{"idle", "qualifying", "qualified", "offline", "closed"}[s]
 }
 
@@ -158,6 +163,9 @@ const (
 )
 
 func (n NATType) String() string {
+	if n < 0 || n > NATCone {
+		return fmt.Sprintf("NATType(%d)", int(n))
+	}
 	return [...]string{"unknown", "restricted", "symmetric", "cone"}[n]
 }
 
@@ -173,7 +181,11 @@ type Status struct {
 	Counters Counters
 }
 
-// Counters are cumulative packet counts. Drops is keyed by reason.
+// Counters are cumulative packet counts. TxFast counts packets handed back
+// to the caller to send, TxQueued packets queued for a pending peer and
+// TxFlushed those later sent from a queue; RxHeldDelivered counts inbound
+// packets released by an echo test. Drops is keyed by reason
+// ("malformed", "not-our-address", "queue-full", "unreachable", ...).
 type Counters struct {
 	TxFast, TxQueued, TxFlushed    uint64
 	RxDelivered, RxHeldDelivered   uint64
