@@ -67,6 +67,15 @@ func startDemoInternet(log *slog.Logger) (*teredotest.Internet, error) {
 	if err != nil {
 		return nil, fmt.Errorf("demo: %w", err)
 	}
+	if err := addDemoHost(in); err != nil {
+		in.Close()
+		return nil, err
+	}
+	return in, nil
+}
+
+// addDemoHost adds the IPv6-only host with its web page and UDP echo.
+func addDemoHost(in *teredotest.Internet) error {
 	h, err := in.AddHost(demoHostAddr)
 	if err == nil {
 		_, err = h.ServeHTTP(demoWebPort, demoPage())
@@ -75,35 +84,46 @@ func startDemoInternet(log *slog.Logger) (*teredotest.Internet, error) {
 		_, err = h.ServeUDPEcho(demoEchoPort)
 	}
 	if err != nil {
-		in.Close()
-		return nil, fmt.Errorf("demo: %w", err)
+		return fmt.Errorf("demo: %w", err)
 	}
-	return in, nil
+	return nil
 }
 
-// demoStarter qualifies against the in-process Teredo internet: no root,
-// no network.
+// demoStarter qualifies against a fresh in-process Teredo internet: no
+// root, no network.
 func demoStarter(cfg *Config, log *slog.Logger) startFunc {
 	return func(ctx context.Context, onEvent func(stackEvent)) (teredoNet, error) {
 		in, err := startDemoInternet(log.With("demo", true))
 		if err != nil {
 			return nil, err
 		}
-		local := cfg.Bind
-		if !local.IsValid() {
-			local = netip.MustParseAddrPort("127.0.0.1:0")
+		n, err := internetStarter(in, cfg.Bind, log)(ctx, onEvent)
+		if err != nil {
+			in.Close()
+			return nil, err
+		}
+		n.(*stackNet).extra = in.Close
+		return n, nil
+	}
+}
+
+// internetStarter qualifies with in's server from a socket at bind (any
+// free loopback port if zero). The caller keeps in.
+func internetStarter(in *teredotest.Internet, bind netip.AddrPort, log *slog.Logger) startFunc {
+	return func(ctx context.Context, onEvent func(stackEvent)) (teredoNet, error) {
+		if !bind.IsValid() {
+			bind = netip.MustParseAddrPort("127.0.0.1:0")
 		}
 		qctx, cancel := context.WithTimeout(ctx, qualifyTimeout)
 		defer cancel()
 		s, err := stack.New(qctx, stack.Config{
 			Servers:   in.Servers(),
 			Secondary: in.SecondaryAddr(),
-			LocalAddr: local,
+			LocalAddr: bind,
 			IsGlobal:  in.IPv4Filter(),
 			Logger:    log,
 		})
 		if err != nil {
-			in.Close()
 			if ctx.Err() != nil {
 				return nil, err
 			}
@@ -113,6 +133,6 @@ func demoStarter(cfg *Config, log *slog.Logger) startFunc {
 		for _, a := range in.Servers() {
 			names[a] = "demo server"
 		}
-		return newStackNet(s, names, onEvent, in.Close), nil
+		return newStackNet(s, names, onEvent, nil), nil
 	}
 }

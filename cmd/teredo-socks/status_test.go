@@ -1,0 +1,163 @@
+package main
+
+import (
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"net/netip"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/teredo-go/teredo/socks5"
+)
+
+func testStatusSource() *statusSource {
+	start := time.Unix(1000, 0)
+	return &statusSource{
+		teredo: func() teredoStatus {
+			return teredoStatus{
+				State:    "qualified",
+				Addr:     netip.MustParseAddr("2001:0:7f00:2::1"),
+				Server:   netip.MustParseAddr("192.0.2.10"),
+				Mapped:   netip.MustParseAddrPort("198.51.100.7:4242"),
+				NAT:      "restricted",
+				Peers:    3,
+				MTU:      1280,
+				Counters: map[string]uint64{"tx_fast": 10, "bubbles": 2, "odd-name": 1},
+				Drops:    map[string]uint64{"malformed": 4},
+			}
+		},
+		socks: func() socks5.Stats {
+			var st socks5.Stats
+			st.Accepted, st.Active, st.BytesUp = 5, 1, 1234
+			st.Replies[socks5.ReplySucceeded] = 4
+			st.Replies[socks5.ReplyNotAllowed] = 1
+			st.UDPDrop.Send = 2
+			return st
+		},
+		serverName: func(a netip.Addr) string { return "teredo.example (" + a.String() + ")" },
+		listen:     "127.0.0.1:1080",
+		started:    start,
+		now:        func() time.Time { return start.Add(90 * time.Second) },
+	}
+}
+
+func get(t *testing.T, h http.Handler, path string) (*http.Response, string) {
+	t.Helper()
+	rec := httptest.NewRecorder()
+	h.ServeHTTP(rec, httptest.NewRequest("GET", path, nil))
+	res := rec.Result()
+	body, _ := io.ReadAll(res.Body)
+	return res, string(body)
+}
+
+func TestStatusJSON(t *testing.T) {
+	h := testStatusSource().handler()
+	res, body := get(t, h, "/status")
+	if res.StatusCode != 200 || res.Header.Get("Content-Type") != "application/json" {
+		t.Fatalf("%d %s", res.StatusCode, res.Header.Get("Content-Type"))
+	}
+	var got map[string]any
+	if err := json.Unmarshal([]byte(body), &got); err != nil {
+		t.Fatal(err)
+	}
+	want := map[string]any{
+		"state": "qualified", "address": "2001:0:7f00:2::1", "server": "192.0.2.10",
+		"server_name": "teredo.example (192.0.2.10)", "mapped": "198.51.100.7:4242",
+		"nat": "restricted", "peers": 3.0, "mtu": 1280.0, "listen": "127.0.0.1:1080", "uptime_seconds": 90.0,
+	}
+	for k, v := range want {
+		if got[k] != v {
+			t.Errorf("%s = %v, want %v", k, got[k], v)
+		}
+	}
+	counters, _ := got["counters"].(map[string]any)
+	client, _ := counters["client"].(map[string]any)
+	socks, _ := counters["socks5"].(map[string]any)
+	if client["tx_fast"] != 10.0 || socks["accepted"] != 5.0 || socks["bytes_up"] != 1234.0 {
+		t.Errorf("counters: %v", counters)
+	}
+	if replies, _ := socks["replies"].(map[string]any); replies["not_allowed"] != 1.0 || replies["succeeded"] != 4.0 {
+		t.Errorf("replies: %v", socks["replies"])
+	}
+	if res, _ := get(t, h, "/nothing"); res.StatusCode != 404 {
+		t.Errorf("/nothing: %d", res.StatusCode)
+	}
+}
+
+func TestStatusMetrics(t *testing.T) {
+	res, body := get(t, testStatusSource().handler(), "/metrics")
+	if res.StatusCode != 200 || !strings.HasPrefix(res.Header.Get("Content-Type"), "text/plain") {
+		t.Fatalf("%d %s\n%s", res.StatusCode, res.Header.Get("Content-Type"), body)
+	}
+	for _, line := range []string{
+		"teredo_socks_qualified 1",
+		`teredo_socks_info{state="qualified",address="2001:0:7f00:2::1",server="192.0.2.10",mapped="198.51.100.7:4242",nat="restricted"} 1`,
+		"teredo_socks_peers 3",
+		"teredo_socks_client_tx_fast_total 10",
+		"teredo_socks_client_odd_name_total 1",
+		`teredo_socks_client_drops_total{reason="malformed"} 4`,
+		"teredo_socks_socks5_accepted_total 5",
+		"teredo_socks_socks5_active 1",
+		`teredo_socks_socks5_replies_total{reply="not_allowed"} 1`,
+		`teredo_socks_socks5_bytes_total{direction="up"} 1234`,
+		`teredo_socks_socks5_udp_drops_total{reason="send"} 2`,
+	} {
+		if !strings.Contains(body, "\n"+line+"\n") {
+			t.Errorf("missing %q in\n%s", line, body)
+		}
+	}
+	// Every sample belongs to a family announced by a TYPE line.
+	typed := map[string]bool{}
+	for _, l := range strings.Split(strings.TrimSpace(body), "\n") {
+		if f := strings.Fields(l); len(f) >= 3 && f[0] == "#" && f[1] == "TYPE" {
+			typed[f[2]] = true
+		} else if !strings.HasPrefix(l, "#") {
+			name, _, _ := strings.Cut(l, " ")
+			name, _, _ = strings.Cut(name, "{")
+			if !typed[name] {
+				t.Errorf("sample without TYPE: %q", l)
+			}
+		}
+	}
+}
+
+func TestReporter(t *testing.T) {
+	var lines []string
+	r := reporter{
+		say:    func(f string, args ...any) { lines = append(lines, fmt.Sprintf(f, args...)) },
+		addr:   netip.MustParseAddr("2001::1"),
+		online: true,
+		nat:    "unknown",
+	}
+	name := func(a netip.Addr) string { return "srv " + a.String() }
+	srv := netip.MustParseAddr("192.0.2.1")
+	a1, a2 := netip.MustParseAddr("2001::1"), netip.MustParseAddr("2001::2")
+	for _, ev := range []stackEvent{
+		{Kind: evQualified, Addr: a1, Server: srv}, // the announced one: silent
+		{Kind: evNAT, NAT: "restricted"},
+		{Kind: evNAT, NAT: "restricted"}, // again: silent
+		{Kind: evAddressChanged, Old: a1, Addr: a2},
+		{Kind: evOffline, Err: io.ErrUnexpectedEOF},
+		{Kind: evOffline, Err: io.ErrUnexpectedEOF}, // still offline: silent
+		{Kind: evQualified, Addr: a2, Server: srv},
+		{Kind: evOffline, Err: io.EOF},
+		{Kind: evQualified, Addr: a1, Server: srv},
+	} {
+		r.report(ev, name)
+	}
+	want := []string{
+		"NAT type: restricted",
+		"address changed from 2001::1 to 2001::2",
+		"lost Teredo connectivity (unexpected EOF); retrying",
+		"connectivity restored: 2001::2 via srv 192.0.2.1",
+		"lost Teredo connectivity (EOF); retrying",
+		"connectivity restored with a new address: 2001::1 via srv 192.0.2.1 (was 2001::2)",
+	}
+	if strings.Join(lines, "\n") != strings.Join(want, "\n") {
+		t.Fatalf("lines:\n%s\nwant:\n%s", strings.Join(lines, "\n"), strings.Join(want, "\n"))
+	}
+}
