@@ -159,30 +159,40 @@ func (n *Network) freePort(a netip.Addr) (uint16, bool) {
 
 // send delivers one datagram from src.
 func (n *Network) send(src, dst netip.AddrPort, data []byte) {
-	p := Packet{Src: src, Dst: dst, Data: data}
 	if h := n.hook.Load(); h != nil {
-		// The hook may scribble on Data: give it a copy, not the sender's.
-		bp := n.scratch.Get().(*[]byte)
-		defer n.scratch.Put(bp)
-		*bp = append((*bp)[:0], data...)
-		p.Data = *bp
-		if !(*h)(&p) {
-			n.droppedByHook.Add(1)
-			return
-		}
-	}
-	n.mu.RLock()
-	e := n.endpoints[p.Dst]
-	n.mu.RUnlock()
-	if e == nil || !e.enqueue(p.Src, p.Data) {
-		if e == nil {
-			n.droppedNoDest.Add(1)
-		} else {
-			n.droppedFull.Add(1)
-		}
+		n.sendHooked(*h, src, dst, data)
 		return
 	}
-	n.delivered.Add(1)
+	n.deliver(src, dst, data)
+}
+
+// sendHooked runs the hook on a copy, so that it may scribble on Data
+// without touching the sender's buffer. It is apart from send because the
+// Packet escapes to the heap here.
+func (n *Network) sendHooked(h Hook, src, dst netip.AddrPort, data []byte) {
+	bp := n.scratch.Get().(*[]byte)
+	defer n.scratch.Put(bp)
+	*bp = append((*bp)[:0], data...)
+	p := Packet{Src: src, Dst: dst, Data: *bp}
+	if !h(&p) {
+		n.droppedByHook.Add(1)
+		return
+	}
+	n.deliver(p.Src, p.Dst, p.Data)
+}
+
+func (n *Network) deliver(src, dst netip.AddrPort, data []byte) {
+	n.mu.RLock()
+	e := n.endpoints[dst]
+	n.mu.RUnlock()
+	switch {
+	case e == nil:
+		n.droppedNoDest.Add(1)
+	case !e.enqueue(src, data):
+		n.droppedFull.Add(1)
+	default:
+		n.delivered.Add(1)
+	}
 }
 
 func (n *Network) remove(e *endpoint) {
