@@ -93,12 +93,14 @@ func (o Options) withDefaults() Options {
 // Stats counts the packets an Endpoint has moved and dropped.
 type Stats struct {
 	RxDatagrams   uint64 // UDP datagrams received
+	RxBatches     uint64 // successful receive calls (RxDatagrams/RxBatches is the mean batch)
 	RxPackets     uint64 // IPv6 packets injected into the stack (including Deliver)
 	RxNotAttached uint64 // IPv6 packets dropped because no stack was attached
 	ReadErrors    uint64 // socket read errors other than shutdown
 	TxPackets     uint64 // IPv6 packets sent straight to a UDP destination
 	TxTunnel      uint64 // IPv6 packets the tunnel took over (queued, dropped, answered)
 	TxErrors      uint64 // IPv6 packets the socket refused to send
+	TxBatches     uint64 // send calls
 }
 
 // Endpoint is a stack.LinkEndpoint carrying IPv6 over a Tunnel and a
@@ -127,8 +129,8 @@ type Endpoint struct {
 
 	rmsgs []udpio.Message
 
-	rxDatagrams, rxPackets, rxNotAttached, readErrors atomic.Uint64
-	txPackets, txTunnel, txErrors                     atomic.Uint64
+	rxDatagrams, rxBatches, rxPackets, rxNotAttached, readErrors atomic.Uint64
+	txPackets, txTunnel, txErrors, txBatches                     atomic.Uint64
 }
 
 type tunnelBox struct{ t Tunnel }
@@ -239,6 +241,7 @@ func (e *Endpoint) readLoop(done chan struct{}) {
 			continue
 		}
 		e.rxDatagrams.Add(uint64(n))
+		e.rxBatches.Add(1)
 		tb := e.tun.Load()
 		if tb == nil {
 			continue
@@ -324,6 +327,7 @@ func (e *Endpoint) writeBatch(t Tunnel, pkts []*stack.PacketBuffer) {
 	sent := 0
 	for sent < n {
 		k, err := e.conn.WriteBatch(msgs[sent:n])
+		e.txBatches.Add(1)
 		sent += k
 		if err != nil {
 			if errors.Is(err, net.ErrClosed) {
@@ -381,12 +385,14 @@ func (e *Endpoint) flatten(slot int, bufs [][]byte) [][]byte {
 func (e *Endpoint) Stats() Stats {
 	return Stats{
 		RxDatagrams:   e.rxDatagrams.Load(),
+		RxBatches:     e.rxBatches.Load(),
 		RxPackets:     e.rxPackets.Load(),
 		RxNotAttached: e.rxNotAttached.Load(),
 		ReadErrors:    e.readErrors.Load(),
 		TxPackets:     e.txPackets.Load(),
 		TxTunnel:      e.txTunnel.Load(),
 		TxErrors:      e.txErrors.Load(),
+		TxBatches:     e.txBatches.Load(),
 	}
 }
 
