@@ -1,4 +1,4 @@
-//go:build linux
+//go:build linux && !udpio_portable
 
 package udpio
 
@@ -204,7 +204,7 @@ func (c *UDPConn) ReadBatch(msgs []Message) (int, error) {
 	for n == 0 {
 		m.start, m.end, m.errno = 0, len(msgs), 0
 		if err := c.rc.Read(m.fn); err != nil {
-			return 0, err
+			return 0, renameOp(err, "read")
 		}
 		if m.errno != 0 {
 			return 0, c.opError("read", netip.AddrPort{}, os.NewSyscallError("recvmmsg", m.errno))
@@ -283,7 +283,7 @@ func (c *UDPConn) WriteBatch(msgs []Message) (int, error) {
 			}
 			sent += m.start
 			if err != nil {
-				return sent, err
+				return sent, renameOp(err, "write")
 			}
 			if m.errno != 0 {
 				return sent, c.opError("write", msgs[sent].Addr, os.NewSyscallError("sendmmsg", m.errno))
@@ -365,6 +365,15 @@ func (c *UDPConn) Stats() Stats {
 		WriteTransientErrors: c.writeTransient.Load(),
 		Truncated:            c.truncated.Load(),
 	}
+}
+
+// renameOp reports the RawConn's "raw-read"/"raw-write" errors as the
+// reads and writes they are to the caller.
+func renameOp(err error, op string) error {
+	if oe, ok := err.(*net.OpError); ok {
+		oe.Op = op
+	}
+	return err
 }
 
 func putSockaddr(sa *unix.RawSockaddrInet4, ap netip.AddrPort) {

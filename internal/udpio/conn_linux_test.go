@@ -1,4 +1,4 @@
-//go:build linux
+//go:build linux && !udpio_portable
 
 package udpio_test
 

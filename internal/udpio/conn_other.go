@@ -1,4 +1,4 @@
-//go:build !linux
+//go:build !linux || udpio_portable
 
 package udpio
 
@@ -15,7 +15,8 @@ import (
 )
 
 // UDPConn is a Conn on a UDP/IPv4 socket. Without recvmmsg/sendmmsg on this
-// system it moves one datagram per system call.
+// system it moves one datagram per system call. (Build with the tag
+// udpio_portable to test this implementation on Linux.)
 type UDPConn struct {
 	pc    *net.UDPConn
 	laddr netip.AddrPort

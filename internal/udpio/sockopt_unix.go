@@ -1,4 +1,4 @@
-//go:build unix && !linux
+//go:build unix && (!linux || udpio_portable)
 
 package udpio
 
