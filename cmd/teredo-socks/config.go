@@ -139,40 +139,50 @@ func parseConfig(args []string, getenv func(string) string, stderr io.Writer) (*
 	}
 	c.Forwards = fwds
 
+	// name says where a bad value came from: the flag, or its environment
+	// variable when that is what set it.
+	name := func(flagName string) string {
+		env := envPrefix + strings.ToUpper(flagName)
+		if v := getenv(env); v != "" && fs.Lookup(flagName).Value.String() == v {
+			return env
+		}
+		return "-" + flagName
+	}
+
 	for _, s := range strings.Split(servers, ",") {
 		if s = strings.TrimSpace(s); s != "" {
 			c.Servers = append(c.Servers, s)
 		}
 	}
 	if len(c.Servers) == 0 && !c.Demo {
-		return nil, errors.New("-server: at least one Teredo server is needed")
+		return nil, fmt.Errorf("%s: at least one Teredo server is needed", name("server"))
 	}
 	if bind != "" {
 		ap, err := netip.ParseAddrPort(bind)
 		if err != nil || !ap.Addr().Is4() {
-			return nil, fmt.Errorf("-bind %q: want IPv4:port", bind)
+			return nil, fmt.Errorf("%s %q: want IPv4:port", name("bind"), bind)
 		}
 		c.Bind = ap
 	}
 	switch c.IPv4 {
 	case "direct", "reject":
 	default:
-		return nil, fmt.Errorf("-ipv4 %q: want direct or reject", c.IPv4)
+		return nil, fmt.Errorf("%s %q: want direct or reject", name("ipv4"), c.IPv4)
 	}
 	switch c.Prefer {
 	case "ipv4", "ipv6":
 	default:
-		return nil, fmt.Errorf("-prefer %q: want ipv4 or ipv6", c.Prefer)
+		return nil, fmt.Errorf("%s %q: want ipv4 or ipv6", name("prefer"), c.Prefer)
 	}
 	if (c.User == "") != (c.Pass == "") {
 		return nil, errors.New("-user and -pass go together")
 	}
 	host, _, err := net.SplitHostPort(c.Listen)
 	if err != nil {
-		return nil, fmt.Errorf("-listen %q: %w", c.Listen, err)
+		return nil, fmt.Errorf("%s %q: %w", name("listen"), c.Listen, err)
 	}
 	if !isLoopback(host) && c.User == "" {
-		return nil, fmt.Errorf("-listen %q is not a loopback address: refusing to run an open proxy; set -user and -pass", c.Listen)
+		return nil, fmt.Errorf("%s %q is not a loopback address: refusing to run an open proxy; set -user and -pass", name("listen"), c.Listen)
 	}
 	seen := map[uint16]bool{}
 	for _, f := range c.Forwards {

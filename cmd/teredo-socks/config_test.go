@@ -46,6 +46,24 @@ func TestParseConfig(t *testing.T) {
 		{name: "bad forward port", args: []string{"-forward", "0=a:1"}, wantErr: "bad port"},
 		{name: "bad forward target", args: []string{"-forward", "80=nohost"}, wantErr: "HOST:PORT"},
 		{name: "duplicate forward", args: []string{"-forward", "80=a:1", "-forward", "80=b:2"}, wantErr: "twice"},
+		{name: "bad env names the variable", env: map[string]string{"TEREDO_SOCKS_BIND": "nowhere"}, wantErr: "TEREDO_SOCKS_BIND"},
+		{name: "open proxy from env", env: map[string]string{"TEREDO_SOCKS_LISTEN": "0.0.0.0:1080"}, wantErr: "TEREDO_SOCKS_LISTEN"},
+		{name: "flag overrides a bad env", args: []string{"-bind", "0.0.0.0:1"}, env: map[string]string{"TEREDO_SOCKS_BIND": "nowhere"}, check: func(t *testing.T, c *Config) {
+			if c.Bind != netip.MustParseAddrPort("0.0.0.0:1") {
+				t.Fatalf("%+v", c)
+			}
+		}},
+		{name: "bad flag over env names the flag", args: []string{"-bind", "nowhere"}, env: map[string]string{"TEREDO_SOCKS_BIND": "0.0.0.0:1"}, wantErr: "-bind"},
+		{name: "auth from env opens listen", env: map[string]string{"TEREDO_SOCKS_LISTEN": "[::]:1080", "TEREDO_SOCKS_USER": "u", "TEREDO_SOCKS_PASS": "p"}, check: func(t *testing.T, c *Config) {
+			if c.User != "u" || c.Pass != "p" || c.Listen != "[::]:1080" {
+				t.Fatalf("%+v", c)
+			}
+		}},
+		{name: "demo", args: []string{"-demo", "-status", "127.0.0.1:9090"}, check: func(t *testing.T, c *Config) {
+			if !c.Demo || c.Status != "127.0.0.1:9090" {
+				t.Fatalf("%+v", c)
+			}
+		}},
 		{name: "bad env", env: map[string]string{"TEREDO_SOCKS_V": "perhaps"}, wantErr: "TEREDO_SOCKS_V"},
 		{name: "unknown flag", args: []string{"-nope"}, wantErr: "not defined"},
 		{name: "stray argument", args: []string{"extra"}, wantErr: "unexpected argument"},

@@ -168,27 +168,43 @@ func (l *serverList) add(a netip.Addr, name string) {
 
 // realStarter qualifies with the -server list over a UDP socket at -bind.
 func realStarter(cfg *Config, log *slog.Logger, lookup func(ctx context.Context, network, host string) ([]netip.Addr, error)) startFunc {
-	return func(ctx context.Context, onEvent func(stackEvent)) (teredoNet, error) {
-		servers, err := resolveServers(ctx, lookup, cfg.Servers, log)
-		if err != nil {
+	return realStart{cfg: cfg, log: log, lookup: lookup, perServer: qualifyTimeout}.start
+}
+
+// realStart is realStarter's state; tests shorten perServer and point
+// tune at a loopback server.
+type realStart struct {
+	cfg       *Config
+	log       *slog.Logger
+	lookup    func(ctx context.Context, network, host string) ([]netip.Addr, error)
+	perServer time.Duration
+	tune      func(*stack.Config)
+}
+
+func (r realStart) start(ctx context.Context, onEvent func(stackEvent)) (teredoNet, error) {
+	servers, err := resolveServers(ctx, r.lookup, r.cfg.Servers, r.log)
+	if err != nil {
+		return nil, err
+	}
+	qctx, cancel := context.WithTimeout(ctx, r.perServer*time.Duration(len(servers.addrs)))
+	defer cancel()
+	sc := stack.Config{
+		Servers:   servers.addrs,
+		LocalAddr: r.cfg.Bind,
+		Logger:    r.log,
+	}
+	if r.tune != nil {
+		r.tune(&sc)
+	}
+	s, err := stack.New(qctx, sc)
+	if err != nil {
+		if ctx.Err() != nil {
 			return nil, err
 		}
-		qctx, cancel := context.WithTimeout(ctx, qualifyTimeout*time.Duration(len(servers.addrs)))
-		defer cancel()
-		s, err := stack.New(qctx, stack.Config{
-			Servers:   servers.addrs,
-			LocalAddr: cfg.Bind,
-			Logger:    log,
-		})
-		if err != nil {
-			if ctx.Err() != nil {
-				return nil, err
-			}
-			if errors.Is(err, context.DeadlineExceeded) {
-				return nil, fmt.Errorf("Teredo server %s did not answer: %w.\nPublic Teredo servers come and go; pick another with -server HOST[,HOST...] (or try -demo)", servers.given, err)
-			}
-			return nil, fmt.Errorf("cannot start the Teredo client: %w", err)
+		if errors.Is(err, context.DeadlineExceeded) {
+			return nil, fmt.Errorf("Teredo server %s did not answer (%w).\nPublic Teredo servers come and go; pick another with -server HOST[,HOST...] (or try -demo)", servers.given, err)
 		}
-		return newStackNet(s, servers.names, onEvent, nil), nil
+		return nil, fmt.Errorf("cannot start the Teredo client: %w", err)
 	}
+	return newStackNet(s, servers.names, onEvent, nil), nil
 }
