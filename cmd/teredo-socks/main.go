@@ -51,6 +51,9 @@ func realMain(args []string, getenv func(string) string, stdout, stderr io.Write
 	log := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: level}))
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
+	// After the first signal, a second one kills at once, should the
+	// graceful shutdown hang.
+	context.AfterFunc(ctx, stop)
 
 	e := hostEnv(stdout, log)
 	if cfg.Demo {
