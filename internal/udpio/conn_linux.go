@@ -231,10 +231,10 @@ func (c *UDPConn) recvmmsg(fd uintptr) bool {
 		n, _, errno := unix.Syscall6(unix.SYS_RECVMMSG, fd,
 			uintptr(unsafe.Pointer(&m.hdrs[0])), uintptr(m.end), unix.MSG_DONTWAIT, 0, 0)
 		switch {
-		case errno == 0:
+		case errno == 0 && n > 0:
 			m.start = int(n)
 			return true
-		case errno == unix.EAGAIN:
+		case errno == 0, errno == unix.EAGAIN: // nothing yet: wait, don't spin
 			return false
 		case errno == unix.EINTR:
 			continue
@@ -255,7 +255,7 @@ func readTransient(errno syscall.Errno) bool {
 	switch errno {
 	case unix.ECONNREFUSED, unix.ECONNRESET, unix.EHOSTUNREACH, unix.ENETUNREACH,
 		unix.EHOSTDOWN, unix.ENETDOWN, unix.ENONET, unix.ENOPROTOOPT, unix.EPROTO,
-		unix.EMSGSIZE, unix.EACCES, unix.ENOMEM, unix.ENOBUFS:
+		unix.EMSGSIZE, unix.EACCES:
 		return true
 	}
 	return false
