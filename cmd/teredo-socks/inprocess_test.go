@@ -99,7 +99,7 @@ func startProxy(t *testing.T, in *teredotest.Internet, table map[string][]string
 	}
 	p := &proxy{in: in, out: newLineWriter()}
 	log := slog.New(slog.NewTextHandler(testLogWriter{t}, &slog.HandlerOptions{Level: slog.LevelDebug}))
-	e := hostEnv(p.out, log)
+	e := hostEnv(p.out, p.out, log)
 	e.start = internetStarter(in, netip.AddrPort{}, log)
 	e.lookup = demoLookup(fakeLookup(table))
 	e.hint = demoHint
@@ -402,7 +402,8 @@ func TestRunFailures(t *testing.T) {
 				t.Fatal(err)
 			}
 			out := newLineWriter()
-			e := hostEnv(out, slog.New(slog.DiscardHandler))
+			var stdout bytes.Buffer
+			e := hostEnv(&stdout, out, slog.New(slog.DiscardHandler))
 			e.start = tt.start
 			if code := run(context.Background(), cfg, e); code != 1 {
 				t.Errorf("exit %d, want 1", code)

@@ -21,6 +21,7 @@ import (
 	"net/netip"
 	"os"
 	"os/signal"
+	"strings"
 	"syscall"
 	"time"
 
@@ -55,8 +56,10 @@ func realMain(args []string, getenv func(string) string, stdout, stderr io.Write
 	// graceful shutdown hang.
 	context.AfterFunc(ctx, stop)
 
-	e := hostEnv(stdout, log)
+	e := hostEnv(stdout, stderr, log)
+	e.servers = strings.Join(cfg.Servers, ", ")
 	if cfg.Demo {
+		e.servers = "the demo's in-process server"
 		e.start = demoStarter(cfg, log)
 		e.lookup = demoLookup(e.lookup)
 		e.hint = demoHint
@@ -107,6 +110,9 @@ type startFunc func(ctx context.Context, onEvent func(stackEvent)) (teredoNet, e
 // env is what run needs from the world, so tests can swap each part.
 type env struct {
 	stdout io.Writer // the lines a user reads
+	stderr io.Writer // why it could not start
+	// servers names the Teredo servers for the "qualifying" line.
+	servers string
 	log    *slog.Logger
 	clock  clock.Clock
 	start  startFunc
@@ -122,10 +128,11 @@ type env struct {
 	hint func(listen string) []string
 }
 
-func hostEnv(stdout io.Writer, log *slog.Logger) env {
+func hostEnv(stdout, stderr io.Writer, log *slog.Logger) env {
 	var d net.Dialer
 	return env{
 		stdout: stdout,
+		stderr: stderr,
 		log:    log,
 		clock:  clock.Real{},
 		lookup: net.DefaultResolver.LookupNetIP,
@@ -146,20 +153,22 @@ const shutdownTimeout = 3 * time.Second
 // run serves until ctx is cancelled and returns the exit code.
 func run(ctx context.Context, cfg *Config, e env) (code int) {
 	say := func(format string, args ...any) { fmt.Fprintf(e.stdout, "teredo-socks: "+format+"\n", args...) }
+	fail := func(format string, args ...any) int {
+		fmt.Fprintf(e.stderr, "teredo-socks: "+format+"\n", args...)
+		return 1
+	}
 
 	// Take the ports first: qualification can take a while, and a busy
 	// port should fail at once.
 	socksLn, err := net.Listen("tcp", cfg.Listen)
 	if err != nil {
-		say("cannot listen for SOCKS5: %v", err)
-		return 1
+		return fail("cannot listen for SOCKS5: %v", err)
 	}
 	var statusLn net.Listener
 	if cfg.Status != "" {
 		if statusLn, err = net.Listen("tcp", cfg.Status); err != nil {
 			socksLn.Close()
-			say("cannot listen for -status: %v", err)
-			return 1
+			return fail("cannot listen for -status: %v", err)
 		}
 	}
 	closeListeners := func() {
@@ -169,6 +178,9 @@ func run(ctx context.Context, cfg *Config, e env) (code int) {
 		}
 	}
 
+	if e.servers != "" {
+		say("qualifying with %s...", e.servers)
+	}
 	events := make(chan stackEvent, 32)
 	t, err := e.start(ctx, func(ev stackEvent) {
 		select {
@@ -183,8 +195,7 @@ func run(ctx context.Context, cfg *Config, e env) (code int) {
 			say("interrupted before qualification")
 			return 0
 		}
-		say("%v", err)
-		return 1
+		return fail("%v", err)
 	}
 	defer func() {
 		if err := t.Close(); err != nil {
@@ -220,8 +231,7 @@ func run(ctx context.Context, cfg *Config, e env) (code int) {
 		ln, err := t.Listen(fw.Port)
 		if err != nil {
 			closeListeners()
-			say("-forward %d=%s: cannot listen on the Teredo address: %v", fw.Port, fw.Target, err)
-			return 1
+			return fail("-forward %d=%s: cannot listen on the Teredo address: %v", fw.Port, fw.Target, err)
 		}
 		forwards = append(forwards, newForwarder(ln, fw.Target, e.dialHost, e.log))
 	}
@@ -271,8 +281,7 @@ func run(ctx context.Context, cfg *Config, e env) (code int) {
 		case err := <-serveErr:
 			// The SOCKS listener failed under us: nothing left to serve.
 			serveErr <- err // for the deferred Close's receive
-			say("SOCKS5 listener failed: %v", err)
-			return 1
+			return fail("SOCKS5 listener failed: %v", err)
 		case <-ctx.Done():
 			say("shutting down")
 			return 0

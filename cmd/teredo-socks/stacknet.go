@@ -142,7 +142,6 @@ func resolveServers(ctx context.Context, lookup func(ctx context.Context, networ
 		cancel()
 		if err != nil {
 			errs = append(errs, err)
-			log.Warn("cannot resolve Teredo server", "server", h, "err", err)
 			continue
 		}
 		for _, a := range found {
@@ -151,6 +150,9 @@ func resolveServers(ctx context.Context, lookup func(ctx context.Context, networ
 				break // one address per server: the client derives the secondary
 			}
 		}
+	}
+	if len(l.addrs) > 0 && len(errs) > 0 {
+		log.Warn("skipping Teredo servers that do not resolve", "err", errors.Join(errs...))
 	}
 	if len(l.addrs) == 0 {
 		return l, fmt.Errorf("cannot resolve Teredo server %s to an IPv4 address (%w).\nPick a reachable server with -server HOST, or try -demo", l.given, errors.Join(errs...))
