@@ -6,6 +6,7 @@ import (
 	"net/netip"
 	"os"
 	"os/exec"
+	"strconv"
 	"strings"
 	"testing"
 )
@@ -136,4 +137,55 @@ func (h *Host) EnableForwarding() error {
 		}
 	}
 	return nil
+}
+
+// UDPStats are a namespace's UDP counters (from /proc/net/snmp).
+type UDPStats struct {
+	InDatagrams, OutDatagrams, InErrors, NoPorts uint64
+}
+
+// UDPStats reads the UDP counters of the host's namespace. They count every datagram
+// the namespace sent or received, so for a host running a single daemon they show its
+// traffic even when the NAT's conntrack entries have expired and been recreated.
+func (h *Host) UDPStats(ctx context.Context) (UDPStats, error) {
+	out, err := h.Run(ctx, "cat", "/proc/net/snmp")
+	if err != nil {
+		return UDPStats{}, err
+	}
+	return parseUDPStats(out)
+}
+
+// parseUDPStats reads the "Udp:" header and value lines of /proc/net/snmp.
+func parseUDPStats(out string) (UDPStats, error) {
+	var names, values []string
+	for line := range strings.Lines(out) {
+		if f := strings.Fields(line); len(f) > 0 && f[0] == "Udp:" {
+			if names == nil {
+				names = f[1:]
+			} else {
+				values = f[1:]
+			}
+		}
+	}
+	if names == nil || len(values) != len(names) {
+		return UDPStats{}, fmt.Errorf("lab: no Udp counters in /proc/net/snmp")
+	}
+	var s UDPStats
+	for i, n := range names {
+		v, err := strconv.ParseUint(values[i], 10, 64)
+		if err != nil {
+			return UDPStats{}, fmt.Errorf("lab: Udp %s: %w", n, err)
+		}
+		switch n {
+		case "InDatagrams":
+			s.InDatagrams = v
+		case "OutDatagrams":
+			s.OutDatagrams = v
+		case "InErrors":
+			s.InErrors = v
+		case "NoPorts":
+			s.NoPorts = v
+		}
+	}
+	return s, nil
 }

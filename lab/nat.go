@@ -273,3 +273,46 @@ func parseConntrack(out string) ([]Flow, error) {
 	}
 	return flows, nil
 }
+
+// counterTable is the nftables table that holds the counters tests add to a NAT.
+const counterTable = "labcount"
+
+// AddForwardCounter makes the NAT count the packets it forwards that match expr (an
+// nftables match such as `ip daddr 198.18.0.12 udp dport 40000`), under name (which
+// may be an nft keyword: it is prefixed internally). Unlike
+// conntrack entries, which expire after 30 s, a counter keeps every packet.
+func (n *NAT) AddForwardCounter(ctx context.Context, name, expr string) error {
+	if strings.ContainsAny(name, " \t\n;{}\"") || strings.ContainsAny(expr, ";{}\n") {
+		return fmt.Errorf("lab: bad counter %q / %q", name, expr)
+	}
+	rules := fmt.Sprintf(`table inet %[1]s {
+	counter %[2]s { }
+	chain forward {
+		type filter hook forward priority filter - 10; policy accept;
+		%[3]s counter name %[2]s
+	}
+}
+`, counterTable, "lab_"+name, expr)
+	// Adding to an existing table merges chains, so every counter gets its own rule.
+	return n.Router.nft(rules)
+}
+
+// ForwardCounter returns the packets counted so far by the counter name.
+func (n *NAT) ForwardCounter(ctx context.Context, name string) (uint64, error) {
+	out, err := n.Router.Run(ctx, "nft", "list", "counter", "inet", counterTable, "lab_"+name)
+	if err != nil {
+		return 0, err
+	}
+	return parseCounter(out)
+}
+
+// parseCounter extracts "packets N" from `nft list counter` output.
+func parseCounter(out string) (uint64, error) {
+	f := strings.Fields(out)
+	for i := 0; i+1 < len(f); i++ {
+		if f[i] == "packets" {
+			return strconv.ParseUint(f[i+1], 10, 64)
+		}
+	}
+	return 0, fmt.Errorf("lab: no packet count in %q", strings.TrimSpace(out))
+}

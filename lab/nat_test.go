@@ -63,3 +63,33 @@ func FuzzParseConntrack(f *testing.F) {
 		}
 	})
 }
+
+func TestParseCounter(t *testing.T) {
+	out := "table inet labcount {\n\tcounter lab_answers {\n\t\tpackets 12 bytes 720\n\t}\n}\n"
+	if n, err := parseCounter(out); err != nil || n != 12 {
+		t.Errorf("parseCounter = %d, %v; want 12", n, err)
+	}
+	for _, bad := range []string{"", "packets", "packets x bytes 1"} {
+		if _, err := parseCounter(bad); err == nil {
+			t.Errorf("parseCounter(%q) accepted malformed input", bad)
+		}
+	}
+}
+
+func TestParseUDPStats(t *testing.T) {
+	out := "Ip: Forwarding DefaultTTL\nIp: 2 64\n" +
+		"Udp: InDatagrams NoPorts InErrors OutDatagrams RcvbufErrors\nUdp: 7 1 2 9 0\n" +
+		"UdpLite: InDatagrams NoPorts\nUdpLite: 0 0\n"
+	got, err := parseUDPStats(out)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := (UDPStats{InDatagrams: 7, NoPorts: 1, InErrors: 2, OutDatagrams: 9}); got != want {
+		t.Errorf("parseUDPStats = %+v, want %+v", got, want)
+	}
+	for _, bad := range []string{"", "Udp: InDatagrams\n", "Udp: InDatagrams\nUdp: x\n", "Udp: A B\nUdp: 1\n"} {
+		if _, err := parseUDPStats(bad); err == nil {
+			t.Errorf("parseUDPStats(%q) accepted malformed input", bad)
+		}
+	}
+}

@@ -9,12 +9,21 @@ import (
 
 // TestMiredoRelayDownload has a Miredo client behind a home router download a file
 // from the IPv6-only host: the client finds the Miredo relay through the server's echo
-// test, and the file arrives intact both through curl and through the test process's
+// test (the server sends the client's echo request to native IPv6), and the file arrives intact both through curl and through the test process's
 // own HTTP client in the client's namespace.
 func TestMiredoRelayDownload(t *testing.T) {
-	Require(t, "miredo", "miredo-server", "ss", "curl")
+	for _, impl := range serverImpls {
+		t.Run(impl.name, func(t *testing.T) {
+			impl.require(t)
+			Require(t, "curl")
+			relayDownload(t, impl)
+		})
+	}
+}
+
+func relayDownload(t *testing.T, impl serverImpl) {
 	l := New(t, Options{Clients: []ClientSpec{{"a1", HomeRouter}}})
-	srv := StartMiredoServer(t, l.Server)
+	srv := impl.start(t, l)
 	StartMiredoRelay(t, l.Relay, MiredoRelayOptions{})
 	c := StartMiredoClient(t, l.Clients["a1"], srv.Primary, MiredoClientOptions{})
 	f := l.V6Host.ServeFile(t, netip.AddrPortFrom(V6HostAddr, 8080), 4<<20)
