@@ -2,6 +2,7 @@ package main
 
 import (
 	"io"
+	"net"
 	"net/netip"
 	"reflect"
 	"strings"
@@ -87,4 +88,33 @@ func TestParseConfig(t *testing.T) {
 			}
 		})
 	}
+}
+
+// FuzzParseForward checks that -forward values never panic and that what
+// is accepted is usable: a non-zero port and a HOST:PORT target.
+func FuzzParseForward(f *testing.F) {
+	for _, s := range []string{"80=127.0.0.1:8080", "22=localhost:22", "8080=[::1]:80", "0=a:1", "80=", "=a:1", "80=a:0", "65536=a:1", "1=a:b:c"} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, s string) {
+		fw, err := parseForward(s)
+		if err != nil {
+			return
+		}
+		host, port, err := net.SplitHostPort(fw.Target)
+		if fw.Port == 0 || err != nil || host == "" || port == "" || port == "0" {
+			t.Fatalf("accepted %q as %+v", s, fw)
+		}
+		var l forwardList
+		if err := l.Set(l.String()); err != nil || len(l) != 0 {
+			t.Fatalf("empty list round trip: %v", err)
+		}
+		l = forwardList{fw}
+		var back forwardList
+		if !strings.Contains(fw.Target, ",") {
+			if err := back.Set(l.String()); err != nil || len(back) != 1 || back[0] != fw {
+				t.Fatalf("%q: round trip of %+v gave %+v, %v", s, fw, back, err)
+			}
+		}
+	})
 }
