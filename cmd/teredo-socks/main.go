@@ -113,9 +113,9 @@ type env struct {
 	stderr io.Writer // why it could not start
 	// servers names the Teredo servers for the "qualifying" line.
 	servers string
-	log    *slog.Logger
-	clock  clock.Clock
-	start  startFunc
+	log     *slog.Logger
+	clock   clock.Clock
+	start   startFunc
 	// lookup resolves destination names (A and AAAA), as net.Resolver.
 	lookup func(ctx context.Context, network, host string) ([]netip.Addr, error)
 	// dial4 and listen4 reach IPv4 destinations through the host.
