@@ -19,6 +19,7 @@ import (
 	"gvisor.dev/gvisor/pkg/tcpip/header"
 	"gvisor.dev/gvisor/pkg/tcpip/network/ipv6"
 	"gvisor.dev/gvisor/pkg/tcpip/stack"
+	"gvisor.dev/gvisor/pkg/tcpip/stack/gro"
 
 	"github.com/teredo-go/teredo/internal/udpio"
 	"github.com/teredo-go/teredo/proto"
@@ -67,6 +68,11 @@ type Options struct {
 	// hands large segments to the stack's own splitter, which is cheaper than
 	// building each MSS-sized segment separately.
 	GSO bool
+	// GRO coalesces the TCP segments of each receive batch with gVisor's
+	// generic receive offload before they enter the stack. The endpoint
+	// then claims RX checksum offload and verifies UDP, ICMPv6 and
+	// unmerged TCP checksums itself (see validChecksum).
+	GRO bool
 	// Logger receives unexpected socket errors; nil discards them.
 	Logger *slog.Logger
 }
@@ -97,6 +103,7 @@ type Stats struct {
 	RxPackets     uint64 // IPv6 packets injected into the stack (including Deliver)
 	RxNotAttached uint64 // IPv6 packets dropped because no stack was attached
 	ReadErrors    uint64 // socket read errors other than shutdown
+	RxBadChecksum uint64 // packets dropped for a bad transport checksum (GRO only)
 	TxPackets     uint64 // IPv6 packets sent straight to a UDP destination
 	TxTunnel      uint64 // IPv6 packets the tunnel took over (queued, dropped, answered)
 	TxErrors      uint64 // IPv6 packets the socket refused to send
@@ -130,6 +137,7 @@ type Endpoint struct {
 	rmsgs []udpio.Message
 
 	rxDatagrams, rxBatches, rxPackets, rxNotAttached, readErrors atomic.Uint64
+	rxBadChecksum                                                atomic.Uint64
 	txPackets, txTunnel, txErrors, txBatches                     atomic.Uint64
 }
 
@@ -218,6 +226,11 @@ func (e *Endpoint) joinLocked() {
 func (e *Endpoint) readLoop(done chan struct{}) {
 	defer close(done)
 	msgs := e.rmsgs
+	// GRO merges consecutive TCP segments of a flow within one receive
+	// batch, so that TCP processes one large segment instead of dozens.
+	// It verifies TCP checksums itself before merging.
+	var coalescer gro.GRO
+	coalescer.Init(e.opts.GRO)
 	for {
 		for i := range msgs {
 			msgs[i].N = 0
@@ -246,14 +259,41 @@ func (e *Endpoint) readLoop(done chan struct{}) {
 		if tb == nil {
 			continue
 		}
+		db := e.disp.Load()
+		if db != nil {
+			coalescer.Dispatcher = db.d
+		}
 		for i := range msgs[:n] {
 			m := &msgs[i]
 			ip := tb.t.Receive(m.Buffers[0][:m.N], m.Addr)
-			if ip != nil {
-				e.inject(ip)
+			if ip == nil {
+				continue
 			}
+			if db == nil {
+				e.rxNotAttached.Add(1)
+				continue
+			}
+			if e.opts.GRO && !validChecksum(ip, true) {
+				e.rxBadChecksum.Add(1)
+				continue
+			}
+			pkt := newPacket(ip)
+			coalescer.Enqueue(pkt) // takes its own reference if it keeps pkt
+			pkt.DecRef()
+			e.rxPackets.Add(1)
+		}
+		if db != nil {
+			coalescer.Flush()
 		}
 	}
+}
+
+// newPacket copies an inbound IPv6 packet into a packet buffer.
+func newPacket(ip []byte) *stack.PacketBuffer {
+	// MakeWithData copies into a pooled chunk, so ip may be reused.
+	pkt := stack.NewPacketBuffer(stack.PacketBufferOptions{Payload: buffer.MakeWithData(ip)})
+	pkt.NetworkProtocolNumber = ipv6.ProtocolNumber
+	return pkt
 }
 
 // Deliver injects an IPv6 packet into the attached stack; it is the
@@ -267,8 +307,11 @@ func (e *Endpoint) inject(ip []byte) {
 		e.rxNotAttached.Add(1)
 		return
 	}
-	// MakeWithData copies into a pooled chunk, so ip may be reused.
-	pkt := stack.NewPacketBuffer(stack.PacketBufferOptions{Payload: buffer.MakeWithData(ip)})
+	if e.opts.GRO && !validChecksum(ip, false) {
+		e.rxBadChecksum.Add(1)
+		return
+	}
+	pkt := newPacket(ip)
 	db.d.DeliverNetworkPacket(ipv6.ProtocolNumber, pkt)
 	// DeliverNetworkPacket takes its own references; ours ends here.
 	pkt.DecRef()
@@ -389,6 +432,7 @@ func (e *Endpoint) Stats() Stats {
 		RxPackets:     e.rxPackets.Load(),
 		RxNotAttached: e.rxNotAttached.Load(),
 		ReadErrors:    e.readErrors.Load(),
+		RxBadChecksum: e.rxBadChecksum.Load(),
 		TxPackets:     e.txPackets.Load(),
 		TxTunnel:      e.txTunnel.Load(),
 		TxErrors:      e.txErrors.Load(),
@@ -415,6 +459,9 @@ func (e *Endpoint) SetLinkAddress(tcpip.LinkAddress) {}
 // Capabilities implements stack.NetworkLinkEndpoint. Checksums are neither
 // verified nor computed here, so the stack must do both.
 func (e *Endpoint) Capabilities() stack.LinkEndpointCapabilities {
+	if e.opts.GRO {
+		return stack.CapabilityRXChecksumOffload
+	}
 	return stack.CapabilityNone
 }
 

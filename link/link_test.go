@@ -174,14 +174,16 @@ func TestTCPTransfer(t *testing.T) {
 		name  string
 		conns func(testing.TB) (udpio.Conn, udpio.Conn)
 		gso   bool
+		gro   bool
 	}{
-		{"memory", memPair, false},
-		{"memory-gso", memPair, true},
-		{"loopback-gso", loopbackPair, true},
+		{"memory", memPair, false, false},
+		{"memory-gso", memPair, true, false},
+		{"memory-gro", memPair, false, true},
+		{"loopback-gso-gro", loopbackPair, true, true},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			a, b := tc.conns(t)
-			p := newPair(t, a, b, Options{GSO: tc.gso})
+			p := newPair(t, a, b, Options{GSO: tc.gso, GRO: tc.gro})
 			ln, err := gonet.ListenTCP(p.sB, fullAddr(addrB, 80), ipv6.ProtocolNumber)
 			if err != nil {
 				t.Fatal(err)
