@@ -323,8 +323,13 @@ func TestProxyForward(t *testing.T) {
 		t.Fatalf("echo through the forward: %d bytes, %v", len(got), err)
 	}
 	// The service saw the connection come from the host (the forwarder).
-	if from := <-tcpEcho.from; !from.Addr().IsLoopback() {
-		t.Errorf("service saw %v", from)
+	select {
+	case from := <-tcpEcho.from:
+		if !from.Addr().IsLoopback() {
+			t.Errorf("service saw %v", from)
+		}
+	case <-time.After(ioTimeout):
+		t.Error("the service saw no connection")
 	}
 }
 
