@@ -244,7 +244,7 @@ func TestProxyDemoServices(t *testing.T) {
 	if cl := counters["client"].(map[string]any); cl["tx_fast"].(float64) == 0 {
 		t.Errorf("client counters: %v", cl)
 	}
-	res, err := http.Get("http://" + p.status + "/metrics")
+	res, err := (&http.Client{Timeout: ioTimeout}).Get("http://" + p.status + "/metrics")
 	if err != nil {
 		t.Fatal(err)
 	}
