@@ -158,6 +158,7 @@ func TestDemoWithCurl(t *testing.T) {
 	if m[2] != listen {
 		t.Fatalf("qualified line names %s, want %s", m[2], listen)
 	}
+	p.out.wait(t, regexp.MustCompile(`^teredo-socks: NAT type: restricted$`), 15*time.Second)
 	p.out.wait(t, regexp.MustCompile(`demo: try +curl --socks5-hostname `+regexp.QuoteMeta(listen)+` http://\[2001:db8::80\]/`), time.Second)
 
 	for _, url := range []string{"http://[2001:db8::80]/", "http://ipv6.demo/"} {
