@@ -6,6 +6,7 @@ import (
 	"net/netip"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"testing"
@@ -63,15 +64,32 @@ func (h *Host) MustRun(t testing.TB, name string, args ...string) string {
 }
 
 // Start runs name in the background inside the host's namespace, capturing its output.
-// The process (and its process group) is stopped when t's test ends; its output is
+// The process (and whatever it forks) is stopped when t's test ends; its output is
 // logged if t failed.
+//
+// The program runs in its own PID namespace under a shell that stays PID 1 and dies
+// with the test binary (unshare --kill-child), so even a test binary killed outright,
+// as `go test -timeout` does without running cleanups, takes the program and its
+// children with it: the kernel kills a PID namespace whose init dies. Miredo drops the
+// plain parent-death signal when it changes credentials, so that alone is not enough.
 func (h *Host) Start(t testing.TB, name string, args ...string) *Proc {
 	t.Helper()
-	cmd := h.Command(context.Background(), name, args...)
-	p, err := startProc(t, fmt.Sprintf("%s on %s", strings.Join(append([]string{name}, args...), " "), h.Name), cmd)
+	if !strings.Contains(name, "/") {
+		if p, err := LookTool(name); err == nil {
+			name = p
+		}
+	}
+	unshare, err := LookTool("unshare")
+	if err != nil {
+		t.Fatalf("lab: %v", err)
+	}
+	wrapped := append([]string{"--pid", "--fork", "--kill-child", "--", "/bin/sh", "-c", `setsid "$@" & wait $!`, "sh", name}, args...)
+	cmd := h.Command(context.Background(), unshare, wrapped...)
+	p, err := startProc(t, fmt.Sprintf("%s on %s", strings.Join(append([]string{filepath.Base(name)}, args...), " "), h.Name), cmd)
 	if err != nil {
 		t.Fatalf("%v", err)
 	}
+	p.wrapped = true
 	return p
 }
 

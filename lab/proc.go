@@ -5,8 +5,10 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"os"
 	"os/exec"
 	"regexp"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -32,7 +34,12 @@ type Proc struct {
 	Name string // what was run, for messages
 	Cmd  *exec.Cmd
 
+	// wrapped: Cmd is `unshare … sh -c 'setsid prog & wait'`, and signals go to the
+	// program's own process group (see Host.Start).
+	wrapped bool
+
 	mu      sync.Mutex
+	target  int // the wrapped program's pid, once found
 	out     bytes.Buffer
 	dropped int           // bytes discarded because out was full
 	changed chan struct{} // closed and replaced on every write
@@ -113,17 +120,61 @@ func (p *Proc) WaitLine(re *regexp.Regexp, timeout time.Duration) ([]string, err
 	}
 }
 
-// Signal sends sig to the process's whole process group.
+// Signal sends sig to the program and the processes it forked (its process group).
 func (p *Proc) Signal(sig syscall.Signal) error {
 	if !p.Running() {
 		return ErrExited
 	}
+	if pid := p.programPID(); pid > 0 {
+		if err := syscall.Kill(-pid, sig); err == nil {
+			return nil
+		}
+		return syscall.Kill(pid, sig) // setsid has not run yet
+	}
 	return syscall.Kill(-p.Cmd.Process.Pid, sig)
 }
 
-// Stop sends SIGTERM to the process group, waits up to grace, then SIGKILLs it; it
-// returns once the process has been reaped (SIGKILL cannot be ignored, so the final
-// wait is bounded too).
+// programPID returns the pid of the program itself: for a wrapped process the
+// grandchild of Cmd (unshare → sh → program), found through /proc; 0 if not (yet) known.
+func (p *Proc) programPID() int {
+	if !p.wrapped {
+		return p.Cmd.Process.Pid
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.target > 0 {
+		return p.target
+	}
+	pid := p.Cmd.Process.Pid
+	for range 2 {
+		if pid = onlyChild(pid); pid <= 0 {
+			return 0
+		}
+	}
+	p.target = pid
+	return pid
+}
+
+// onlyChild returns the first child of pid listed by /proc, or 0.
+func onlyChild(pid int) int {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/task/%d/children", pid, pid))
+	if err != nil {
+		return 0
+	}
+	f := strings.Fields(string(b))
+	if len(f) == 0 {
+		return 0
+	}
+	c, err := strconv.Atoi(f[0])
+	if err != nil {
+		return 0
+	}
+	return c
+}
+
+// Stop sends SIGTERM to the program's process group, waits up to grace, then kills
+// everything with SIGKILL; it returns once the process has been reaped (SIGKILL cannot
+// be ignored, so the final wait is bounded too).
 func (p *Proc) Stop(grace time.Duration) {
 	if !p.Running() {
 		return
@@ -136,6 +187,11 @@ func (p *Proc) Stop(grace time.Duration) {
 		return
 	case <-t.C:
 	}
+	if pid := p.programPID(); pid > 0 {
+		_ = syscall.Kill(-pid, syscall.SIGKILL)
+	}
+	// Killing unshare makes its --kill-child SIGKILL the namespace's init, and the
+	// kernel then kills every process in the PID namespace.
 	_ = syscall.Kill(-p.Cmd.Process.Pid, syscall.SIGKILL)
 	select {
 	case <-p.done:

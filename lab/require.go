@@ -33,7 +33,7 @@ func LookTool(name string) (string, error) {
 }
 
 // Require skips t (or fails it when CI=true) unless the process is root and every named
-// tool exists. The lab's own tools (ip, nft, conntrack) are always required.
+// tool exists. The lab's own tools (ip, nft, conntrack, unshare) are always required.
 func Require(t testing.TB, tools ...string) {
 	t.Helper()
 	if msg := missing(tools); msg != "" {
@@ -47,7 +47,7 @@ func missing(tools []string) string {
 	if os.Geteuid() != 0 {
 		problems = append(problems, "not running as root")
 	}
-	all := append([]string{"ip", "nft", "conntrack"}, tools...)
+	all := append([]string{"ip", "nft", "conntrack", "unshare"}, tools...)
 	seen := map[string]bool{}
 	for _, tool := range all {
 		if seen[tool] {
