@@ -76,6 +76,9 @@ type Config struct {
 	TCPReceiveBufferMax, TCPSendBufferMax int
 	// DisableGSO turns off gVisor's in-stack segmentation offload.
 	DisableGSO bool
+	// DisableGRO turns off coalescing of received TCP segments (see
+	// link.Options.GRO).
+	DisableGRO bool
 
 	// Clock, Logger and Rand default to the real clock, a discarding
 	// logger and crypto/rand.
@@ -147,7 +150,7 @@ func New(ctx context.Context, cfg Config) (*Stack, error) {
 		}
 		s.conn = c
 	}
-	s.ep = link.New(s.conn, nil, link.Options{GSO: !cfg.DisableGSO, Logger: cfg.Logger})
+	s.ep = link.New(s.conn, nil, link.Options{GSO: !cfg.DisableGSO, GRO: !cfg.DisableGRO, Logger: cfg.Logger})
 	cl, err := client.New(client.Config{
 		Transport:  s.conn,
 		Deliver:    s.ep.Deliver,
