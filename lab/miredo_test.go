@@ -18,8 +18,8 @@ type serverImpl struct {
 	start   func(t *testing.T, l *Lab) *TeredoServer
 }
 
-// ourServerDir is the project's server command, relative to this package.
-const ourServerDir = "../cmd/teredo-server"
+// ourServerDir is the project's server command, relative to the module root.
+const ourServerDir = "cmd/teredo-server"
 
 // serverImpls are the servers that the interoperability tests run against: Miredo's
 // reference server and the project's own.
@@ -45,7 +45,8 @@ var serverImpls = []serverImpl{
 // the directory exists, a build failure fails the test.
 func requireOurServer(t *testing.T) {
 	t.Helper()
-	if _, err := os.Stat(filepath.Join(ourServerDir, "main.go")); err != nil {
+	// go test runs the binary in the package directory, one below the module root.
+	if _, err := os.Stat(filepath.Join("..", ourServerDir, "main.go")); err != nil {
 		t.Skipf("%s does not exist yet: the project's server variant of this test waits for it", ourServerDir)
 	}
 }
