@@ -60,3 +60,34 @@ func relayDownload(t *testing.T, impl serverImpl) {
 		t.Fatal("Verify accepted a wrong digest")
 	}
 }
+
+// BenchmarkMiredoRelayDownload measures HTTP download throughput from the IPv6-only
+// host to a Miredo client behind a home router through a Miredo relay: the reference
+// figure for the project's own client and relay.
+func BenchmarkMiredoRelayDownload(b *testing.B) {
+	Require(b, "miredo", "miredo-server", "ss", "curl")
+	const size = 16 << 20
+	l := New(b, Options{Clients: []ClientSpec{{"a1", HomeRouter}}})
+	srv := StartMiredoServer(b, l.Server)
+	StartMiredoRelay(b, l.Relay, MiredoRelayOptions{})
+	c := StartMiredoClient(b, l.Clients["a1"], srv.Primary, MiredoClientOptions{})
+	f := l.V6Host.ServeFile(b, netip.AddrPortFrom(V6HostAddr, 8080), size)
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	pctx, pcancel := context.WithTimeout(ctx, 15*time.Second)
+	_, err := c.Host.Ping(pctx, V6HostAddr, 500*time.Millisecond)
+	pcancel()
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.SetBytes(size)
+	for b.Loop() {
+		got, err := c.Host.Curl(ctx, f.URL)
+		if err != nil {
+			b.Fatal(err)
+		}
+		if err := f.Verify(got); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
