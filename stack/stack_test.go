@@ -13,6 +13,8 @@ import (
 	"time"
 
 	"go.uber.org/goleak"
+	"gvisor.dev/gvisor/pkg/tcpip"
+	"gvisor.dev/gvisor/pkg/tcpip/transport/tcp"
 
 	"github.com/teredo-go/teredo/client"
 	"github.com/teredo-go/teredo/dialer"
@@ -100,6 +102,21 @@ func TestEndToEnd(t *testing.T) {
 		if st := s.Status(); st.Client.State != client.StateQualified {
 			t.Fatalf("status %+v", st)
 		}
+	}
+
+	// TCP as configured: SACK, RACK, large auto-tuned buffers.
+	ns := a.Netstack()
+	var sack tcpip.TCPSACKEnabled
+	var recovery tcpip.TCPRecovery
+	var rcv tcpip.TCPReceiveBufferSizeRangeOption
+	ns.TransportProtocolOption(tcp.ProtocolNumber, &sack)
+	ns.TransportProtocolOption(tcp.ProtocolNumber, &recovery)
+	ns.TransportProtocolOption(tcp.ProtocolNumber, &rcv)
+	if !sack || recovery&tcpip.TCPRACKLossDetection == 0 || rcv.Max != stack.DefaultTCPReceiveBufferMax {
+		t.Errorf("TCP options: SACK %v, recovery %v, receive buffer %+v", sack, recovery, rcv)
+	}
+	if mtu := ns.NICInfo()[a.NICID()].MTU; mtu != proto.MinMTU {
+		t.Errorf("NIC MTU %d, want %d", mtu, proto.MinMTU)
 	}
 
 	// Each side listens and dials the other.
