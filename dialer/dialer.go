@@ -89,6 +89,12 @@ func (d *Dialer) DialContext(ctx context.Context, network, address string) (net.
 	}
 	var first error
 	for i, ap := range addrs {
+		if ctx.Err() != nil {
+			if first == nil {
+				first = &net.OpError{Op: "dial", Net: network, Addr: netAddr(proto, ap), Err: ctxError(ctx)}
+			}
+			break
+		}
 		dctx := ctx
 		var cancel context.CancelFunc = func() {}
 		if dl, ok := ctx.Deadline(); ok && len(addrs)-i > 1 {
