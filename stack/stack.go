@@ -422,6 +422,14 @@ func (s *Stack) Unreachable(dst netip.Addr) bool {
 	return s.cl.PeerState(dst) == peer.Unreachable
 }
 
+// Closed reports whether Close has been called; dialer and listener
+// refuse a closed stack with net.ErrClosed.
+func (s *Stack) Closed() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.closed
+}
+
 // Close shuts the stack down: connections end, the client stops, the
 // socket closes, and no goroutine of the stack is left when it returns.
 func (s *Stack) Close() error {
