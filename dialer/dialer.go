@@ -39,6 +39,13 @@ type Network interface {
 	Unreachable(dst netip.Addr) bool
 }
 
+// isClosed reports whether n has been shut down, for networks that can
+// tell (*stack.Stack has a Closed method).
+func isClosed(n any) bool {
+	c, ok := n.(interface{ Closed() bool })
+	return ok && c.Closed()
+}
+
 // Resolver looks up IP addresses; *net.Resolver implements it.
 type Resolver interface {
 	LookupNetIP(ctx context.Context, network, host string) ([]netip.Addr, error)
@@ -74,6 +81,9 @@ func (d *Dialer) Dial(network, address string) (net.Conn, error) {
 // Addresses are tried in the resolver's order, sharing ctx's deadline.
 // TCP connections are *TCPConn, UDP ones *UDPConn.
 func (d *Dialer) DialContext(ctx context.Context, network, address string) (net.Conn, error) {
+	if isClosed(d.Network) {
+		return nil, &net.OpError{Op: "dial", Net: network, Err: net.ErrClosed}
+	}
 	var proto string
 	switch network {
 	case "tcp", "tcp6":
