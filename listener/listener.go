@@ -27,6 +27,13 @@ type Network interface {
 	Addr() netip.Addr
 }
 
+// isClosed reports whether n has been shut down, for networks that can
+// tell (*stack.Stack has a Closed method).
+func isClosed(n Network) bool {
+	c, ok := n.(interface{ Closed() bool })
+	return ok && c.Closed()
+}
+
 // bindAddr parses "[host]:port" for a listener. The socket is bound to the
 // NIC, not to an address, so that it keeps working when the Teredo address
 // changes; host may therefore only be empty, unspecified or the current
@@ -75,6 +82,9 @@ var _ net.Listener = (*Listener)(nil)
 // address ("[::]:port", ":port", or the Teredo address and a port; port 0
 // picks one). Accepted connections are *dialer.TCPConn.
 func Listen(n Network, network, address string) (*Listener, error) {
+	if isClosed(n) {
+		return nil, &net.OpError{Op: "listen", Net: network, Err: net.ErrClosed}
+	}
 	full, err := bindAddr(n, "tcp", network, address)
 	if err != nil {
 		return nil, &net.OpError{Op: "listen", Net: network, Err: err}
@@ -124,6 +134,9 @@ func (l *Listener) Addr() net.Addr {
 // ListenPacket opens a UDP socket on network "udp" or "udp6" at address
 // (as for Listen). The result is a *dialer.UDPConn.
 func ListenPacket(n Network, network, address string) (*dialer.UDPConn, error) {
+	if isClosed(n) {
+		return nil, &net.OpError{Op: "listen", Net: network, Err: net.ErrClosed}
+	}
 	full, err := bindAddr(n, "udp", network, address)
 	if err != nil {
 		return nil, &net.OpError{Op: "listen", Net: network, Err: err}
