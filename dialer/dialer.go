@@ -197,7 +197,7 @@ func ctxError(ctx context.Context) error {
 }
 
 func (d *Dialer) unreachable(dst netip.Addr) error {
-	return &Error{Msg: "no route to host: Teredo peer " + dst.String() + " unreachable", Errno: syscall.EHOSTUNREACH}
+	return &Error{Msg: "no route to host: " + dst.String() + " unreachable over Teredo", Errno: syscall.EHOSTUNREACH}
 }
 
 func (d *Dialer) dialTCP(ctx context.Context, raddr netip.AddrPort) (net.Conn, error) {
@@ -251,11 +251,11 @@ func (d *Dialer) dialTCP(ctx context.Context, raddr netip.AddrPort) (net.Conn, e
 	if terr != nil {
 		ep.Close()
 		err := FromTCPIP(terr)
-		if e := err.(*Error); proto.IsTeredo(dst) && e.Errno == syscall.ENETUNREACH {
-			// An ICMPv6 "no route" about a Teredo peer means that host,
-			// not the network, is out of reach.
-			e.Errno = syscall.EHOSTUNREACH
-			e.Msg = "no route to host: Teredo peer " + dst.String() + " unreachable"
+		if e := err.(*Error); e.Errno == syscall.ENETUNREACH && (proto.IsTeredo(dst) || n.Unreachable(dst)) {
+			// The tunnel answers a peer that did not reply to its bubbles
+			// (or a native host without a relay) with ICMPv6 "no route":
+			// the host, not the Teredo network, is out of reach.
+			return nil, d.unreachable(dst)
 		}
 		return nil, err
 	}
