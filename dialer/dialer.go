@@ -11,6 +11,7 @@ import (
 	"net/netip"
 	"os"
 	"strconv"
+	"strings"
 	"syscall"
 	"time"
 
@@ -18,6 +19,7 @@ import (
 	"gvisor.dev/gvisor/pkg/tcpip/adapters/gonet"
 	"gvisor.dev/gvisor/pkg/tcpip/network/ipv6"
 	"gvisor.dev/gvisor/pkg/tcpip/stack"
+	"gvisor.dev/gvisor/pkg/tcpip/transport/icmp"
 	"gvisor.dev/gvisor/pkg/tcpip/transport/tcp"
 	"gvisor.dev/gvisor/pkg/waiter"
 
@@ -77,9 +79,13 @@ func (d *Dialer) Dial(network, address string) (net.Conn, error) {
 }
 
 // DialContext connects to address ("host:port", host an IPv6 literal or a
-// name with AAAA records) over network "tcp", "tcp6", "udp" or "udp6".
+// name with AAAA records) over network "tcp", "tcp6", "udp" or "udp6", or
+// opens an ICMPv6 echo socket to host over "ping" or "ping6".
 // Addresses are tried in the resolver's order, sharing ctx's deadline.
-// TCP connections are *TCPConn, UDP ones *UDPConn.
+// TCP connections are *TCPConn, UDP and ping ones *UDPConn. On a ping
+// socket, each Write sends one ICMPv6 echo request given from its 8-byte
+// header on (type 128; the stack sets the identifier and checksum), and
+// each Read returns one echo reply from its header on.
 func (d *Dialer) DialContext(ctx context.Context, network, address string) (net.Conn, error) {
 	if isClosed(d.Network) {
 		return nil, &net.OpError{Op: "dial", Net: network, Err: net.ErrClosed}
@@ -90,6 +96,8 @@ func (d *Dialer) DialContext(ctx context.Context, network, address string) (net.
 		proto = "tcp"
 	case "udp", "udp6":
 		proto = "udp"
+	case "ping", "ping6":
+		proto = "ping"
 	default:
 		return nil, &net.OpError{Op: "dial", Net: network, Err: net.UnknownNetworkError(network)}
 	}
@@ -114,10 +122,13 @@ func (d *Dialer) DialContext(ctx context.Context, network, address string) (net.
 			dctx, cancel = context.WithDeadline(ctx, time.Now().Add(share))
 		}
 		var c net.Conn
-		if proto == "tcp" {
+		switch proto {
+		case "tcp":
 			c, err = d.dialTCP(dctx, ap)
-		} else {
+		case "udp":
 			c, err = d.dialUDP(ap)
+		default:
+			c, err = d.dialPing(ap.Addr())
 		}
 		cancel()
 		if err == nil {
@@ -135,8 +146,11 @@ func (d *Dialer) DialContext(ctx context.Context, network, address string) (net.
 }
 
 func netAddr(proto string, ap netip.AddrPort) net.Addr {
-	if proto == "tcp" {
+	switch proto {
+	case "tcp":
 		return net.TCPAddrFromAddrPort(ap)
+	case "ping":
+		return &net.IPAddr{IP: ap.Addr().AsSlice()}
 	}
 	return net.UDPAddrFromAddrPort(ap)
 }
@@ -144,7 +158,13 @@ func netAddr(proto string, ap netip.AddrPort) net.Addr {
 // resolve turns address into IPv6 destinations.
 func (d *Dialer) resolve(ctx context.Context, proto, address string) ([]netip.AddrPort, error) {
 	host, portStr, err := net.SplitHostPort(address)
-	if err != nil {
+	if proto == "ping" {
+		// A ping destination has no port; accept "host" and "host:0".
+		if err != nil {
+			host, portStr = strings.TrimSuffix(strings.TrimPrefix(address, "["), "]"), "0"
+		}
+		proto = "ip6"
+	} else if err != nil {
 		return nil, err
 	}
 	port, err := strconv.ParseUint(portStr, 10, 16)
@@ -273,4 +293,23 @@ func (d *Dialer) dialUDP(raddr netip.AddrPort) (net.Conn, error) {
 		return nil, fromString(err.Error())
 	}
 	return NewUDPConn(c), nil
+}
+
+func (d *Dialer) dialPing(dst netip.Addr) (net.Conn, error) {
+	n := d.Network
+	if n.Unreachable(dst) {
+		return nil, d.unreachable(dst)
+	}
+	var wq waiter.Queue
+	ep, terr := n.Netstack().NewEndpoint(icmp.ProtocolNumber6, ipv6.ProtocolNumber, &wq)
+	if terr != nil {
+		return nil, FromTCPIP(terr)
+	}
+	if terr := ep.Connect(tcpip.FullAddress{NIC: n.NICID(), Addr: tcpip.AddrFrom16(dst.As16())}); terr != nil {
+		ep.Close()
+		return nil, FromTCPIP(terr)
+	}
+	// gonet's UDP adapter is a generic datagram-endpoint adapter: it works
+	// for ICMP echo sockets too.
+	return NewUDPConn(gonet.NewUDPConn(&wq, ep)), nil
 }

@@ -299,3 +299,27 @@ func TestFromTCPIP(t *testing.T) {
 		t.Error("FromTCPIP(nil) != nil")
 	}
 }
+
+func TestPing(t *testing.T) {
+	a, _ := pair(t)
+	for _, addr := range []string{"2001:0:7f00:1::b", "[2001:0:7f00:1::b]", "[2001:0:7f00:1::b]:0"} {
+		c, err := New(a).Dial("ping6", addr)
+		if err != nil {
+			t.Fatalf("%s: %v", addr, err)
+		}
+		req := []byte{128, 0, 0, 0, 0, 0, 0, 7, 'h', 'i'} // echo request, seq 7
+		if _, err := c.Write(req); err != nil {
+			t.Fatal(err)
+		}
+		c.SetReadDeadline(time.Now().Add(5 * time.Second))
+		buf := make([]byte, 64)
+		n, err := c.Read(buf)
+		if err != nil {
+			t.Fatalf("%s: %v", addr, err)
+		}
+		if n != len(req) || buf[0] != 129 || buf[7] != 7 || string(buf[8:n]) != "hi" {
+			t.Errorf("%s: reply %x", addr, buf[:n])
+		}
+		c.Close()
+	}
+}
