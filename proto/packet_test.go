@@ -74,8 +74,8 @@ func TestPacketParse(t *testing.T) {
 func TestTrailers(t *testing.T) {
 	in := Trailers{
 		HasNonce: true, Nonce: [4]byte{1, 2, 3, 4},
-		NumAltAddresses: 2,
-		AltAddresses:    [4]netip.AddrPort{netip.MustParseAddrPort("192.168.1.2:3544"), netip.MustParseAddrPort("198.18.0.9:1234")},
+		NumAltAddresses:      2,
+		AltAddresses:         [4]netip.AddrPort{netip.MustParseAddrPort("192.168.1.2:3544"), netip.MustParseAddrPort("198.18.0.9:1234")},
 		HasNeighborDiscovery: true, DiscoveryType: 1,
 		HasRandomPort: true, RandomPort: 4242,
 	}
