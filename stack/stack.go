@@ -377,8 +377,8 @@ func (s *Stack) setAddr(a netip.Addr) {
 // Subscribe calls f for every client event, in order, from the stack's
 // event goroutine after the stack has acted on it (for an address change:
 // the new address is in place and connections on the old one are closed).
-// f must not block for long. The returned function cancels the
-// subscription.
+// f must not block for long and must not call Close, which waits for the
+// event goroutine. The returned function cancels the subscription.
 func (s *Stack) Subscribe(f func(Event)) (cancel func()) {
 	s.mu.Lock()
 	id := s.nextSubID
