@@ -10,15 +10,21 @@ import (
 
 	"github.com/teredo-go/teredo/dialer"
 	"github.com/teredo-go/teredo/listener"
+	"github.com/teredo-go/teredo/stack"
 )
 
 // BenchmarkTCPStream measures one TCP stream between two stacks in this
 // process over loopback UDP: qualified through our server, then directly
 // from client to client. One op is one 128 KiB write.
 func BenchmarkTCPStream(b *testing.B) {
+	b.Run("default", func(b *testing.B) { benchStream(b) })
+	b.Run("no-gro", func(b *testing.B) { benchStream(b, func(c *stack.Config) { c.DisableGRO = true }) })
+}
+
+func benchStream(b *testing.B, tweaks ...func(*stack.Config)) {
 	port := startServer(b)
-	src := newStack(b, port)
-	dst := newStack(b, port)
+	src := newStack(b, port, tweaks...)
+	dst := newStack(b, port, tweaks...)
 	ln, err := listener.Listen(dst, "tcp6", ":5001")
 	if err != nil {
 		b.Fatal(err)

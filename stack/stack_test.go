@@ -70,17 +70,21 @@ func startServer(t testing.TB) uint16 {
 	return port
 }
 
-func newStack(t testing.TB, port uint16) *stack.Stack {
+func newStack(t testing.TB, port uint16, tweaks ...func(*stack.Config)) *stack.Stack {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
 	defer cancel()
-	s, err := stack.New(ctx, stack.Config{
+	cfg := stack.Config{
 		Servers:    []netip.Addr{serverPrimary},
 		Secondary:  serverSecondary,
 		ServerPort: port,
 		LocalAddr:  netip.MustParseAddrPort("127.0.0.1:0"),
 		IsGlobal:   proto.AnyIPv4,
-	})
+	}
+	for _, f := range tweaks {
+		f(&cfg)
+	}
+	s, err := stack.New(ctx, cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
