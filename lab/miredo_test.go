@@ -45,9 +45,16 @@ var serverImpls = []serverImpl{
 // the directory exists, a build failure fails the test.
 func requireOurServer(t *testing.T) {
 	t.Helper()
+	requireFile(t, ourServerDir)
+}
+
+// requireFile skips while the project command in dir (relative to the module root)
+// does not exist yet; once it exists, a build failure fails the test.
+func requireFile(t *testing.T, dir string) {
+	t.Helper()
 	// go test runs the binary in the package directory, one below the module root.
-	if _, err := os.Stat(filepath.Join("..", ourServerDir, "main.go")); err != nil {
-		t.Skipf("%s does not exist yet: the project's server variant of this test waits for it", ourServerDir)
+	if _, err := os.Stat(filepath.Join("..", dir, "main.go")); err != nil {
+		t.Skipf("%s does not exist yet: the variant of this test that runs it waits for it", dir)
 	}
 }
 
