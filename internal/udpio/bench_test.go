@@ -32,25 +32,39 @@ func roundTrip(a, b udpio.Conn, out, in []udpio.Message) error {
 		return fmt.Errorf("WriteBatch = %d, %w", n, err)
 	}
 	for got := 0; got < len(out); {
-		n, err := b.ReadBatch(in[:len(out)-got])
+		n, err := b.ReadBatch(in[:min(len(in), len(out)-got)])
 		if err != nil {
 			return fmt.Errorf("ReadBatch after %d of %d: %w", got, len(out), err)
 		}
-		got += n
+		for _, m := range in[:n] {
+			got += segments(m)
+		}
 	}
 	return nil
+}
+
+// segments counts the datagrams in a received message.
+func segments(m udpio.Message) int {
+	if m.SegmentSize <= 0 || m.N <= m.SegmentSize {
+		return 1
+	}
+	return (m.N + m.SegmentSize - 1) / m.SegmentSize
 }
 
 var benchBatches = []int{1, 8, 32}
 
 func benchPair(b *testing.B) (*udpio.UDPConn, *udpio.UDPConn) {
+	return benchPairOpts(b, udpio.Options{}, udpio.Options{})
+}
+
+func benchPairOpts(b *testing.B, xo, yo udpio.Options) (*udpio.UDPConn, *udpio.UDPConn) {
 	b.Helper()
-	x, err := udpio.Listen(loopback, udpio.Options{})
+	x, err := udpio.Listen(loopback, xo)
 	if err != nil {
 		b.Fatal(err)
 	}
 	b.Cleanup(func() { x.Close() })
-	y, err := udpio.Listen(loopback, udpio.Options{})
+	y, err := udpio.Listen(loopback, yo)
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -80,6 +94,35 @@ func BenchmarkRoundTrip(b *testing.B) {
 			}
 			reportPerDatagram(b, n)
 		})
+	}
+}
+
+// BenchmarkRoundTripOffload is BenchmarkRoundTrip with UDP GSO on the
+// sender and, in the "gro" cases, UDP GRO on the receiver, which on
+// loopback receives each coalesced send as one message.
+func BenchmarkRoundTripOffload(b *testing.B) {
+	for _, gro := range []bool{false, true} {
+		for _, n := range benchBatches[1:] {
+			b.Run(fmt.Sprintf("gro=%v/batch=%d", gro, n), func(b *testing.B) {
+				x, y := benchPairOpts(b, udpio.Options{GSO: true}, udpio.Options{GRO: gro})
+				if gso, _ := x.Offload(); !gso {
+					b.Skip("no UDP GSO")
+				}
+				out, in := batches(n, y.LocalAddr())
+				if gro {
+					for i := range in {
+						in[i].Buffers[0] = make([]byte, udpio.MaxGROSize)
+					}
+				}
+				b.ReportAllocs()
+				for b.Loop() {
+					if err := roundTrip(x, y, out, in); err != nil {
+						b.Fatal(err)
+					}
+				}
+				reportPerDatagram(b, n)
+			})
+		}
 	}
 }
 

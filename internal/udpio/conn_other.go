@@ -167,6 +167,9 @@ func (c *UDPConn) SetWriteDeadline(t time.Time) error { return c.pc.SetWriteDead
 // Close implements Conn.
 func (c *UDPConn) Close() error { return c.pc.Close() }
 
+// Offload reports whether GSO and GRO are in use: never without Linux.
+func (c *UDPConn) Offload() (gso, gro bool) { return false, false }
+
 // SyscallConn gives access to the socket, for options this package does
 // not set.
 func (c *UDPConn) SyscallConn() (syscall.RawConn, error) { return c.pc.SyscallConn() }

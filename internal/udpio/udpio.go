@@ -23,6 +23,28 @@ type Message struct {
 	Buffers [][]byte
 	N       int
 	Addr    netip.AddrPort
+	// SegmentSize is set by ReadBatch on a UDPConn with GRO on: when
+	// positive, the kernel coalesced several datagrams from Addr into this
+	// one message, each SegmentSize bytes long except possibly the last.
+	// Split them with NextSegment. Zero means the N bytes are one datagram.
+	// WriteBatch ignores it.
+	SegmentSize int
+}
+
+// NextSegment splits the first datagram off the n received bytes b of a
+// Message whose SegmentSize is seg, and returns it and the rest. A seg of
+// zero (no coalescing) returns all of b as one datagram.
+//
+//	for rest := m.Buffers[0][:m.N]; len(rest) > 0; {
+//		var d []byte
+//		d, rest = udpio.NextSegment(rest, m.SegmentSize)
+//		handle(d)
+//	}
+func NextSegment(b []byte, seg int) (datagram, rest []byte) {
+	if seg <= 0 || seg >= len(b) {
+		return b, nil
+	}
+	return b[:seg], b[seg:]
 }
 
 // Conn is a batched UDP/IPv4 endpoint. Implementations are safe for
@@ -31,7 +53,8 @@ type Conn interface {
 	// ReadBatch blocks until at least one datagram is available, then fills
 	// msgs[:n] (at most len(msgs)) and returns n >= 1. A datagram larger than
 	// its Buffers is truncated to fit; size buffers for the largest datagram
-	// accepted. Transient errors reported by the network for earlier sends
+	// accepted (with GRO on, MaxGROSize). With GRO on, one message may carry
+	// several datagrams (see Message.SegmentSize). Transient errors reported by the network for earlier sends
 	// (ICMP port unreachable surfacing as ECONNREFUSED) are skipped, not
 	// returned. After Close it returns an error wrapping net.ErrClosed; when
 	// the read deadline passes, one wrapping os.ErrDeadlineExceeded.
@@ -66,6 +89,11 @@ const (
 	DefaultBatchSize = 64
 )
 
+// MaxGROSize is the largest message ReadBatch stores when GRO is on: a
+// coalesced message is at most one IPv4 UDP payload long. Smaller receive
+// buffers truncate coalesced messages, losing whole datagrams.
+const MaxGROSize = 65535 - 20 - 8
+
 // MaxBatch bounds the datagrams handled per system call (Linux's
 // UIO_MAXIOV); longer batches are processed in several calls.
 const MaxBatch = 1024
@@ -84,6 +112,20 @@ type Options struct {
 	// BatchSize is the number of Message slots to preallocate per direction.
 	// Zero means DefaultBatchSize.
 	BatchSize int
+
+	// GSO lets WriteBatch send each run of consecutive messages to one
+	// destination whose datagrams have equal sizes (the last may be
+	// shorter) as one UDP generic segmentation offload send (Linux
+	// UDP_SEGMENT), which the kernel splits into the same datagrams at a
+	// fraction of the per-datagram cost. Where the kernel lacks it or
+	// refuses a send, the datagrams go one by one (see Stats.GSOFallbacks).
+	GSO bool
+
+	// GRO asks the kernel to coalesce received datagrams of one flow
+	// (Linux UDP_GRO): ReadBatch then returns messages holding several
+	// datagrams, marked by Message.SegmentSize. Receive buffers must then
+	// hold MaxGROSize bytes. Ignored where unsupported (see Offload).
+	GRO bool
 }
 
 func (o Options) withDefaults() Options {
@@ -113,6 +155,10 @@ type Stats struct {
 	WriteTransientErrors uint64
 	// Truncated counts datagrams that did not fit their receive buffers.
 	Truncated uint64
+	// GSOFallbacks counts coalesced sends the kernel refused, whose
+	// datagrams were then sent one by one. A refusal that says the kernel
+	// cannot segment turns GSO off for the socket.
+	GSOFallbacks uint64
 }
 
 // ErrNotIPv4 reports a destination or local address that is not IPv4.
