@@ -208,3 +208,8 @@ func serveEcho(t testing.TB, h *Host, addr netip.AddrPort) *echo.Server {
 	t.Cleanup(func() { s.Close() })
 	return s
 }
+
+// contextWithTimeout bounds a check's lab commands.
+func contextWithTimeout() (context.Context, context.CancelFunc) {
+	return context.WithTimeout(context.Background(), 10*time.Second)
+}
