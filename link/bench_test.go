@@ -105,12 +105,13 @@ func BenchmarkReceive(b *testing.B) {
 // 128 KiB write.
 func BenchmarkStreamLoopback(b *testing.B) {
 	for _, gro := range []bool{false, true} {
-		b.Run(fmt.Sprintf("gro=%v", gro), func(b *testing.B) { benchStream(b, Options{GSO: true, GRO: gro}) })
+		b.Run(fmt.Sprintf("gro=%v", gro), func(b *testing.B) { benchStream(b, loopbackPair, Options{GSO: true, GRO: gro}) })
 	}
+	b.Run("gro=true/udp-offload", func(b *testing.B) { benchStream(b, offloadPair, Options{GSO: true, GRO: true}) })
 }
 
-func benchStream(b *testing.B, opts Options) {
-	a, c := loopbackPair(b)
+func benchStream(b *testing.B, conns func(testing.TB) (udpio.Conn, udpio.Conn), opts Options) {
+	a, c := conns(b)
 	p := newPair(b, a, c, opts)
 	for _, s := range []*stack.Stack{p.sA, p.sB} {
 		rcv := tcpip.TCPReceiveBufferSizeRangeOption{Min: tcp.MinBufferSize, Default: tcp.DefaultReceiveBufferSize, Max: 8 << 20}

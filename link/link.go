@@ -104,6 +104,7 @@ type Stats struct {
 	RxNotAttached uint64 // IPv6 packets dropped because no stack was attached
 	ReadErrors    uint64 // socket read errors other than shutdown
 	RxBadChecksum uint64 // packets dropped for a bad transport checksum (GRO only)
+	RxCoalesced   uint64 // received messages carrying several datagrams (UDP GRO)
 	TxPackets     uint64 // IPv6 packets sent straight to a UDP destination
 	TxTunnel      uint64 // IPv6 packets the tunnel took over (queued, dropped, answered)
 	TxErrors      uint64 // IPv6 packets the socket refused to send
@@ -137,7 +138,7 @@ type Endpoint struct {
 	rmsgs []udpio.Message
 
 	rxDatagrams, rxBatches, rxPackets, rxNotAttached, readErrors atomic.Uint64
-	rxBadChecksum                                                atomic.Uint64
+	rxBadChecksum, rxCoalesced                                   atomic.Uint64
 	txPackets, txTunnel, txErrors, txBatches                     atomic.Uint64
 }
 
@@ -163,14 +164,31 @@ func New(conn udpio.Conn, tun Tunnel, opts Options) *Endpoint {
 	for i := range e.wmsgs {
 		e.wmsgs[i].Buffers = make([][]byte, 0, 4)
 	}
-	e.rmsgs = make([]udpio.Message, opts.BatchSize)
-	bufs := make([]byte, opts.BatchSize*opts.ReadBufferSize)
+	rbatch, rsize := opts.BatchSize, opts.ReadBufferSize
+	if o, ok := conn.(offloader); ok {
+		if _, gro := o.Offload(); gro {
+			// Each slot must hold a coalesced message of up to 64 KiB;
+			// one such message carries dozens of datagrams, so fewer
+			// slots move as many per call.
+			rsize = max(rsize, udpio.MaxGROSize)
+			rbatch = min(rbatch, groBatchSize)
+		}
+	}
+	e.rmsgs = make([]udpio.Message, rbatch)
+	bufs := make([]byte, rbatch*rsize)
 	for i := range e.rmsgs {
-		b := bufs[i*opts.ReadBufferSize : (i+1)*opts.ReadBufferSize : (i+1)*opts.ReadBufferSize]
+		b := bufs[i*rsize : (i+1)*rsize : (i+1)*rsize]
 		e.rmsgs[i].Buffers = [][]byte{b}
 	}
 	return e
 }
+
+// offloader is implemented by a udpio.UDPConn, which may coalesce received
+// datagrams.
+type offloader interface{ Offload() (gso, gro bool) }
+
+// groBatchSize is the number of receive slots on a socket with UDP GRO.
+const groBatchSize = 16
 
 // SetTunnel sets the tunnel that routes and unwraps packets.
 func (e *Endpoint) SetTunnel(t Tunnel) { e.tun.Store(&tunnelBox{t}) }
@@ -265,27 +283,45 @@ func (e *Endpoint) readLoop(done chan struct{}) {
 		}
 		for i := range msgs[:n] {
 			m := &msgs[i]
-			ip := tb.t.Receive(m.Buffers[0][:m.N], m.Addr)
-			if ip == nil {
+			b := m.Buffers[0][:m.N]
+			if m.SegmentSize <= 0 || m.N <= m.SegmentSize {
+				e.receive(tb.t, db, &coalescer, b, m.Addr)
 				continue
 			}
-			if db == nil {
-				e.rxNotAttached.Add(1)
-				continue
+			// The socket coalesced several datagrams (udpio GRO).
+			e.rxCoalesced.Add(1)
+			e.rxDatagrams.Add(uint64((len(b)+m.SegmentSize-1)/m.SegmentSize - 1))
+			for len(b) > 0 {
+				var d []byte
+				d, b = udpio.NextSegment(b, m.SegmentSize)
+				e.receive(tb.t, db, &coalescer, d, m.Addr)
 			}
-			if e.opts.GRO && !validChecksum(ip, true) {
-				e.rxBadChecksum.Add(1)
-				continue
-			}
-			pkt := newPacket(ip)
-			coalescer.Enqueue(pkt) // takes its own reference if it keeps pkt
-			pkt.DecRef()
-			e.rxPackets.Add(1)
 		}
 		if db != nil {
 			coalescer.Flush()
 		}
 	}
+}
+
+// receive hands one datagram to the tunnel and queues the IPv6 packet it
+// yields for the stack.
+func (e *Endpoint) receive(t Tunnel, db *dispatcherBox, coalescer *gro.GRO, b []byte, from netip.AddrPort) {
+	ip := t.Receive(b, from)
+	if ip == nil {
+		return
+	}
+	if db == nil {
+		e.rxNotAttached.Add(1)
+		return
+	}
+	if e.opts.GRO && !validChecksum(ip, true) {
+		e.rxBadChecksum.Add(1)
+		return
+	}
+	pkt := newPacket(ip)
+	coalescer.Enqueue(pkt) // takes its own reference if it keeps pkt
+	pkt.DecRef()
+	e.rxPackets.Add(1)
 }
 
 // newPacket copies an inbound IPv6 packet into a packet buffer.
@@ -433,6 +469,7 @@ func (e *Endpoint) Stats() Stats {
 		RxNotAttached: e.rxNotAttached.Load(),
 		ReadErrors:    e.readErrors.Load(),
 		RxBadChecksum: e.rxBadChecksum.Load(),
+		RxCoalesced:   e.rxCoalesced.Load(),
 		TxPackets:     e.txPackets.Load(),
 		TxTunnel:      e.txTunnel.Load(),
 		TxErrors:      e.txErrors.Load(),

@@ -150,12 +150,21 @@ func memPair(tb testing.TB) (udpio.Conn, udpio.Conn) {
 }
 
 func loopbackPair(tb testing.TB) (udpio.Conn, udpio.Conn) {
+	return loopbackPairOpts(tb, udpio.Options{})
+}
+
+// offloadPair is loopbackPair with UDP GSO and GRO on both sockets.
+func offloadPair(tb testing.TB) (udpio.Conn, udpio.Conn) {
+	return loopbackPairOpts(tb, udpio.Options{GSO: true, GRO: true})
+}
+
+func loopbackPairOpts(tb testing.TB, o udpio.Options) (udpio.Conn, udpio.Conn) {
 	tb.Helper()
-	a, err := udpio.Listen(netip.MustParseAddrPort("127.0.0.1:0"), udpio.Options{})
+	a, err := udpio.Listen(netip.MustParseAddrPort("127.0.0.1:0"), o)
 	if err != nil {
 		tb.Fatal(err)
 	}
-	b, err := udpio.Listen(netip.MustParseAddrPort("127.0.0.1:0"), udpio.Options{})
+	b, err := udpio.Listen(netip.MustParseAddrPort("127.0.0.1:0"), o)
 	if err != nil {
 		a.Close()
 		tb.Fatal(err)
@@ -180,6 +189,7 @@ func TestTCPTransfer(t *testing.T) {
 		{"memory-gso", memPair, true, false},
 		{"memory-gro", memPair, false, true},
 		{"loopback-gso-gro", loopbackPair, true, true},
+		{"loopback-udp-offload", offloadPair, true, true},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			a, b := tc.conns(t)
@@ -230,6 +240,11 @@ func TestTCPTransfer(t *testing.T) {
 			st := p.epA.Stats()
 			if st.TxPackets == 0 || st.RxPackets == 0 || st.TxErrors != 0 {
 				t.Errorf("stats A = %+v", st)
+			}
+			if o, ok := b.(interface{ Offload() (bool, bool) }); ok {
+				if _, gro := o.Offload(); gro && p.epB.Stats().RxCoalesced == 0 {
+					t.Errorf("UDP GRO on, but no coalesced message: stats B = %+v", p.epB.Stats())
+				}
 			}
 		})
 	}
