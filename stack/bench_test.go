@@ -19,6 +19,11 @@ import (
 func BenchmarkTCPStream(b *testing.B) {
 	b.Run("default", func(b *testing.B) { benchStream(b) })
 	b.Run("no-gro", func(b *testing.B) { benchStream(b, func(c *stack.Config) { c.DisableGRO = true }) })
+	b.Run("no-udp-gso", func(b *testing.B) { benchStream(b, func(c *stack.Config) { c.DisableUDPGSO = true }) })
+	b.Run("no-udp-gro", func(b *testing.B) { benchStream(b, func(c *stack.Config) { c.DisableUDPGRO = true }) })
+	b.Run("no-udp-offload", func(b *testing.B) {
+		benchStream(b, func(c *stack.Config) { c.DisableUDPGSO, c.DisableUDPGRO = true, true })
+	})
 }
 
 func benchStream(b *testing.B, tweaks ...func(*stack.Config)) {

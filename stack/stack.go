@@ -79,6 +79,11 @@ type Config struct {
 	// DisableGRO turns off coalescing of received TCP segments (see
 	// link.Options.GRO).
 	DisableGRO bool
+	// DisableUDPGSO and DisableUDPGRO turn off the kernel's UDP
+	// segmentation and receive offloads on the socket the stack opens
+	// (see udpio.Options.GSO and GRO), which are on otherwise where the
+	// kernel has them.
+	DisableUDPGSO, DisableUDPGRO bool
 
 	// Clock, Logger and Rand default to the real clock, a discarding
 	// logger and crypto/rand.
@@ -144,7 +149,10 @@ func New(ctx context.Context, cfg Config) (*Stack, error) {
 	}
 	s.conn = cfg.Conn
 	if s.conn == nil {
-		c, err := udpio.Listen(cfg.LocalAddr, cfg.Socket)
+		sock := cfg.Socket
+		sock.GSO = sock.GSO || !cfg.DisableUDPGSO
+		sock.GRO = sock.GRO || !cfg.DisableUDPGRO
+		c, err := udpio.Listen(cfg.LocalAddr, sock)
 		if err != nil {
 			return nil, fmt.Errorf("stack: %w", err)
 		}
