@@ -103,6 +103,10 @@ func TestEchoTestAndUDP(t *testing.T) {
 	if from != relayAP || proto.NextHeader(p.IPv6) != proto.ProtoUDP || !bytes.HasSuffix(p.IPv6, []byte("ping over teredo")) {
 		t.Fatalf("no UDP echo: %x from %v", p.IPv6, from)
 	}
+	// The relay counts a packet after handing it on: poll briefly.
+	for i := 0; i < 100 && in.Relay().Counter(relay.RxForwarded) != 1; i++ {
+		time.Sleep(5 * time.Millisecond)
+	}
 	st := in.Relay().Status()
 	if st.Counters[relay.RxForwarded.String()] != 1 || st.Counters[relay.TxFlushed.String()] != 1 {
 		t.Errorf("relay counters: %v", st.Counters)

@@ -83,7 +83,7 @@ func sh(t *testing.T, args ...string) {
 func testInNetns(t *testing.T) {
 	sh(t, "ip", "link", "set", "lo", "up")
 	native := netip.MustParseAddr("2001:db8::80")
-	sh(t, "ip", "addr", "add", native.String()+"/128", "dev", "lo")
+	sh(t, "ip", "addr", "add", native.String()+"/128", "dev", "lo", "nodad")
 
 	ctx, cancel := context.WithCancel(context.Background())
 	pr, pw := io.Pipe()
@@ -125,7 +125,14 @@ func testInNetns(t *testing.T) {
 	buf := make([]byte, 2048)
 	n, from, err := svc.ReadFromUDPAddrPort(buf)
 	if err != nil {
-		t.Fatalf("native service got nothing: %v", err)
+		resp, _ := http.Get("http://127.0.0.1:9545/status")
+		var b []byte
+		if resp != nil {
+			b, _ = io.ReadAll(resp.Body)
+			resp.Body.Close()
+		}
+		out, _ := exec.Command("sh", "-c", "ip -6 addr; ip -6 route; ip -s link show teredo9; nstat -az | grep -i ip6 | grep -v ' 0 '").CombinedOutput()
+		t.Fatalf("native service got nothing: %v\n%s\n%s", err, b, out)
 	}
 	if string(buf[:n]) != "hello relay" || from.Addr() != teredo {
 		t.Fatalf("service got %q from %v", buf[:n], from)
@@ -142,20 +149,28 @@ func testInNetns(t *testing.T) {
 		t.Fatalf("client got %x from %v", buf[:n], rfrom)
 	}
 
-	resp, err := http.Get("http://127.0.0.1:9545/status")
-	if err != nil {
-		t.Fatal(err)
-	}
+	// The relay counts a packet after handing it on: poll briefly.
 	var st relay.Status
-	err = json.NewDecoder(resp.Body).Decode(&st)
-	resp.Body.Close()
-	if err != nil {
-		t.Fatal(err)
+	for i := 0; i < 100; i++ {
+		resp, err := http.Get("http://127.0.0.1:9545/status")
+		if err != nil {
+			t.Fatal(err)
+		}
+		st = relay.Status{}
+		err = json.NewDecoder(resp.Body).Decode(&st)
+		resp.Body.Close()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if st.Counters["rx_forwarded"] == 1 && st.Counters["tx_forwarded"] == 1 {
+			break
+		}
+		time.Sleep(10 * time.Millisecond)
 	}
 	if st.Counters["rx_forwarded"] != 1 || st.Counters["tx_forwarded"] != 1 || st.Peers != 1 {
 		t.Errorf("status %+v", st)
 	}
-	resp, err = http.Get("http://127.0.0.1:9545/metrics")
+	resp, err := http.Get("http://127.0.0.1:9545/metrics")
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -49,7 +49,7 @@ func run(t *testing.T, args ...string) {
 
 func testInNetns(t *testing.T) {
 	run(t, "ip", "link", "set", "lo", "up")
-	run(t, "ip", "addr", "add", "2001:db8::1/128", "dev", "lo")
+	run(t, "ip", "addr", "add", "2001:db8::1/128", "dev", "lo", "nodad")
 	d, err := Open(Config{Name: "teredotest0", Routes: []netip.Prefix{proto.Prefix}})
 	if err != nil {
 		t.Fatal(err)
