@@ -10,6 +10,8 @@ import (
 
 	"github.com/teredo-go/teredo/dialer"
 	"github.com/teredo-go/teredo/listener"
+	"github.com/teredo-go/teredo/proto"
+	"github.com/teredo-go/teredo/server"
 	"github.com/teredo-go/teredo/stack"
 )
 
@@ -90,4 +92,40 @@ func cpuTime() time.Duration {
 	var ru syscall.Rusage
 	syscall.Getrusage(syscall.RUSAGE_SELF, &ru)
 	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+}
+
+// BenchmarkQualify measures stack.New against our server on loopback: the
+// socket, one RS/RA exchange with the server (a loopback round trip) and
+// building the gVisor stack. Close is not timed. The server's per-source
+// rate limit is off: at its default (50 datagrams a second from one IPv4
+// address, two RAs per qualification) it, not the client, would set the
+// pace once its burst is spent.
+func BenchmarkQualify(b *testing.B) {
+	port := startServer(b, func(c *server.Config) { c.RateLimit.PerSecond = -1 })
+	cfg := stack.Config{
+		Servers:    []netip.Addr{serverPrimary},
+		Secondary:  serverSecondary,
+		ServerPort: port,
+		LocalAddr:  netip.MustParseAddrPort("127.0.0.1:0"),
+		IsGlobal:   proto.AnyIPv4,
+	}
+	b.ReportAllocs()
+	var newTime, closeTime time.Duration
+	for b.Loop() {
+		ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
+		t0 := time.Now()
+		s, err := stack.New(ctx, cfg)
+		newTime += time.Since(t0)
+		cancel()
+		if err != nil {
+			b.Fatal(err)
+		}
+		b.StopTimer()
+		t0 = time.Now()
+		s.Close()
+		closeTime += time.Since(t0)
+		b.StartTimer()
+	}
+	b.ReportMetric(float64(newTime.Nanoseconds())/float64(b.N), "new-ns/op")
+	b.ReportMetric(float64(closeTime.Nanoseconds())/float64(b.N), "close-ns/op")
 }

@@ -52,15 +52,19 @@ func freePort(t testing.TB) uint16 {
 }
 
 // startServer runs our Teredo server on 127.0.0.2 and 127.0.0.3.
-func startServer(t testing.TB) uint16 {
+func startServer(t testing.TB, tweaks ...func(*server.Config)) uint16 {
 	t.Helper()
 	port := freePort(t)
-	srv, err := server.New(server.Config{
+	cfg := server.Config{
 		Primary:    serverPrimary,
 		Secondary:  serverSecondary,
 		Port:       port,
 		IPv4Filter: proto.AnyIPv4,
-	})
+	}
+	for _, f := range tweaks {
+		f(&cfg)
+	}
+	srv, err := server.New(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
