@@ -118,21 +118,33 @@ func testInNetns(t *testing.T) {
 	mapped = netip.AddrPortFrom(mapped.Addr().Unmap(), mapped.Port())
 	teredo := proto.Address{Server: netip.MustParseAddr("127.0.0.9"), Mapped: mapped}.Addr()
 	pkt := udp6(teredo, native, 4000, 7, []byte("hello relay"))
-	if _, err := cl.WriteToUDPAddrPort(pkt, netip.MustParseAddrPort("127.0.0.1:3544")); err != nil {
-		t.Fatal(err)
-	}
-	svc.SetReadDeadline(time.Now().Add(5 * time.Second))
+	// The kernel installs the local route of a new address from a work
+	// queue, so the very first packet may meet no route: resend until it
+	// arrives, within bounds.
 	buf := make([]byte, 2048)
-	n, from, err := svc.ReadFromUDPAddrPort(buf)
-	if err != nil {
+	var (
+		n    int
+		from netip.AddrPort
+	)
+	for i := 0; ; i++ {
+		if _, err := cl.WriteToUDPAddrPort(pkt, netip.MustParseAddrPort("127.0.0.1:3544")); err != nil {
+			t.Fatal(err)
+		}
+		svc.SetReadDeadline(time.Now().Add(250 * time.Millisecond))
+		n, from, err = svc.ReadFromUDPAddrPort(buf)
+		if err == nil {
+			break
+		}
+		if i < 20 {
+			continue
+		}
 		resp, _ := http.Get("http://127.0.0.1:9545/status")
 		var b []byte
 		if resp != nil {
 			b, _ = io.ReadAll(resp.Body)
 			resp.Body.Close()
 		}
-		out, _ := exec.Command("sh", "-c", "ip -6 addr; ip -6 route; ip -s link show teredo9; nstat -az | grep -i ip6 | grep -v ' 0 '").CombinedOutput()
-		t.Fatalf("native service got nothing: %v\n%s\n%s", err, b, out)
+		t.Fatalf("native service got nothing: %v\n%s", err, b)
 	}
 	if string(buf[:n]) != "hello relay" || from.Addr() != teredo {
 		t.Fatalf("service got %q from %v", buf[:n], from)
@@ -162,12 +174,12 @@ func testInNetns(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if st.Counters["rx_forwarded"] == 1 && st.Counters["tx_forwarded"] == 1 {
+		if st.Counters["rx_forwarded"] >= 1 && st.Counters["tx_forwarded"] == 1 {
 			break
 		}
 		time.Sleep(10 * time.Millisecond)
 	}
-	if st.Counters["rx_forwarded"] != 1 || st.Counters["tx_forwarded"] != 1 || st.Peers != 1 {
+	if st.Counters["rx_forwarded"] < 1 || st.Counters["tx_forwarded"] != 1 || st.Peers != 1 {
 		t.Errorf("status %+v", st)
 	}
 	resp, err := http.Get("http://127.0.0.1:9545/metrics")
@@ -176,7 +188,7 @@ func testInNetns(t *testing.T) {
 	}
 	body, _ := io.ReadAll(resp.Body)
 	resp.Body.Close()
-	if !bytes.Contains(body, []byte(`teredo_relay_events_total{event="rx_forwarded"} 1`)) {
+	if !bytes.Contains(body, []byte(`teredo_relay_events_total{event="tx_forwarded"} 1`)) {
 		t.Errorf("metrics:\n%s", body)
 	}
 

@@ -101,20 +101,39 @@ func testInNetns(t *testing.T) {
 	pkt = append(pkt, payload...)
 	cs := proto.Checksum(peer, netip.MustParseAddr("2001:db8::1"), proto.ProtoUDP, pkt[40:])
 	pkt[46], pkt[47] = byte(cs>>8), byte(cs)
-	if err := d.WritePacket(pkt); err != nil {
-		t.Fatal(err)
-	}
-	sock.SetReadDeadline(time.Now().Add(5 * time.Second))
-	n, from, err := sock.ReadFromUDPAddrPort(buf)
-	if err != nil {
-		t.Fatalf("reply not delivered: %v", err)
+	// The kernel installs the local route of a new address from a work
+	// queue, so the first packet may meet no route (Ip6InNoRoutes): retry.
+	var (
+		n    int
+		from netip.AddrPort
+	)
+	for i := 0; ; i++ {
+		if err := d.WritePacket(pkt); err != nil {
+			t.Fatal(err)
+		}
+		sock.SetReadDeadline(time.Now().Add(250 * time.Millisecond))
+		n, from, err = sock.ReadFromUDPAddrPort(buf)
+		if err == nil {
+			break
+		}
+		if i == 20 {
+			out, _ := exec.Command("sh", "-c", "ip -6 addr; ip -6 route; ip -s link show teredotest0; nstat -az | grep -iE 'ip6|udp6' | grep -v ' 0 '").CombinedOutput()
+			t.Fatalf("reply not delivered: %v\n%s", err, out)
+		}
 	}
 	if string(buf[:n]) != "back" || from.Addr() != peer {
 		t.Fatalf("got %q from %v", buf[:n], from)
 	}
 	// Close unblocks a reader with net.ErrClosed.
 	done := make(chan error, 1)
-	go func() { _, err := d.ReadPacket(buf); done <- err }()
+	go func() {
+		for { // the kernel may still send router solicitations and MLD reports
+			if _, err := d.ReadPacket(buf); err != nil {
+				done <- err
+				return
+			}
+		}
+	}()
 	time.Sleep(10 * time.Millisecond)
 	d.Close()
 	select {
