@@ -7,13 +7,20 @@ import (
 	"time"
 )
 
-// peerEchoSize is what each TCP check between two Teredo clients sends and gets back.
+// peerEchoSize is what each TCP check between two of our clients sends and gets back.
 const peerEchoSize = 1 << 20
 
+// miredoEchoSize is what each TCP check with a Miredo client sends and gets back. It
+// stays below what Miredo's UDP socket buffer holds (about 90 datagrams at the
+// default rmem): with bigger transfers, a Miredo starved of CPU drops bursts at its
+// socket, and the stack's TCP (gVisor's RACK recovery at our pin) can take tens of
+// seconds to recover, which is a known open problem, not what this test checks.
+const miredoEchoSize = 64 << 10
+
 // TestClientTCPWithPeers opens TCP connections both ways across two home routers
-// between the project's client and a Miredo client, and between two of the project's
-// clients: each first connection waits for the bubbles the server relays, and the
-// data must then flow directly between the NATs.
+// between the project's client and a Miredo client (64 KiB echoes), and between two of
+// the project's clients (1 MiB echoes): each first connection waits for the bubbles the
+// server relays, and the data must then flow directly between the NATs.
 func TestClientTCPWithPeers(t *testing.T) {
 	for _, impl := range serverImpls {
 		t.Run(impl.name, func(t *testing.T) {
@@ -25,14 +32,14 @@ func TestClientTCPWithPeers(t *testing.T) {
 				m := StartMiredoClient(t, l.Clients["a2"], srv.Primary, MiredoClientOptions{})
 				serveEcho(t, m.Host, netip.AddrPortFrom(m.Addr, 7001))
 
-				r, err := p.echo(30*time.Second, netip.AddrPortFrom(m.Addr, 7001), peerEchoSize)
+				r, err := p.echo(30*time.Second, netip.AddrPortFrom(m.Addr, 7001), miredoEchoSize)
 				if err != nil {
 					t.Fatalf("our client → Miredo client: %v\nour client: %+v", err, p.status(t))
 				}
 				t.Logf("our client %s → Miredo client %s: %d bytes echoed in %d ms", r.Local, r.Remote, r.Received, r.Milliseconds)
 
 				addr := p.listen(t, 7000)
-				r, err = echoFrom(m.Host, 30*time.Second, addr, peerEchoSize)
+				r, err = echoFrom(m.Host, 30*time.Second, addr, miredoEchoSize)
 				if err != nil {
 					t.Fatalf("Miredo client → our client: %v\nour client: %+v", err, p.status(t))
 				}
@@ -75,7 +82,10 @@ func checkDirect(t *testing.T, h *Host, self, peer netip.AddrPort) {
 		t.Errorf("NAT of %s: want one direct flow to the peer's mapping %v from our mapping %v, got %+v", h.Name, peer, self, flows)
 		return
 	}
-	if f := flows[0]; f.OrigPackets < 100 || f.ReplyPackets < 100 {
+	// Bubbles are one or two packets; the echo is tens of kilobytes each way. UDP GSO
+	// batches cross the NAT as one packet each, so conntrack counts fewer than the
+	// datagrams on the wire.
+	if f := flows[0]; f.OrigPackets < 10 || f.ReplyPackets < 10 {
 		t.Errorf("NAT of %s: the direct flow to %v carried only %d packets out and %d in", h.Name, peer, f.OrigPackets, f.ReplyPackets)
 	}
 }

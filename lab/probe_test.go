@@ -31,6 +31,8 @@ type probeOptions struct {
 	Relay netip.AddrPort // fixed relay; zero means the echo test
 	// Control is the control API's port on the host's loopback; default 7900.
 	Control uint16
+	// Extra flags, e.g. "-tcp-recovery", "0".
+	Extra []string
 }
 
 // probeClient is a qualified client of the project's library running in a lab host.
@@ -61,6 +63,7 @@ func startProbe(t testing.TB, h *Host, srv *TeredoServer, o probeOptions) *probe
 	if o.Relay.IsValid() {
 		args = append(args, "-relay", o.Relay.String())
 	}
+	args = append(args, o.Extra...)
 	p := &probeClient{Host: h, control: fmt.Sprintf("http://127.0.0.1:%d", o.Control), hc: h.HTTPClient()}
 	start := time.Now()
 	p.Proc = h.Start(t, BuildCommand(t, probeCmd), args...)
@@ -128,6 +131,7 @@ type probeStatus struct {
 	Peers     int
 	Counters  json.RawMessage
 	Link      json.RawMessage
+	TCP       map[string]uint64
 	Listeners map[string]struct{ Accepted, Echoed int64 }
 }
 

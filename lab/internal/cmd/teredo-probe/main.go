@@ -29,6 +29,9 @@ import (
 	"syscall"
 	"time"
 
+	"gvisor.dev/gvisor/pkg/tcpip"
+	"gvisor.dev/gvisor/pkg/tcpip/transport/tcp"
+
 	"github.com/teredo-go/teredo/client"
 	"github.com/teredo-go/teredo/dialer"
 	"github.com/teredo-go/teredo/lab/internal/echo"
@@ -54,6 +57,8 @@ func run(ctx context.Context, args []string) error {
 	coneProbe := fs.Bool("cone-probe", false, "add a cone RS to the NAT classification")
 	control := fs.String("control", "127.0.0.1:7900", "control API `address`")
 	qualify := fs.Duration("qualify", 20*time.Second, "qualification timeout")
+	recovery := fs.Int("tcp-recovery", -1, "gVisor TCPRecovery flags (0 turns RACK off; -1 keeps the stack's)")
+	noGSO := fs.Bool("no-gso", false, "turn off gVisor's in-stack segmentation offload")
 	verbose := fs.Bool("v", false, "debug logging")
 	if err := fs.Parse(args); err != nil {
 		return err
@@ -64,7 +69,7 @@ func run(ctx context.Context, args []string) error {
 	}
 	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
 
-	cfg := stack.Config{Logger: log, ConeProbe: *coneProbe}
+	cfg := stack.Config{Logger: log, ConeProbe: *coneProbe, DisableGSO: *noGSO}
 	var err error
 	srv, err := netip.ParseAddr(*server)
 	if err != nil {
@@ -97,6 +102,12 @@ func run(ctx context.Context, args []string) error {
 		return fmt.Errorf("qualify: %w", err)
 	}
 	defer s.Close()
+	if *recovery >= 0 {
+		opt := tcpip.TCPRecovery(*recovery)
+		if err := s.Netstack().SetTransportProtocolOption(tcp.ProtocolNumber, &opt); err != nil {
+			return fmt.Errorf("-tcp-recovery: %s", err)
+		}
+	}
 	var outMu sync.Mutex
 	emit := func(kind string, v any) {
 		b, _ := json.Marshal(v)
@@ -191,8 +202,23 @@ func (p *probe) status(w http.ResponseWriter, r *http.Request) {
 	reply(w, map[string]any{
 		"state": c.State.String(), "nat": c.NAT.String(), "addr": c.Addr, "server": c.Server,
 		"mapped": c.Mapped, "mtu": c.MTU, "peers": c.Peers, "local": p.s.LocalAddr(),
-		"counters": c.Counters, "link": st.Link, "listeners": listeners,
+		"counters": c.Counters, "link": st.Link, "listeners": listeners, "tcp": p.tcpStats(),
 	}, nil)
+}
+
+// tcpStats are gVisor's TCP counters that tell how connections recovered from loss.
+func (p *probe) tcpStats() map[string]uint64 {
+	t := p.s.Netstack().Stats().TCP
+	return map[string]uint64{
+		"segments_sent": t.SegmentsSent.Value(), "segments_received": t.ValidSegmentsReceived.Value(),
+		"retransmits": t.Retransmits.Value(), "timeouts": t.Timeouts.Value(),
+		"fast_retransmit": t.FastRetransmit.Value(), "fast_recovery": t.FastRecovery.Value(),
+		"sack_recovery": t.SACKRecovery.Value(), "tlp_recovery": t.TLPRecovery.Value(),
+		"slow_start_retransmits": t.SlowStartRetransmits.Value(), "spurious_recovery": t.SpuriousRecovery.Value(),
+		"spurious_rto_recovery": t.SpuriousRTORecovery.Value(), "dsack_acked": t.SegmentsAckedWithDSACK.Value(),
+		"send_errors": t.SegmentSendErrors.Value(), "checksum_errors": t.ChecksumErrors.Value(),
+		"invalid_segments": t.InvalidSegmentsReceived.Value(),
+	}
 }
 
 // get downloads url through the tunnel and reports its size and SHA-256.
