@@ -56,10 +56,16 @@ const nicID = 1
 type Option func(*options)
 
 type options struct {
-	logger   *slog.Logger
-	relayCfg func(*relay.Config)
-	attempts int
+	logger       *slog.Logger
+	relayCfg     func(*relay.Config)
+	hostSpecific bool
+	attempts     int
 }
+
+// WithHostSpecific makes the relay a host-specific relay for the
+// Internet's hosts: it forwards decapsulated packets only to addresses
+// added with AddHost.
+func WithHostSpecific() Option { return func(o *options) { o.hostSpecific = true } }
 
 // WithLogger sends the server's and relay's logs to l.
 func WithLogger(l *slog.Logger) Option { return func(o *options) { o.logger = l } }
@@ -187,6 +193,9 @@ func (in *Internet) listen(o options) error {
 			IPv4Filter: proto.AnyIPv4,
 			Logger:     in.log.With("role", "relay"),
 		}
+		if o.hostSpecific {
+			cfg.HostSpecific, cfg.IsLocal = true, in.isHost
+		}
 		if o.relayCfg != nil {
 			o.relayCfg(&cfg)
 		}
@@ -246,6 +255,13 @@ func (in *Internet) Server() *server.Server { return in.server }
 
 // Stack returns the netstack that holds the IPv6-only hosts.
 func (in *Internet) Stack() *stack.Stack { return in.stack }
+
+// isHost reports whether a is one of the Internet's hosts.
+func (in *Internet) isHost(a netip.Addr) bool {
+	in.mu.Lock()
+	defer in.mu.Unlock()
+	return in.hosts[a] != nil
+}
 
 func (in *Internet) recordErr(err error) {
 	in.mu.Lock()

@@ -192,3 +192,24 @@ func udpPacket(src, dst netip.Addr, sport, dport uint16, payload []byte) []byte 
 	b[46], b[47] = byte(cs>>8), byte(cs)
 	return b
 }
+
+func TestHostSpecific(t *testing.T) {
+	in := New(t, WithHostSpecific())
+	h, _ := in.AddHost(netip.Addr{})
+	port, err := h.ServeUDPEcho(7)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := newRawClient(t, in)
+	relayAP := c.echoTest(in, h.Addr())
+	// An address that is not one of the hosts is not served.
+	c.conn.WriteTo(udpPacket(c.addr, netip.MustParseAddr("2001:db8:ffff::1"), 40000, 7, []byte("x")), relayAP)
+	c.conn.WriteTo(udpPacket(c.addr, h.Addr(), 40000, port, []byte("served")), relayAP)
+	p, _ := c.read()
+	if !bytes.HasSuffix(p.IPv6, []byte("served")) {
+		t.Fatalf("got %x", p.IPv6)
+	}
+	if n := in.Relay().Counter(relay.RxDropDstNotServed); n != 1 {
+		t.Errorf("not-served drops = %d, want 1", n)
+	}
+}
