@@ -25,7 +25,7 @@ func TestClientViaMiredoRelay(t *testing.T) {
 			})
 			t.Run("inbound", func(t *testing.T) {
 				p := startProbe(t, l.Clients["a2"], srv, probeOptions{})
-				checkInbound(t, l.V6Host, p)
+				checkInbound(t, l.V6Host, p, miredoEchoSize) // echoed into the Miredo relay's socket
 			})
 		})
 	}
@@ -45,14 +45,14 @@ func checkDownload(t *testing.T, p *probeClient, f *FileServer) {
 }
 
 // checkInbound has from open a TCP connection to an echo listener on the client and
-// checks 256 KiB both ways.
-func checkInbound(t *testing.T, from *Host, p *probeClient) {
+// checks size bytes both ways.
+func checkInbound(t *testing.T, from *Host, p *probeClient, size int64) {
 	t.Helper()
 	addr := p.listen(t, 7000)
 	if addr.Addr() != p.Addr {
 		t.Fatalf("listener on %v, want the Teredo address %v", addr, p.Addr)
 	}
-	r, err := echoFrom(from, 40*time.Second, addr, 256<<10)
+	r, err := echoFrom(from, 40*time.Second, addr, size)
 	if err != nil {
 		t.Fatalf("%s → %v: %v\nclient status: %+v", from.Name, addr, err, p.status(t))
 	}

@@ -32,7 +32,7 @@ func TestClientViaHostSpecificRelay(t *testing.T) {
 	})
 	t.Run("inbound", func(t *testing.T) {
 		p := startProbe(t, l.Clients["a2"], srv, probeOptions{})
-		checkInbound(t, v6, p)
+		checkInbound(t, v6, p, 1<<20)
 		checkRelayFlow(t, p, r)
 	})
 	st := r.status(t)

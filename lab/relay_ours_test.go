@@ -162,7 +162,7 @@ func TestClientViaOurRelay(t *testing.T) {
 			}
 			t.Run("inbound-a2", func(t *testing.T) {
 				p := startProbe(t, l.Clients["a2"], srv, probeOptions{})
-				checkInbound(t, l.V6Host, p)
+				checkInbound(t, l.V6Host, p, 1<<20)
 			})
 			st := r.status(t)
 			t.Logf("relay: %v", st)
