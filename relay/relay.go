@@ -349,11 +349,17 @@ func (r *Relay) bubbleSource(addr *[16]byte) netip.Addr {
 
 // readTeredo is the receive loop.
 func (r *Relay) readTeredo() error {
-	n := r.cfg.BatchSize
+	n, size := r.cfg.BatchSize, r.cfg.MaxPacket
+	if o, ok := r.conn.(interface{ Offload() (gso, gro bool) }); ok {
+		if _, gro := o.Offload(); gro {
+			// A coalesced message holds up to 64 KiB of datagrams.
+			n, size = min(n, 16), max(size, udpio.MaxGROSize)
+		}
+	}
 	msgs := make([]udpio.Message, n)
-	bufs := make([]byte, n*r.cfg.MaxPacket)
+	bufs := make([]byte, n*size)
 	for i := range msgs {
-		msgs[i].Buffers = [][]byte{bufs[i*r.cfg.MaxPacket : (i+1)*r.cfg.MaxPacket]}
+		msgs[i].Buffers = [][]byte{bufs[i*size : (i+1)*size]}
 	}
 	var sc scratch
 	for {
@@ -363,7 +369,16 @@ func (r *Relay) readTeredo() error {
 		}
 		for i := range k {
 			m := &msgs[i]
-			r.receive(m.Buffers[0][:m.N], m.Addr, &sc)
+			b := m.Buffers[0][:m.N]
+			if m.SegmentSize <= 0 {
+				r.receive(b, m.Addr, &sc)
+				continue
+			}
+			for len(b) > 0 { // datagrams the socket coalesced (UDP GRO)
+				var d []byte
+				d, b = udpio.NextSegment(b, m.SegmentSize)
+				r.receive(d, m.Addr, &sc)
+			}
 		}
 	}
 }
