@@ -70,6 +70,15 @@ type Config struct {
 	ConeProbe bool
 	// FixedRelay, if set, carries all traffic to non-Teredo destinations.
 	FixedRelay netip.AddrPort
+	// LocalDiscovery turns on RFC 4380 §5.2.8 local discovery: discovery
+	// bubbles to 224.0.0.253:3544 every 200-300 s, and a shared socket on
+	// UDP port 3544 that finds Teredo clients behind the same NAT. If that
+	// socket cannot be opened, a warning is logged and the stack runs
+	// without it (see Stack.LocalDiscovery).
+	LocalDiscovery bool
+	// DiscoveryInterface names the interface that joins 224.0.0.253 and
+	// sends discovery bubbles; empty means the one the routing table picks.
+	DiscoveryInterface string
 
 	// TCPReceiveBufferMax and TCPSendBufferMax bound TCP's auto-tuned
 	// buffers; zero means the defaults above.
@@ -113,6 +122,7 @@ type Stack struct {
 	ep   *link.Endpoint
 	cl   *client.Client
 	ns   *gstack.Stack
+	disc *discoverySocket // nil unless local discovery runs
 
 	// Events from the client are queued here and applied, in order, by
 	// the event goroutine (or by New while it waits for qualification).
@@ -173,12 +183,15 @@ func New(ctx context.Context, cfg Config) (*Stack, error) {
 		ConeProbe:  cfg.ConeProbe,
 		FixedRelay: cfg.FixedRelay,
 		OnEvent:    s.enqueue,
+
+		LocalDiscovery: cfg.LocalDiscovery,
 	})
 	if err != nil {
 		s.conn.Close()
 		return nil, fmt.Errorf("stack: %w", err)
 	}
 	s.cl = cl
+	s.startDiscovery(proto.Port)
 	s.ep.SetTunnel(cl)
 	s.ep.Start()
 	if err := cl.Start(); err != nil {
@@ -200,6 +213,7 @@ func New(ctx context.Context, cfg Config) (*Stack, error) {
 
 // abort undoes a New that failed before the network stack existed.
 func (s *Stack) abort() {
+	s.stopDiscovery()
 	s.cl.Close()
 	s.ep.Close()
 	s.conn.Close()
@@ -448,6 +462,7 @@ func (s *Stack) Close() error {
 	}
 	s.closed = true
 	s.mu.Unlock()
+	s.stopDiscovery()
 	s.cl.Close()
 	close(s.quit)
 	<-s.evDone
