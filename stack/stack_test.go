@@ -112,7 +112,8 @@ func TestEndToEnd(t *testing.T) {
 		}
 	}
 
-	// TCP as configured: SACK, RACK, large auto-tuned buffers.
+	// TCP as configured: SACK, no RACK (see Config.TCPRACK), large
+	// auto-tuned buffers.
 	ns := a.Netstack()
 	var sack tcpip.TCPSACKEnabled
 	var recovery tcpip.TCPRecovery
@@ -120,7 +121,7 @@ func TestEndToEnd(t *testing.T) {
 	ns.TransportProtocolOption(tcp.ProtocolNumber, &sack)
 	ns.TransportProtocolOption(tcp.ProtocolNumber, &recovery)
 	ns.TransportProtocolOption(tcp.ProtocolNumber, &rcv)
-	if !sack || recovery&tcpip.TCPRACKLossDetection == 0 || rcv.Max != stack.DefaultTCPReceiveBufferMax {
+	if !sack || recovery != 0 || rcv.Max != stack.DefaultTCPReceiveBufferMax {
 		t.Errorf("TCP options: SACK %v, recovery %v, receive buffer %+v", sack, recovery, rcv)
 	}
 	if mtu := ns.NICInfo()[a.NICID()].MTU; mtu != proto.MinMTU {
@@ -201,5 +202,15 @@ func TestNoServer(t *testing.T) {
 	})
 	if err == nil || !errors.Is(err, context.DeadlineExceeded) || !strings.Contains(err.Error(), "no reply from Teredo server 127.0.0.2") {
 		t.Fatalf("err = %v", err)
+	}
+}
+
+// TestTCPRACK checks that Config.TCPRACK turns RACK loss detection back on.
+func TestTCPRACK(t *testing.T) {
+	s := newStack(t, startServer(t), func(c *stack.Config) { c.TCPRACK = true })
+	var recovery tcpip.TCPRecovery
+	s.Netstack().TransportProtocolOption(tcp.ProtocolNumber, &recovery)
+	if recovery&tcpip.TCPRACKLossDetection == 0 {
+		t.Errorf("TCP recovery %v, want RACK loss detection", recovery)
 	}
 }
