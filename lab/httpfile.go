@@ -41,14 +41,7 @@ type FileServer struct {
 // picks one) from h until t's test ends.
 func (h *Host) ServeFile(t testing.TB, addr netip.AddrPort, size int64) *FileServer {
 	t.Helper()
-	content := make([]byte, size)
-	rng := rand.New(rand.NewChaCha8([32]byte{'t', 'e', 'r', 'e', 'd', 'o', '-', 'l', 'a', 'b'}))
-	for i := 0; i < len(content); i += 8 {
-		v := rng.Uint64()
-		for j := 0; j < 8 && i+j < len(content); j++ {
-			content[i+j] = byte(v >> (8 * j))
-		}
-	}
+	content := fileContent(size)
 	sum := sha256.Sum256(content)
 	network := "tcp4"
 	if addr.Addr().Is6() {
@@ -173,4 +166,109 @@ func (c *countingHash) Write(b []byte) (int, error) {
 
 func digest(h hash.Hash, n int64) Digest {
 	return Digest{Size: n, SHA256: hex.EncodeToString(h.Sum(nil))}
+}
+
+// UploadPath is the path under which UploadServer takes uploads.
+const UploadPath = "/upload"
+
+// UploadServer takes HTTP uploads (PUT or POST) on a lab host and answers each with
+// the size and SHA-256 of the body it received, so a test can verify an upload on the
+// server side. It runs inside the test process, like FileServer.
+type UploadServer struct {
+	URL  string // http://addr:port/upload
+	Addr netip.AddrPort
+}
+
+// ServeUpload takes uploads at addr (port 0 picks one) on h until t's test ends.
+func (h *Host) ServeUpload(t testing.TB, addr netip.AddrPort) *UploadServer {
+	t.Helper()
+	network := "tcp4"
+	if addr.Addr().Is6() {
+		network = "tcp6"
+	}
+	ln, err := h.Listen(network, addr.String())
+	if err != nil {
+		t.Fatalf("lab: upload server on %s: %v", h.Name, err)
+	}
+	mux := http.NewServeMux()
+	mux.HandleFunc(UploadPath, func(w http.ResponseWriter, r *http.Request) {
+		if r.Method != http.MethodPut && r.Method != http.MethodPost {
+			http.Error(w, "PUT or POST only", http.StatusMethodNotAllowed)
+			return
+		}
+		hw := sha256.New()
+		n, err := io.Copy(hw, r.Body)
+		if err != nil {
+			http.Error(w, fmt.Sprintf("after %d bytes: %v", n, err), http.StatusBadRequest)
+			return
+		}
+		fmt.Fprintf(w, "%d %x\n", n, hw.Sum(nil))
+	})
+	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		_ = srv.Serve(ln)
+	}()
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		if err := srv.Shutdown(ctx); err != nil {
+			srv.Close()
+		}
+		<-done
+	})
+	bound := ln.Addr().(*net.TCPAddr).AddrPort()
+	bound = netip.AddrPortFrom(bound.Addr().Unmap(), bound.Port())
+	return &UploadServer{URL: "http://" + bound.String() + UploadPath, Addr: bound}
+}
+
+// CurlUpload runs curl in the host's namespace to PUT the file at path to url (an
+// UploadServer's; extra flags come first) and returns the digest the server computed.
+func (h *Host) CurlUpload(ctx context.Context, url, path string, extra ...string) (Digest, error) {
+	args := append([]string{"--silent", "--show-error", "--fail", "--noproxy", "", "--upload-file", path}, extra...)
+	args = append(args, url)
+	cmd := h.Command(ctx, "curl", args...)
+	var stdout, stderr bytes.Buffer
+	cmd.Stdout = &stdout
+	cmd.Stderr = &stderr
+	cmd.WaitDelay = time.Second
+	cmd.Env = curlEnv()
+	if err := cmd.Run(); err != nil {
+		return Digest{}, fmt.Errorf("lab: curl upload to %s on %s: %w: %s", url, h.Name, err, strings.TrimSpace(stderr.String()))
+	}
+	return parseUploadAnswer(stdout.String())
+}
+
+// parseUploadAnswer reads UploadServer's "SIZE SHA256HEX" answer.
+func parseUploadAnswer(s string) (Digest, error) {
+	var d Digest
+	if _, err := fmt.Sscanf(s, "%d %64s\n", &d.Size, &d.SHA256); err != nil || len(d.SHA256) != 64 {
+		return Digest{}, fmt.Errorf("lab: upload server answered %q", s)
+	}
+	return d, nil
+}
+
+// WriteFile writes the same deterministic content that ServeFile serves, size bytes,
+// to path, and returns its digest: the file an upload test sends.
+func WriteFile(path string, size int64) (Digest, error) {
+	content := fileContent(size)
+	sum := sha256.Sum256(content)
+	if err := os.WriteFile(path, content, 0o644); err != nil {
+		return Digest{}, fmt.Errorf("lab: %w", err)
+	}
+	return Digest{Size: size, SHA256: hex.EncodeToString(sum[:])}, nil
+}
+
+// fileContent is size bytes of seeded pseudo-random data, the same on every call.
+func fileContent(size int64) []byte {
+	content := make([]byte, size)
+	rng := rand.New(rand.NewChaCha8([32]byte{'t', 'e', 'r', 'e', 'd', 'o', '-', 'l', 'a', 'b'}))
+	for i := 0; i < len(content); i += 8 {
+		v := rng.Uint64()
+		for j := 0; j < 8 && i+j < len(content); j++ {
+			content[i+j] = byte(v >> (8 * j))
+		}
+	}
+	return content
 }

@@ -52,6 +52,7 @@ type MiredoClient struct {
 	Addr      netip.Addr    // the Teredo address
 	Teredo    proto.Address // Addr decoded
 	Local     uint16        // the client's UDP port, when bound explicitly (0 otherwise)
+	Started   time.Time     // just before the process was started
 }
 
 // miredoUser returns the extra flags miredo needs to drop privileges: Debian's binary
@@ -177,6 +178,7 @@ func StartMiredoClient(t testing.TB, h *Host, server netip.Addr, opts MiredoClie
 	}
 	conf, pid := writeConf(t, "miredo-"+opts.InterfaceName, lines...)
 	c := &MiredoClient{Host: h, Interface: opts.InterfaceName, Local: opts.BindPort}
+	c.Started = time.Now()
 	c.Proc = h.Start(t, "miredo", append([]string{"-f", "-p", pid, "-c", conf}, miredoUser()...)...)
 	if err := c.WaitQualified(opts.Timeout); err != nil {
 		t.Fatalf("lab: miredo client on %s: %v", h.Name, err)

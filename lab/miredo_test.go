@@ -43,14 +43,14 @@ var serverImpls = []serverImpl{
 
 // requireOurServer skips while the project's server command does not exist yet; once
 // the directory exists, a build failure fails the test.
-func requireOurServer(t *testing.T) {
+func requireOurServer(t testing.TB) {
 	t.Helper()
 	requireFile(t, ourServerDir)
 }
 
 // requireFile skips while the project command in dir (relative to the module root)
 // does not exist yet; once it exists, a build failure fails the test.
-func requireFile(t *testing.T, dir string) {
+func requireFile(t testing.TB, dir string) {
 	t.Helper()
 	// go test runs the binary in the package directory, one below the module root.
 	if _, err := os.Stat(filepath.Join("..", dir, "main.go")); err != nil {

@@ -249,3 +249,7 @@ func runCmd(ctx context.Context, cmd *exec.Cmd) (string, error) {
 	}
 	return out.String(), nil
 }
+
+// PID returns the program's process id: for a program run by Host.Start the program
+// itself, not its wrapper; 0 while it is not known yet.
+func (p *Proc) PID() int { return p.programPID() }

@@ -98,7 +98,7 @@ func (s relayStatus) String() string {
 }
 
 // requireOurRelay skips while the project's relay command does not exist.
-func requireOurRelay(t *testing.T) {
+func requireOurRelay(t testing.TB) {
 	t.Helper()
 	requireFile(t, ourRelayDir)
 }
