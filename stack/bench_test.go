@@ -183,3 +183,62 @@ func BenchmarkRelayStream(b *testing.B) {
 	}
 	streamOps(b, c, received, s)
 }
+
+// BenchmarkTCPTransfers opens a new connection per op between two stacks
+// over loopback, moves 8 MiB, half-closes and waits for the receiver's
+// EOF. Besides the mean it reports the slowest op: on a loaded machine
+// gVisor's RACK loss detection at loopback round trips of tens of
+// microseconds sometimes falls into a run of retransmission timeouts that
+// stalls a transfer for seconds to minutes (with RACK off the stalls go
+// away). Run it beside a CPU hog to see them:
+//
+//	go test -run xxx -bench TCPTransfers -benchtime 100x ./stack
+func BenchmarkTCPTransfers(b *testing.B) {
+	port := startServer(b)
+	src := newStack(b, port)
+	dst := newStack(b, port)
+	ln, err := listener.Listen(dst, "tcp6", ":5001")
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer ln.Close()
+	got := make(chan int64, 1)
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			n, _ := io.Copy(io.Discard, c)
+			c.Close()
+			got <- n
+		}
+	}()
+	const size = 8 << 20
+	buf := make([]byte, 128<<10)
+	d := dialer.New(src)
+	var worst time.Duration
+	retx0 := src.Netstack().Stats().TCP.Retransmits.Value()
+	b.SetBytes(size)
+	b.ReportAllocs()
+	for b.Loop() {
+		start := time.Now()
+		c, err := d.DialContext(context.Background(), "tcp", netip.AddrPortFrom(dst.Addr(), 5001).String())
+		if err != nil {
+			b.Fatal(err)
+		}
+		for range size / len(buf) {
+			if _, err := c.Write(buf); err != nil {
+				b.Fatal(err)
+			}
+		}
+		c.(*dialer.TCPConn).CloseWrite()
+		if n := <-got; n != size {
+			b.Fatalf("received %d bytes, want %d", n, size)
+		}
+		c.Close()
+		worst = max(worst, time.Since(start))
+	}
+	b.ReportMetric(float64(worst.Microseconds())/1e3, "worst-ms")
+	b.ReportMetric(float64(src.Netstack().Stats().TCP.Retransmits.Value()-retx0)/float64(b.N), "retransmits/op")
+}
