@@ -22,15 +22,19 @@ const ourSocksDir = "cmd/teredo-socks"
 // socksListen is where teredo-socks takes SOCKS5 inside its client namespace.
 const socksListen = "127.0.0.1:1080"
 
-var socksReadyRE = regexp.MustCompile(`teredo-socks: qualified as (\S+) via .*; SOCKS5 on (\S+)`)
+var (
+	socksStartRE = regexp.MustCompile(`teredo-socks: qualifying with`)
+	socksReadyRE = regexp.MustCompile(`teredo-socks: qualified as (\S+) via .*; SOCKS5 on (\S+)`)
+)
 
 // socksProc is teredo-socks running in a client namespace.
 type socksProc struct {
 	Proc *Proc
 	Host *Host
 	Addr netip.Addr // the Teredo address
-	// Qualified is the time from starting the process to its "qualified" line.
-	Qualified time.Duration
+	// Qualified is the time from starting the process to its "qualified" line,
+	// Started to its first line, "qualifying with" (after it took its ports).
+	Qualified, Started time.Duration
 }
 
 // requireOurSocks skips while the project's SOCKS5 command does not exist.
@@ -51,6 +55,10 @@ func startSocks(t testing.TB, h *Host, primary netip.Addr, extra ...string) *soc
 	s := &socksProc{Host: h}
 	start := time.Now()
 	s.Proc = h.Start(t, bin, args...)
+	if _, err := s.Proc.WaitLine(socksStartRE, 10*time.Second); err != nil {
+		t.Fatalf("teredo-socks on %s: %v", h.Name, err)
+	}
+	s.Started = time.Since(start)
 	m, err := s.Proc.WaitLine(socksReadyRE, DefaultQualifyTimeout)
 	if err != nil {
 		t.Fatalf("teredo-socks on %s: %v", h.Name, err)
