@@ -41,7 +41,9 @@ func isPrivateIPv4(a netip.Addr) bool {
 // from a Teredo address with the same mapped IPv4 as ours, sent from a
 // private IPv4 (RFC 4380 §5.2.8, as Miredo 1.3 narrows it). The sender
 // becomes an untrusted local peer, valid for 600 s, and gets a unicast
-// bubble; its answer makes it trusted (§5.2.3 case 5).
+// bubble; its answer makes it trusted (§5.2.3 case 5). A sender already
+// trusted keeps its proven mapping and still gets the bubble, which is what
+// makes us trusted on its side.
 func (c *Client) ReceiveDiscovery(b []byte, from netip.AddrPort) {
 	if !c.cfg.LocalDiscovery {
 		c.ctr.drop(dropDiscovery)
@@ -69,6 +71,10 @@ func (c *Client) ReceiveDiscovery(b []byte, from netip.AddrPort) {
 	reply := false
 	c.peers.Update(src, true, now, func(p *peer.Peer) {
 		if p.Trusted && p.Valid() {
+			// The sender sends discovery bubbles with what it queues for
+			// an untrusted local peer: it does not trust us yet, and our
+			// unicast bubble is what makes it. The proven mapping stays.
+			reply = p.CountBubble()
 			return
 		}
 		p.Trusted = false
