@@ -179,7 +179,7 @@ func (s *Stack) startDiscovery(port uint16) {
 	cl := s.cl
 	d, err := listenDiscovery(port, ifi, func(b []byte, from netip.AddrPort) { cl.ReceiveDiscovery(b, from) }, s.log)
 	if err != nil {
-		s.log.Warn("teredo: local discovery runs without its socket; local peers will not be found", "err", err)
+		s.log.Warn("teredo: local discovery runs without its socket: neighbours' discovery bubbles go unheard", "err", err)
 		return
 	}
 	s.log.Info("teredo: local discovery on", "socket", d.LocalAddr(), "group", proto.DiscoveryGroup, "interface", s.cfg.DiscoveryInterface)
@@ -194,6 +194,9 @@ func (s *Stack) stopDiscovery() {
 	}
 }
 
-// LocalDiscovery reports whether local discovery runs: the option is on,
-// its socket opened, and the stack is not closed.
+// LocalDiscovery reports whether local discovery runs: Config.LocalDiscovery
+// is on, its socket on port 3544 opened, and the stack is not closed. When
+// the option is on but the socket could not be opened, the client still
+// sends discovery bubbles, so neighbours can find this stack, but it hears
+// none of theirs.
 func (s *Stack) LocalDiscovery() bool { return s.disc != nil && !s.Closed() }
