@@ -186,17 +186,23 @@ func BenchmarkRelayStream(b *testing.B) {
 
 // BenchmarkTCPTransfers opens a new connection per op between two stacks
 // over loopback, moves 8 MiB, half-closes and waits for the receiver's
-// EOF. Besides the mean it reports the slowest op: on a loaded machine
-// gVisor's RACK loss detection at loopback round trips of tens of
-// microseconds sometimes falls into a run of retransmission timeouts that
-// stalls a transfer for seconds to minutes (with RACK off the stalls go
-// away). Run it beside a CPU hog to see them:
+// EOF. Besides the mean it reports the slowest op. With RACK loss
+// detection on (Config.TCPRACK) and a loaded machine, gVisor at our pin
+// sometimes falls into a run of retransmission timeouts at loopback round
+// trips of tens of microseconds that stalls a transfer for seconds to
+// minutes, with nothing lost on the UDP path; the "rack" case shows it
+// beside a CPU hog:
 //
 //	go test -run xxx -bench TCPTransfers -benchtime 100x ./stack
 func BenchmarkTCPTransfers(b *testing.B) {
+	b.Run("default", func(b *testing.B) { benchTransfers(b) })
+	b.Run("rack", func(b *testing.B) { benchTransfers(b, func(c *stack.Config) { c.TCPRACK = true }) })
+}
+
+func benchTransfers(b *testing.B, tweaks ...func(*stack.Config)) {
 	port := startServer(b)
-	src := newStack(b, port)
-	dst := newStack(b, port)
+	src := newStack(b, port, tweaks...)
+	dst := newStack(b, port, tweaks...)
 	ln, err := listener.Listen(dst, "tcp6", ":5001")
 	if err != nil {
 		b.Fatal(err)
