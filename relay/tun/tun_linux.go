@@ -7,6 +7,9 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"sync"
+	"sync/atomic"
+	"syscall"
 
 	"golang.org/x/sys/unix"
 )
@@ -14,9 +17,46 @@ import (
 // Device is an open TUN interface. It is safe for concurrent use.
 type Device struct {
 	f          *os.File
+	rc         syscall.RawConn
 	name       string
 	index      int
 	configured bool
+	closed     atomic.Bool
+
+	batchMu sync.Mutex // one ReadPackets at a time: it owns batch
+	batch   batchRead
+}
+
+// batchRead is the state of one ReadPackets call, kept in the Device so that
+// the callback handed to the runtime poller is bound once and a batch
+// allocates nothing.
+type batchRead struct {
+	bufs  [][]byte
+	sizes []int
+	n     int
+	err   error
+	fn    func(fd uintptr) bool
+}
+
+// read reads packets from fd without blocking until bufs are full or the
+// queue is empty; it returns false (wait for readability) only if it got none.
+func (b *batchRead) read(fd uintptr) bool {
+	for b.n < len(b.bufs) {
+		n, err := unix.Read(int(fd), b.bufs[b.n])
+		if err == unix.EINTR {
+			continue
+		}
+		if err == unix.EAGAIN {
+			return b.n > 0
+		}
+		if err != nil {
+			b.err = err
+			return true
+		}
+		b.sizes[b.n] = n
+		b.n++
+	}
+	return true
 }
 
 // Open opens the TUN interface described by cfg. If the interface cannot be
@@ -56,6 +96,11 @@ func Open(cfg Config) (*Device, error) {
 		return nil, fmt.Errorf("tun: %w", err)
 	}
 	d := &Device{f: os.NewFile(uintptr(fd), "/dev/net/tun"), name: ifr.Name()}
+	if d.rc, err = d.f.SyscallConn(); err != nil {
+		d.f.Close()
+		return nil, fmt.Errorf("tun: %w", err)
+	}
+	d.batch.fn = d.batch.read
 	ifi, err := net.InterfaceByName(d.name)
 	if err != nil {
 		d.f.Close()
@@ -192,6 +237,37 @@ func (d *Device) ReadPacket(b []byte) (int, error) {
 	return n, nil
 }
 
+// ReadPackets implements relay.BatchDevice: it blocks until a packet is
+// queued, then reads it and those queued behind it, up to len(bufs), in one
+// wake-up. It stores packet i in bufs[i] and its length in sizes[i], and
+// returns the number of packets read.
+func (d *Device) ReadPackets(bufs [][]byte, sizes []int) (int, error) {
+	if len(sizes) < len(bufs) {
+		return 0, fmt.Errorf("tun: read %s: %d sizes for %d buffers", d.name, len(sizes), len(bufs))
+	}
+	if len(bufs) == 0 {
+		return 0, nil
+	}
+	d.batchMu.Lock()
+	defer d.batchMu.Unlock()
+	b := &d.batch
+	b.bufs, b.sizes, b.n, b.err = bufs, sizes, 0, nil
+	err := d.rc.Read(b.fn)
+	n := b.n
+	if err == nil && n == 0 {
+		err = b.err
+	}
+	b.bufs, b.sizes = nil, nil
+	if err != nil {
+		if d.closed.Load() || errors.Is(err, os.ErrClosed) {
+			// The poller reports a closed file with its own error value.
+			return 0, fmt.Errorf("tun: read %s: %w", d.name, net.ErrClosed)
+		}
+		return 0, fmt.Errorf("tun: read %s: %w", d.name, err)
+	}
+	return n, nil
+}
+
 // WritePacket implements relay.Device.
 func (d *Device) WritePacket(p []byte) error {
 	if _, err := d.f.Write(p); err != nil {
@@ -205,4 +281,7 @@ func (d *Device) WritePacket(p []byte) error {
 
 // Close closes the device; a device Open created disappears with its
 // routes.
-func (d *Device) Close() error { return d.f.Close() }
+func (d *Device) Close() error {
+	d.closed.Store(true)
+	return d.f.Close()
+}

@@ -124,11 +124,46 @@ func testInNetns(t *testing.T) {
 	if string(buf[:n]) != "back" || from.Addr() != peer {
 		t.Fatalf("got %q from %v", buf[:n], from)
 	}
+	// ReadPackets returns queued packets together, in order.
+	const burst = 16
+	for i := range burst {
+		if _, err := sock.WriteToUDPAddrPort([]byte{'b', byte(i)}, netip.AddrPortFrom(peer, 9)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	bufs, sizes := make([][]byte, 8), make([]int, 8)
+	for i := range bufs {
+		bufs[i] = make([]byte, 2048)
+	}
+	got, calls := 0, 0
+	for got < burst {
+		if time.Now().After(deadline.Add(5 * time.Second)) {
+			t.Fatalf("%d of %d packets read", got, burst)
+		}
+		k, err := d.ReadPackets(bufs, sizes)
+		if err != nil || k < 1 || k > len(bufs) {
+			t.Fatalf("ReadPackets = %d, %v", k, err)
+		}
+		calls++
+		for i := range k {
+			p := bufs[i][:sizes[i]]
+			if len(p) < 40 || p[0]>>4 != 6 || proto.Dst(p) != peer || proto.NextHeader(p) != proto.ProtoUDP {
+				continue
+			}
+			if want := []byte{'b', byte(got)}; !bytes.HasSuffix(p, want) {
+				t.Fatalf("packet %d: %x, want suffix %x", got, p, want)
+			}
+			got++
+		}
+	}
+	if calls >= burst {
+		t.Errorf("%d packets took %d reads: not batched", burst, calls)
+	}
 	// Close unblocks a reader with net.ErrClosed.
 	done := make(chan error, 1)
 	go func() {
 		for { // the kernel may still send router solicitations and MLD reports
-			if _, err := d.ReadPacket(buf); err != nil {
+			if _, err := d.ReadPackets(bufs, sizes); err != nil {
 				done <- err
 				return
 			}
@@ -142,7 +177,7 @@ func testInNetns(t *testing.T) {
 			t.Errorf("read after close: %v", err)
 		}
 	case <-time.After(5 * time.Second):
-		t.Fatal("Close did not unblock ReadPacket")
+		t.Fatal("Close did not unblock ReadPackets")
 	}
 }
 

@@ -19,6 +19,9 @@ func (d *Device) Configured() bool { return false }
 // ReadPacket implements relay.Device.
 func (d *Device) ReadPacket([]byte) (int, error) { return 0, net.ErrClosed }
 
+// ReadPackets implements relay.BatchDevice.
+func (d *Device) ReadPackets([][]byte, []int) (int, error) { return 0, net.ErrClosed }
+
 // WritePacket implements relay.Device.
 func (d *Device) WritePacket([]byte) error { return ErrUnsupported }
 
