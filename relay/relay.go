@@ -54,6 +54,19 @@ type Device interface {
 	Close() error
 }
 
+// BatchDevice is a Device that can return several packets per read, as
+// package relay/tun's does. The relay then routes each batch and sends the
+// packets for Teredo peers with one WriteBatch, so that the socket can
+// coalesce a bulk stream to one peer into few sends (udpio.Options.GSO).
+type BatchDevice interface {
+	Device
+	// ReadPackets blocks until at least one packet is available, then
+	// copies up to len(bufs) packets into bufs, storing their lengths in
+	// sizes, and returns how many it read. After Close it returns an error
+	// wrapping net.ErrClosed.
+	ReadPackets(bufs [][]byte, sizes []int) (int, error)
+}
+
 // Defaults for Config fields left zero.
 const (
 	DefaultMaxPeers       = peer.DefaultRelayMaxPeers
@@ -129,7 +142,8 @@ type Config struct {
 	// and packets to new peers (per IPv6 source /64). Negative disables.
 	SourceRate, SourceBurst int
 
-	// BatchSize is the number of datagrams read per call; MaxPacket the
+	// BatchSize is the number of datagrams, or packets from a BatchDevice,
+	// read per call; MaxPacket the
 	// largest datagram and IPv6 packet handled (default 8192: Teredo's MTU
 	// is 1280, larger ones are counted as malformed).
 	BatchSize, MaxPacket int
@@ -385,14 +399,71 @@ func (r *Relay) readTeredo() error {
 
 // readDevice is the transmit loop.
 func (r *Relay) readDevice() error {
-	buf := make([]byte, r.cfg.MaxPacket)
+	bd, batched := r.dev.(BatchDevice)
+	n, size := 1, r.cfg.MaxPacket
+	if batched {
+		n = r.cfg.BatchSize
+	}
+	mem := make([]byte, n*size)
+	bufs := make([][]byte, n)
+	sizes := make([]int, n)
+	gather := make([][]byte, n)
+	msgs := make([]udpio.Message, n)
+	for i := range n {
+		bufs[i] = mem[i*size : (i+1)*size : (i+1)*size]
+		msgs[i].Buffers = gather[i : i+1 : i+1]
+	}
 	var sc scratch
 	for {
-		n, err := r.dev.ReadPacket(buf)
+		var (
+			k   int
+			err error
+		)
+		if batched {
+			k, err = bd.ReadPackets(bufs, sizes)
+		} else {
+			sizes[0], err = r.dev.ReadPacket(bufs[0])
+			k = 1
+		}
 		if err != nil {
 			return fmt.Errorf("relay: device read: %w", err)
 		}
-		r.transmit(buf[:n], &sc)
+		r.transmitBatch(bufs[:k], sizes[:k], msgs, &sc)
+	}
+}
+
+// transmitBatch routes the packets bufs[i][:sizes[i]] and sends those for
+// trusted peers with one WriteBatch. msgs has a one-element Buffers per slot
+// and at least len(bufs) slots.
+func (r *Relay) transmitBatch(bufs [][]byte, sizes []int, msgs []udpio.Message, sc *scratch) {
+	m := 0
+	for i := range bufs {
+		pkt, to := r.route(bufs[i][:sizes[i]], sc)
+		if !to.IsValid() {
+			continue
+		}
+		msgs[m].Buffers[0] = pkt
+		msgs[m].Addr = to
+		m++
+	}
+	r.sendBatch(msgs[:m])
+}
+
+// sendBatch sends msgs, counting each as forwarded or as an error; a
+// datagram the socket refuses is dropped and the rest still go.
+func (r *Relay) sendBatch(msgs []udpio.Message) {
+	for len(msgs) > 0 {
+		n, err := r.conn.WriteBatch(msgs)
+		n = min(max(n, 0), len(msgs))
+		r.ctr.add(TxForwarded, uint64(n))
+		if n == len(msgs) {
+			return
+		}
+		if err != nil {
+			r.log.Debug("teredo send failed", "to", msgs[n].Addr, "err", err)
+		}
+		r.ctr.inc(TxErrors)
+		msgs = msgs[n+1:]
 	}
 }
 

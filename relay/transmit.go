@@ -9,45 +9,60 @@ import (
 	"github.com/teredo-go/teredo/proto"
 )
 
-// transmit handles one IPv6 packet from the Device (RFC 4380 §5.4.1).
+// transmit handles one IPv6 packet from the Device (RFC 4380 §5.4.1),
+// sending it on its own.
 func (r *Relay) transmit(pkt []byte, sc *scratch) {
+	pkt, to := r.route(pkt, sc)
+	if !to.IsValid() {
+		return
+	}
+	if err := r.conn.WriteTo(pkt, to); err != nil {
+		r.ctr.inc(TxErrors)
+		return
+	}
+	r.ctr.inc(TxForwarded)
+}
+
+// route applies the transmit rules to one IPv6 packet from the Device. If
+// the packet may go to a trusted peer now, it returns the packet trimmed to
+// its IPv6 length and the peer's mapping, for the caller to send and count
+// as forwarded; otherwise it handles the packet (queue, bubbles, ICMPv6,
+// drop) and returns an invalid destination.
+func (r *Relay) route(pkt []byte, sc *scratch) ([]byte, netip.AddrPort) {
 	if len(pkt) < proto.IPv6HeaderLen || pkt[0]>>4 != 6 ||
 		proto.IPv6HeaderLen+int(binary.BigEndian.Uint16(pkt[4:6])) > len(pkt) {
 		r.ctr.inc(TxDropMalformed)
-		return
+		return nil, netip.AddrPort{}
 	}
 	pkt = pkt[:proto.IPv6HeaderLen+int(binary.BigEndian.Uint16(pkt[4:6]))]
 	dst := [16]byte(pkt[24:40])
 	if dst[0] == 0xff {
 		r.ctr.inc(TxDropMulticast)
-		return
+		return nil, netip.AddrPort{}
 	}
 	if !r.inPrefix(dst[:]) {
 		// Only the Teredo prefix should be routed to us: a routing mistake.
 		r.ctr.inc(TxDropNotTeredo)
 		r.unreachable(pkt, sc)
-		return
+		return nil, netip.AddrPort{}
 	}
 	mapped := proto.MappedBytes(dst[:])
 	if !r.cfg.IPv4Filter(proto.ServerBytes(dst[:])) || !r.cfg.IPv4Filter(mapped.Addr()) {
 		r.ctr.inc(TxDropFiltered) // RFC 4380 §5.4.1: silently discarded
-		return
+		return nil, netip.AddrPort{}
 	}
 	now := r.now()
 	if to, ok := r.table.Route(dst, now); ok {
-		if err := r.conn.WriteTo(pkt, to); err != nil {
-			r.ctr.inc(TxErrors)
-			return
-		}
-		r.ctr.inc(TxForwarded)
-		return
+		return pkt, to
 	}
-	r.transmitSlow(pkt, &dst, mapped, now, sc)
+	return pkt, r.transmitSlow(pkt, &dst, mapped, now, sc)
 }
 
 // transmitSlow queues a packet for a peer that is not trusted and valid and
-// starts the bubble series if none is running.
-func (r *Relay) transmitSlow(pkt []byte, dst *[16]byte, mapped netip.AddrPort, now time.Time, sc *scratch) {
+// starts the bubble series if none is running. If the peer turned out to be
+// trusted meanwhile, it returns its mapping for the caller to send the
+// packet to.
+func (r *Relay) transmitSlow(pkt []byte, dst *[16]byte, mapped netip.AddrPort, now time.Time, sc *scratch) netip.AddrPort {
 	var (
 		direct  netip.AddrPort // the peer became trusted meanwhile
 		queued  bool
@@ -75,20 +90,15 @@ func (r *Relay) transmitSlow(pkt []byte, dst *[16]byte, mapped netip.AddrPort, n
 		copy(src[:8], pkt[8:16]) // per /64: one host, or one site's hosts
 		if !r.txLimit.allow(src, r.ts(now)) {
 			r.ctr.inc(TxDropRateLimited)
-			return
+			return netip.AddrPort{}
 		}
 		if !r.table.Update(*dst, true, now, f) {
-			return // table closed
+			return netip.AddrPort{} // table closed
 		}
 	}
 	switch {
 	case direct.IsValid():
-		if err := r.conn.WriteTo(pkt, direct); err != nil {
-			r.ctr.inc(TxErrors)
-			return
-		}
-		r.ctr.inc(TxForwarded)
-		return
+		return direct
 	case queued:
 		r.ctr.inc(TxQueued)
 	default:
@@ -97,6 +107,7 @@ func (r *Relay) transmitSlow(pkt []byte, dst *[16]byte, mapped netip.AddrPort, n
 	if bubble {
 		sc.buf = r.sendBubbles(sc.buf[:0], dst, mapping)
 	}
+	return netip.AddrPort{}
 }
 
 // sendBubbles sends a bubble to the peer at dst through its server (an

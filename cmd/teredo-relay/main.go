@@ -127,7 +127,9 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 }
 
 func serve(ctx context.Context, o options, log *slog.Logger, stdout io.Writer) error {
-	conn, err := udpio.Listen(o.bind, udpio.Options{})
+	// GSO coalesces the batches the relay forwards to one client into few
+	// sends; GRO does the same for what clients send to the relay.
+	conn, err := udpio.Listen(o.bind, udpio.Options{GSO: true, GRO: true})
 	if err != nil {
 		return err
 	}
