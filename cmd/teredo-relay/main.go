@@ -32,6 +32,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/teredo-go/teredo/internal/cli"
 	"github.com/teredo-go/teredo/internal/udpio"
 	"github.com/teredo-go/teredo/proto"
 	"github.com/teredo-go/teredo/relay"
@@ -58,13 +59,6 @@ type options struct {
 	maxPeers      int
 }
 
-// usageError is a command-line error, which exits with status 2.
-type usageError string
-
-func (e usageError) Error() string { return string(e) }
-
-func usagef(format string, args ...any) error { return usageError(fmt.Sprintf(format, args...)) }
-
 func parseFlags(args []string, stderr io.Writer) (options, error) {
 	var o options
 	fs := flag.NewFlagSet("teredo-relay", flag.ContinueOnError)
@@ -82,21 +76,21 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 		return o, err
 	}
 	if fs.NArg() > 0 {
-		return o, usagef("unexpected argument %q", fs.Arg(0))
+		return o, cli.Usagef("unexpected argument %q", fs.Arg(0))
 	}
 	var err error
 	if o.bind, err = netip.ParseAddrPort(*bind); err != nil || !o.bind.Addr().Is4() {
-		return o, usagef("-bind %q is not an IPv4 address:port", *bind)
+		return o, cli.Usagef("-bind %q is not an IPv4 address:port", *bind)
 	}
 	if o.prefix, err = netip.ParsePrefix(*prefix); err != nil || !o.prefix.Addr().Is6() || o.prefix.Bits() != 32 {
-		return o, usagef("-prefix %q is not an IPv6 /32", *prefix)
+		return o, cli.Usagef("-prefix %q is not an IPv6 /32", *prefix)
 	}
 	o.prefix = o.prefix.Masked()
 	if o.tun == "" || len(o.tun) > 15 {
-		return o, usagef("-tun %q: the name must have 1 to 15 characters", o.tun)
+		return o, cli.Usagef("-tun %q: the name must have 1 to 15 characters", o.tun)
 	}
 	if o.maxPeers < 1 {
-		return o, usagef("-max-peers %d must be positive", o.maxPeers)
+		return o, cli.Usagef("-max-peers %d must be positive", o.maxPeers)
 	}
 	return o, nil
 }
@@ -108,7 +102,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	case errors.Is(err, flag.ErrHelp):
 		return 0
 	case err != nil:
-		var ue usageError
+		var ue cli.UsageError
 		if errors.As(err, &ue) {
 			fmt.Fprintf(stderr, "teredo-relay: %v (see -h)\n", ue)
 		}

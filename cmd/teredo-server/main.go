@@ -27,6 +27,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/teredo-go/teredo/internal/cli"
 	"github.com/teredo-go/teredo/proto"
 	"github.com/teredo-go/teredo/server"
 )
@@ -58,13 +59,6 @@ type options struct {
 	anyIPv4            bool
 }
 
-// usageError is a command-line error, which exits with status 2.
-type usageError string
-
-func (e usageError) Error() string { return string(e) }
-
-func usagef(format string, args ...any) error { return usageError(fmt.Sprintf(format, args...)) }
-
 func parseFlags(args []string, stderr io.Writer) (options, error) {
 	var o options
 	fs := flag.NewFlagSet("teredo-server", flag.ContinueOnError)
@@ -81,7 +75,7 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 		return o, err
 	}
 	if fs.NArg() > 0 {
-		return o, usagef("unexpected argument %q", fs.Arg(0))
+		return o, cli.Usagef("unexpected argument %q", fs.Arg(0))
 	}
 	o.raw = rawAuto
 	fs.Visit(func(f *flag.Flag) {
@@ -96,30 +90,30 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 
 	var err error
 	if *primary == "" {
-		return o, usagef("-primary is required")
+		return o, cli.Usagef("-primary is required")
 	}
 	if o.primary, err = parseIPv4("primary", *primary, global); err != nil {
 		return o, err
 	}
 	if *secondary == "" {
 		if o.secondary = o.primary.Next(); !o.secondary.IsValid() {
-			return o, usagef("-primary %v has no next address; set -secondary", o.primary)
+			return o, cli.Usagef("-primary %v has no next address; set -secondary", o.primary)
 		}
 		if !global(o.secondary) {
-			return o, usagef("the default -secondary %v (primary+1) is not a global unicast IPv4 address", o.secondary)
+			return o, cli.Usagef("the default -secondary %v (primary+1) is not a global unicast IPv4 address", o.secondary)
 		}
 	} else if o.secondary, err = parseIPv4("secondary", *secondary, global); err != nil {
 		return o, err
 	}
 	if o.secondary == o.primary {
-		return o, usagef("-secondary must differ from -primary (%v)", o.primary)
+		return o, cli.Usagef("-secondary must differ from -primary (%v)", o.primary)
 	}
 	if *port < 1 || *port > 65535 {
-		return o, usagef("-port %d is outside 1..65535", *port)
+		return o, cli.Usagef("-port %d is outside 1..65535", *port)
 	}
 	o.port = uint16(*port)
 	if *mtu < proto.MinMTU || *mtu > 65535 {
-		return o, usagef("-mtu %d is outside 1280..65535", *mtu)
+		return o, cli.Usagef("-mtu %d is outside 1280..65535", *mtu)
 	}
 	o.mtu = uint32(*mtu)
 	return o, nil
@@ -128,10 +122,10 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 func parseIPv4(name, s string, global proto.IPv4Filter) (netip.Addr, error) {
 	a, err := netip.ParseAddr(s)
 	if err != nil || !a.Is4() {
-		return a, usagef("-%s %q is not an IPv4 address", name, s)
+		return a, cli.Usagef("-%s %q is not an IPv4 address", name, s)
 	}
 	if !global(a) {
-		return a, usagef("-%s %v is not a global unicast IPv4 address (clients would refuse it; -any-ipv4 allows it for tests)", name, a)
+		return a, cli.Usagef("-%s %v is not a global unicast IPv4 address (clients would refuse it; -any-ipv4 allows it for tests)", name, a)
 	}
 	return a, nil
 }
@@ -143,7 +137,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	case errors.Is(err, flag.ErrHelp):
 		return 0
 	case err != nil:
-		var ue usageError
+		var ue cli.UsageError
 		if errors.As(err, &ue) {
 			fmt.Fprintf(stderr, "teredo-server: %v (see -h)\n", ue)
 		} // else the flag package has printed the error and the usage.
