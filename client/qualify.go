@@ -390,7 +390,8 @@ func (c *Client) natSecondaryRA(ra *proto.RA, from netip.AddrPort) error {
 		c.finishNAT(NATRestricted)
 		return nil
 	}
-	c.nat.result = NATRestricted
+	// The result stays unknown until the cone probe ends, so that Status
+	// never reports an interim answer that the probe may still change.
 	c.nat.phase = natCone
 	c.sendNATProbe(true)
 	return nil

@@ -401,6 +401,10 @@ func TestNATClassification(t *testing.T) {
 				if len(c) != 1 || !c[0].cone || c[0].src != proto.RSSourceCone || c[0].to != ap(server1) {
 					t.Fatalf("cone probe %+v", c)
 				}
+				// While the cone probe runs, no interim answer is reported.
+				if st := h.c.Status(); st.NAT != NATUnknown {
+					t.Fatalf("NAT %v during the cone probe, want unknown", st.NAT)
+				}
 				if tt.coneRA {
 					// The server answers from its other address.
 					h.c.Receive(ra(c[0], server1, mappedUs, 0), ap(server1b))
