@@ -1,9 +1,12 @@
 package udpio
 
 import (
+	"errors"
 	"fmt"
 	"net"
 	"net/netip"
+	"syscall"
+	"time"
 )
 
 // listenAddr validates the local address for Listen; the zero AddrPort
@@ -37,3 +40,33 @@ func (c *UDPConn) opError(op string, addr netip.AddrPort, err error) error {
 	}
 	return e
 }
+
+// The methods below are the same on every platform: both UDPConn
+// implementations keep the socket in pc and the local address in laddr.
+
+// WriteTo implements Conn.
+func (c *UDPConn) WriteTo(b []byte, addr netip.AddrPort) error {
+	ap, ok := ipv4(addr)
+	if !ok {
+		return c.opError("write", addr, ErrNotIPv4)
+	}
+	for retries := 0; ; retries++ {
+		_, err := c.pc.WriteToUDPAddrPort(b, ap)
+		if err == nil || retries == maxStaleRetries || !errors.Is(err, syscall.ECONNREFUSED) {
+			return err
+		}
+		c.writeTransient.Add(1)
+	}
+}
+
+// LocalAddr implements Conn.
+func (c *UDPConn) LocalAddr() netip.AddrPort { return c.laddr }
+
+// SetReadDeadline implements Conn.
+func (c *UDPConn) SetReadDeadline(t time.Time) error { return c.pc.SetReadDeadline(t) }
+
+// SetWriteDeadline sets the deadline for blocked writes.
+func (c *UDPConn) SetWriteDeadline(t time.Time) error { return c.pc.SetWriteDeadline(t) }
+
+// Close implements Conn.
+func (c *UDPConn) Close() error { return c.pc.Close() }

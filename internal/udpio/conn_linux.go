@@ -4,7 +4,6 @@ package udpio
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"net"
 	"net/netip"
@@ -12,7 +11,6 @@ import (
 	"sync"
 	"sync/atomic"
 	"syscall"
-	"time"
 	"unsafe"
 
 	"golang.org/x/sys/unix"
@@ -507,34 +505,6 @@ func (c *UDPConn) sendmmsg(fd uintptr) bool {
 	}
 	return true
 }
-
-// WriteTo implements Conn.
-func (c *UDPConn) WriteTo(b []byte, addr netip.AddrPort) error {
-	ap, ok := ipv4(addr)
-	if !ok {
-		return c.opError("write", addr, ErrNotIPv4)
-	}
-	for retries := 0; ; retries++ {
-		_, err := c.pc.WriteToUDPAddrPort(b, ap)
-		if err == nil || retries == maxStaleRetries || !errors.Is(err, unix.ECONNREFUSED) {
-			return err
-		}
-		c.writeTransient.Add(1)
-	}
-}
-
-// LocalAddr implements Conn.
-func (c *UDPConn) LocalAddr() netip.AddrPort { return c.laddr }
-
-// SetReadDeadline implements Conn.
-func (c *UDPConn) SetReadDeadline(t time.Time) error { return c.pc.SetReadDeadline(t) }
-
-// SetWriteDeadline sets the deadline for WriteBatch and WriteTo calls
-// blocked on a full socket buffer.
-func (c *UDPConn) SetWriteDeadline(t time.Time) error { return c.pc.SetWriteDeadline(t) }
-
-// Close implements Conn.
-func (c *UDPConn) Close() error { return c.pc.Close() }
 
 // SyscallConn gives access to the socket, for options this package does
 // not set.

@@ -11,7 +11,6 @@ import (
 	"sync"
 	"sync/atomic"
 	"syscall"
-	"time"
 )
 
 // UDPConn is a Conn on a UDP/IPv4 socket. Without recvmmsg/sendmmsg on this
@@ -139,33 +138,6 @@ func (c *UDPConn) WriteBatch(msgs []Message) (int, error) {
 	}
 	return len(msgs), nil
 }
-
-// WriteTo implements Conn.
-func (c *UDPConn) WriteTo(b []byte, addr netip.AddrPort) error {
-	ap, ok := ipv4(addr)
-	if !ok {
-		return c.opError("write", addr, ErrNotIPv4)
-	}
-	for retries := 0; ; retries++ {
-		_, err := c.pc.WriteToUDPAddrPort(b, ap)
-		if err == nil || retries == maxStaleRetries || !errors.Is(err, syscall.ECONNREFUSED) {
-			return err
-		}
-		c.writeTransient.Add(1)
-	}
-}
-
-// LocalAddr implements Conn.
-func (c *UDPConn) LocalAddr() netip.AddrPort { return c.laddr }
-
-// SetReadDeadline implements Conn.
-func (c *UDPConn) SetReadDeadline(t time.Time) error { return c.pc.SetReadDeadline(t) }
-
-// SetWriteDeadline sets the deadline for blocked writes.
-func (c *UDPConn) SetWriteDeadline(t time.Time) error { return c.pc.SetWriteDeadline(t) }
-
-// Close implements Conn.
-func (c *UDPConn) Close() error { return c.pc.Close() }
 
 // Offload reports whether GSO and GRO are in use: never without Linux.
 func (c *UDPConn) Offload() (gso, gro bool) { return false, false }
