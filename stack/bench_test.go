@@ -39,17 +39,7 @@ func benchStream(b *testing.B, tweaks ...func(*stack.Config)) {
 		b.Fatal(err)
 	}
 	defer ln.Close()
-	received := make(chan int64, 1)
-	go func() {
-		c, err := ln.Accept()
-		if err != nil {
-			received <- -1
-			return
-		}
-		defer c.Close()
-		n, _ := io.Copy(io.Discard, c)
-		received <- n
-	}()
+	received := discardOne(ln)
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
 	c, err := dialer.New(src).DialContext(ctx, "tcp", netip.AddrPortFrom(dst.Addr(), 5001).String())
@@ -154,17 +144,7 @@ func BenchmarkRelayStream(b *testing.B) {
 		b.Fatal(err)
 	}
 	defer ln.Close()
-	received := make(chan int64, 1)
-	go func() {
-		c, err := ln.Accept()
-		if err != nil {
-			received <- -1
-			return
-		}
-		defer c.Close()
-		n, _ := io.Copy(io.Discard, c)
-		received <- n
-	}()
+	received := discardOne(ln)
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
 	s, err := stack.New(ctx, stack.Config{
@@ -247,4 +227,21 @@ func benchTransfers(b *testing.B, tweaks ...func(*stack.Config)) {
 	}
 	b.ReportMetric(float64(worst.Microseconds())/1e3, "worst-ms")
 	b.ReportMetric(float64(src.Netstack().Stats().TCP.Retransmits.Value()-retx0)/float64(b.N), "retransmits/op")
+}
+
+// discardOne accepts one connection on ln and reads it to the end; the
+// channel gets the byte count, or -1 if Accept failed.
+func discardOne(ln net.Listener) <-chan int64 {
+	received := make(chan int64, 1)
+	go func() {
+		c, err := ln.Accept()
+		if err != nil {
+			received <- -1
+			return
+		}
+		defer c.Close()
+		n, _ := io.Copy(io.Discard, c)
+		received <- n
+	}()
+	return received
 }
