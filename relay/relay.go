@@ -257,19 +257,16 @@ func New(cfg Config) (*Relay, error) {
 		r.rxLimit = newSourceLimiter(4096, cfg.SourceRate, cfg.SourceBurst, key)
 		r.txLimit = newSourceLimiter(4096, cfg.SourceRate, cfg.SourceBurst, ^key)
 	}
-	r.table = peer.New(peer.Config{
-		MaxPeers:     cfg.MaxPeers,
-		Expiry:       cfg.Expiry,
-		QueuePackets: cfg.QueuePackets,
-		QueueBytes:   cfg.QueueBytes,
-		Bubble: peer.Limit{
-			Interval: cfg.BubbleInterval,
-			Max:      cfg.BubbleRepeats + 1,
-			Window:   300 * time.Second,
-		},
-		Clock:   cfg.Clock,
-		OnTimer: r.onTimer,
-	})
+	pc := peer.RelayConfig()
+	pc.MaxPeers = cfg.MaxPeers
+	pc.Expiry = cfg.Expiry
+	pc.QueuePackets = cfg.QueuePackets
+	pc.QueueBytes = cfg.QueueBytes
+	pc.Bubble.Interval = cfg.BubbleInterval
+	pc.Bubble.Max = cfg.BubbleRepeats + 1
+	pc.Clock = cfg.Clock
+	pc.OnTimer = r.onTimer
+	r.table = peer.New(pc)
 	return r, nil
 }
 
