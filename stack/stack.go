@@ -316,7 +316,7 @@ func (s *Stack) build(q client.Qualified) error {
 	}
 	if err := ns.CreateNICWithOptions(NIC, s.ep, gstack.NICOptions{
 		Name:  "teredo",
-		QDisc: fifo.New(s.ep, 1, 1000),
+		QDisc: fifo.New(s.ep, 1, queueLength),
 	}); err != nil {
 		ns.Destroy()
 		return fmt.Errorf("stack: create NIC: %s", err)
@@ -330,6 +330,14 @@ func (s *Stack) build(q client.Qualified) error {
 	s.addr = q.Addr
 	return nil
 }
+
+// queueLength is the fifo queueing discipline's capacity in packets. gVisor
+// TCP counts a packet the full queue refused as sent, so an overflow is a
+// self-inflicted loss followed by a SACK recovery whose cost grows with the
+// window. The queue holds a full TCP send buffer (DefaultTCPSendBufferMax in
+// 1220-byte segments, about 5200) so that one connection cannot overflow it;
+// 1000 overflowed in the lab's upload benchmark.
+const queueLength = 8192
 
 func addAddr(ns *gstack.Stack, a netip.Addr) error {
 	pa := tcpip.ProtocolAddress{

@@ -16,6 +16,7 @@ import (
 	"github.com/teredo-go/teredo/dialer"
 	"github.com/teredo-go/teredo/listener"
 	"github.com/teredo-go/teredo/stack"
+	"gvisor.dev/gvisor/pkg/tcpip"
 )
 
 // qualifyTimeout is how long each configured server gets to qualify us:
@@ -78,7 +79,7 @@ func (n *stackNet) ServerName(a netip.Addr) string {
 func (n *stackNet) Status() teredoStatus {
 	st := n.s.Status()
 	c, l := st.Client, st.Link
-	return teredoStatus{
+	out := teredoStatus{
 		State:  c.State.String(),
 		Addr:   c.Addr,
 		Server: c.Server,
@@ -101,6 +102,17 @@ func (n *stackNet) Status() teredoStatus {
 		},
 		Drops: c.Counters.Drops,
 	}
+	tcp := n.s.Netstack().Stats().TCP
+	for name, v := range map[string]*tcpip.StatCounter{
+		"tcp_segments_sent": tcp.SegmentsSent, "tcp_segments_received": tcp.ValidSegmentsReceived,
+		"tcp_retransmits": tcp.Retransmits, "tcp_fast_retransmits": tcp.FastRetransmit,
+		"tcp_fast_recoveries": tcp.FastRecovery, "tcp_sack_recoveries": tcp.SACKRecovery,
+		"tcp_tlp_recoveries": tcp.TLPRecovery, "tcp_spurious_recoveries": tcp.SpuriousRecovery,
+		"tcp_timeouts": tcp.Timeouts, "tcp_segment_send_errors": tcp.SegmentSendErrors,
+	} {
+		out.Counters[name] = v.Value()
+	}
+	return out
 }
 
 func (n *stackNet) Close() error {

@@ -119,6 +119,12 @@ func TestRealStartQualifies(t *testing.T) {
 	if st.State != "qualified" || !ok || a.Server != in.ServerAddr() || st.Server != in.ServerAddr() || st.MTU != 1280 {
 		t.Fatalf("status %+v", st)
 	}
+	// The netstack's TCP counters are part of the status, for /metrics.
+	for _, k := range []string{"tcp_segments_sent", "tcp_retransmits", "tcp_sack_recoveries", "tcp_segment_send_errors"} {
+		if _, ok := st.Counters[k]; !ok {
+			t.Errorf("status counters lack %q", k)
+		}
+	}
 	if got := n.ServerName(in.ServerAddr()); got != in.ServerAddr().String() {
 		t.Errorf("ServerName = %q", got)
 	}
