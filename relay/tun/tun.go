@@ -38,4 +38,26 @@ type Config struct {
 	// prefix 2001::/32 (for a relay) or nothing (when the operator routes
 	// it).
 	Routes []netip.Prefix
+	// DisableOffload opens the device without virtio_net_hdr, so that
+	// WritePackets writes each packet on its own, as on kernels without
+	// IFF_VNET_HDR.
+	DisableOffload bool
+}
+
+// Stats counts what a Device did since Open.
+type Stats struct {
+	// Offload reports whether the device exchanges packets with a
+	// virtio_net_hdr, which lets WritePackets coalesce TCP segments.
+	Offload bool
+	// Packets and Writes count the packets written and the writes they took.
+	Packets, Writes uint64
+	// Coalesced counts the packets written as part of a TCP super-segment.
+	Coalesced uint64
+	// BadChecksum counts TCP segments written on their own because their
+	// checksum was wrong: the kernel would have recomputed it for a
+	// super-segment.
+	BadChecksum uint64
+	// WriteErrors counts failed writes; ReadDrops packets read with an
+	// offload the device never asked for.
+	WriteErrors, ReadDrops uint64
 }

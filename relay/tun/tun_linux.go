@@ -1,6 +1,7 @@
 package tun
 
 import (
+	"cmp"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -21,10 +22,16 @@ type Device struct {
 	name       string
 	index      int
 	configured bool
+	vnet       bool // packets carry a virtio_net_hdr
 	closed     atomic.Bool
 
 	batchMu sync.Mutex // one ReadPackets at a time: it owns batch
 	batch   batchRead
+
+	writeMu sync.Mutex // owns co
+	co      *coalescer
+
+	stats counters
 }
 
 // batchRead is the state of one ReadPackets call, kept in the Device so that
@@ -36,6 +43,8 @@ type batchRead struct {
 	n     int
 	err   error
 	fn    func(fd uintptr) bool
+	vnet  bool
+	drops *atomic.Uint64
 }
 
 // read reads packets from fd without blocking until bufs are full or the
@@ -52,6 +61,13 @@ func (b *batchRead) read(fd uintptr) bool {
 		if err != nil {
 			b.err = err
 			return true
+		}
+		if b.vnet {
+			var ok bool
+			if n, ok = fromVnet(b.bufs[b.n][:n]); !ok {
+				b.drops.Add(1)
+				continue
+			}
 		}
 		b.sizes[b.n] = n
 		b.n++
@@ -74,33 +90,20 @@ func Open(cfg Config) (*Device, error) {
 	if len(cfg.Name) >= unix.IFNAMSIZ {
 		return nil, fmt.Errorf("tun: interface name %q too long", cfg.Name)
 	}
-	fd, err := unix.Open("/dev/net/tun", unix.O_RDWR|unix.O_CLOEXEC, 0)
+	fd, ifr, vnet, err := attach(cfg)
 	if err != nil {
-		return nil, fmt.Errorf("tun: open /dev/net/tun: %w", err)
+		return nil, err
 	}
-	ifr, err := unix.NewIfreq(cfg.Name)
-	if err != nil {
-		unix.Close(fd)
-		return nil, fmt.Errorf("tun: %w", err)
-	}
-	ifr.SetUint16(unix.IFF_TUN | unix.IFF_NO_PI)
-	if err := unix.IoctlIfreq(fd, unix.TUNSETIFF, ifr); err != nil {
-		unix.Close(fd)
-		if errors.Is(err, unix.EPERM) {
-			return nil, fmt.Errorf("tun: attach %s: %w (create it for this user first: ip tuntap add dev %s mode tun user $USER)", cfg.Name, err, cfg.Name)
-		}
-		return nil, fmt.Errorf("tun: attach %s: %w", cfg.Name, err)
-	}
-	if err := unix.SetNonblock(fd, true); err != nil {
-		unix.Close(fd)
-		return nil, fmt.Errorf("tun: %w", err)
-	}
-	d := &Device{f: os.NewFile(uintptr(fd), "/dev/net/tun"), name: ifr.Name()}
+	d := &Device{f: os.NewFile(uintptr(fd), "/dev/net/tun"), name: ifr.Name(), vnet: vnet}
 	if d.rc, err = d.f.SyscallConn(); err != nil {
 		d.f.Close()
 		return nil, fmt.Errorf("tun: %w", err)
 	}
 	d.batch.fn = d.batch.read
+	d.batch.vnet, d.batch.drops = vnet, &d.stats.readDrops
+	if vnet {
+		d.co = newCoalescer(d.write, &d.stats)
+	}
 	ifi, err := net.InterfaceByName(d.name)
 	if err != nil {
 		d.f.Close()
@@ -121,6 +124,64 @@ func Open(cfg Config) (*Device, error) {
 		return nil, err
 	}
 	return d, nil
+}
+
+// attach opens /dev/net/tun and attaches it to the interface, with a
+// virtio_net_hdr on every packet unless the kernel cannot or cfg says not
+// to.
+func attach(cfg Config) (fd int, ifr *unix.Ifreq, vnet bool, err error) {
+	vnet = !cfg.DisableOffload
+	for {
+		fd, ifr, vnet, err = attachFlags(cfg.Name, vnet)
+		if err != nil || !vnet {
+			return fd, ifr, vnet, err
+		}
+		// No checksum or segmentation offload on reads: the kernel then
+		// hands over complete packets, and only writes use GSO. A device
+		// an administrator made persistent keeps another header size.
+		err = unix.IoctlSetPointerInt(fd, unix.TUNSETVNETHDRSZ, vnetHdrLen)
+		if err == nil {
+			err = unix.IoctlSetInt(fd, unix.TUNSETOFFLOAD, 0)
+		}
+		if err == nil {
+			return fd, ifr, vnet, nil
+		}
+		unix.Close(fd)
+		vnet = false
+	}
+}
+
+func attachFlags(name string, vnet bool) (int, *unix.Ifreq, bool, error) {
+	fd, err := unix.Open("/dev/net/tun", unix.O_RDWR|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return -1, nil, false, fmt.Errorf("tun: open /dev/net/tun: %w", err)
+	}
+	ifr, err := unix.NewIfreq(name)
+	if err != nil {
+		unix.Close(fd)
+		return -1, nil, false, fmt.Errorf("tun: %w", err)
+	}
+	flags := uint16(unix.IFF_TUN | unix.IFF_NO_PI)
+	if vnet {
+		if f, err := unix.IoctlGetUint32(fd, unix.TUNGETFEATURES); err != nil || f&unix.IFF_VNET_HDR == 0 {
+			vnet = false
+		} else {
+			flags |= unix.IFF_VNET_HDR
+		}
+	}
+	ifr.SetUint16(flags)
+	if err := unix.IoctlIfreq(fd, unix.TUNSETIFF, ifr); err != nil {
+		unix.Close(fd)
+		if errors.Is(err, unix.EPERM) {
+			return -1, nil, false, fmt.Errorf("tun: attach %s: %w (create it for this user first: ip tuntap add dev %s mode tun user $USER)", name, err, name)
+		}
+		return -1, nil, false, fmt.Errorf("tun: attach %s: %w", name, err)
+	}
+	if err := unix.SetNonblock(fd, true); err != nil {
+		unix.Close(fd)
+		return -1, nil, false, fmt.Errorf("tun: %w", err)
+	}
+	return fd, ifr, vnet, nil
 }
 
 // configure sets the MTU, brings the link up and adds the routes.
@@ -225,16 +286,25 @@ func (d *Device) Index() int { return d.index }
 // routes itself; false means the device was used as its owner left it.
 func (d *Device) Configured() bool { return d.configured }
 
-// ReadPacket implements relay.Device.
+// ReadPacket implements relay.Device. With offload on, the packet is read
+// with its virtio_net_hdr into b, so it may be up to len(b)-10 bytes long.
 func (d *Device) ReadPacket(b []byte) (int, error) {
-	n, err := d.f.Read(b)
-	if err != nil {
-		if errors.Is(err, os.ErrClosed) {
-			return 0, fmt.Errorf("tun: read %s: %w", d.name, net.ErrClosed)
+	for {
+		n, err := d.f.Read(b)
+		if err != nil {
+			if errors.Is(err, os.ErrClosed) {
+				return 0, fmt.Errorf("tun: read %s: %w", d.name, net.ErrClosed)
+			}
+			return 0, fmt.Errorf("tun: read %s: %w", d.name, err)
 		}
-		return 0, fmt.Errorf("tun: read %s: %w", d.name, err)
+		if !d.vnet {
+			return n, nil
+		}
+		if n, ok := fromVnet(b[:n]); ok {
+			return n, nil
+		}
+		d.stats.readDrops.Add(1)
 	}
-	return n, nil
 }
 
 // ReadPackets implements relay.BatchDevice: it blocks until a packet is
@@ -270,13 +340,66 @@ func (d *Device) ReadPackets(bufs [][]byte, sizes []int) (int, error) {
 
 // WritePacket implements relay.Device.
 func (d *Device) WritePacket(p []byte) error {
-	if _, err := d.f.Write(p); err != nil {
+	if !d.vnet {
+		return d.write(p, 1)
+	}
+	d.writeMu.Lock()
+	defer d.writeMu.Unlock()
+	return d.co.writeOne(p)
+}
+
+// WritePackets implements relay.BatchWriter: it writes pkts in order, and
+// with offload on merges consecutive TCP segments of a flow (ACK or ACK|PSH,
+// with verified checksums, no extension headers) into super-segments of up
+// to 64 KiB that the kernel splits again (GSO), at most MaxSegments per
+// write. Each flow's packets keep their order; packets of different flows
+// may be reordered. It returns how many packets were written: a failed write
+// drops its own packets and the others still go, and err is the first
+// failure. It keeps no reference to pkts.
+func (d *Device) WritePackets(pkts [][]byte) (int, error) {
+	if !d.vnet {
+		n := 0
+		var first error
+		for _, p := range pkts {
+			if err := d.write(p, 1); err != nil {
+				first = cmp.Or(first, err)
+				continue
+			}
+			n++
+		}
+		return n, first
+	}
+	d.writeMu.Lock()
+	defer d.writeMu.Unlock()
+	return d.co.coalesce(pkts)
+}
+
+// write writes b, which carries segs packets, as is.
+func (d *Device) write(b []byte, segs int) error {
+	_, err := d.f.Write(b)
+	if !d.vnet {
+		// The coalescer counts the writes it makes.
+		d.stats.writes.Add(1)
+		if err == nil {
+			d.stats.packets.Add(1)
+		} else {
+			d.stats.writeErrors.Add(1)
+		}
+	}
+	if err != nil {
 		if errors.Is(err, os.ErrClosed) {
 			return fmt.Errorf("tun: write %s: %w", d.name, net.ErrClosed)
 		}
 		return fmt.Errorf("tun: write %s: %w", d.name, err)
 	}
 	return nil
+}
+
+// Stats returns the device's counters.
+func (d *Device) Stats() Stats {
+	s := d.stats.load()
+	s.Offload = d.vnet
+	return s
 }
 
 // Close closes the device; a device Open created disappears with its

@@ -27,3 +27,9 @@ func (d *Device) WritePacket([]byte) error { return ErrUnsupported }
 
 // Close implements relay.Device.
 func (d *Device) Close() error { return nil }
+
+// WritePackets implements relay.BatchWriter.
+func (d *Device) WritePackets([][]byte) (int, error) { return 0, ErrUnsupported }
+
+// Stats returns the device's counters.
+func (d *Device) Stats() Stats { return Stats{} }
