@@ -2,9 +2,11 @@ package relay
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"errors"
 	"net/netip"
+	"slices"
 	"testing"
 	"time"
 
@@ -192,5 +194,80 @@ func TestRunBatchDevice(t *testing.T) {
 	}
 	if dev.reads != 1 {
 		t.Errorf("%d packets took %d ReadPackets calls, want 1", n, dev.reads)
+	}
+}
+
+// writerDevice is a fakeDevice that takes delivered packets in batches and
+// refuses those whose payload ends in "bad".
+type writerDevice struct {
+	*fakeDevice
+	batches []int
+}
+
+func (d *writerDevice) WritePackets(pkts [][]byte) (int, error) {
+	d.mu.Lock()
+	d.batches = append(d.batches, len(pkts))
+	d.mu.Unlock()
+	n := 0
+	var first error
+	for _, p := range pkts {
+		if bytes.HasSuffix(p, []byte("bad")) {
+			first = cmp.Or(first, errRefused)
+			continue
+		}
+		d.WritePacket(p)
+		n++
+	}
+	return n, first
+}
+
+// TestRunBatchWriter checks that the packets decapsulated from one read
+// batch reach a BatchWriter together, in order, and that each is counted.
+func TestRunBatchWriter(t *testing.T) {
+	nw := udpiotest.NewNetwork()
+	conn, err := nw.Listen(relayAddr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	client, err := nw.Listen(clientMap)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer client.Close()
+	dev := &writerDevice{fakeDevice: newFakeDevice()}
+	r, err := New(Config{Conn: conn, Device: dev, IPv4Filter: proto.AnyIPv4})
+	if err != nil {
+		t.Fatal(err)
+	}
+	peerAddr := teredoAddr(serverIP, clientMap)
+	payloads := []string{"a", "b", "bad", "c", "to teredo", "d"}
+	for _, p := range payloads { // queued before Run, so that one read takes them all
+		dst := native
+		if p == "to teredo" {
+			dst = teredoAddr(serverIP, clientMap2) // dropped: not served
+		}
+		if err := client.WriteTo(udpPacket(peerAddr, dst, []byte(p)), relayAddr); err != nil {
+			t.Fatal(err)
+		}
+	}
+	done := make(chan error, 1)
+	go func() { done <- r.Run(context.Background()) }()
+	deadline := time.Now().Add(5 * time.Second)
+	for r.Counter(RxForwarded)+r.Counter(RxErrors) < 5 && time.Now().Before(deadline) {
+		time.Sleep(time.Millisecond)
+	}
+	r.Close()
+	if err := <-done; err != nil {
+		t.Errorf("Run: %v", err)
+	}
+	var got []string
+	for _, p := range dev.take() {
+		got = append(got, string(p[proto.IPv6HeaderLen+8:]))
+	}
+	if !slices.Equal(got, []string{"a", "b", "c", "d"}) || !slices.Equal(dev.batches, []int{5}) {
+		t.Errorf("device got %q in batches %v; want a, b, c, d in one batch of 5", got, dev.batches)
+	}
+	if f, e, d := r.Counter(RxForwarded), r.Counter(RxErrors), r.Counter(RxDropDstTeredo); f != 4 || e != 1 || d != 1 {
+		t.Errorf("forwarded %d, errors %d, dst Teredo %d; want 4, 1, 1", f, e, d)
 	}
 }

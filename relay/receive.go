@@ -31,7 +31,7 @@ func (r *Relay) receive(b []byte, from netip.AddrPort, sc *scratch) {
 	}
 	now := r.now()
 	if !bubble && r.table.Accept(src, from, now) {
-		r.deliver(ip)
+		r.deliver(ip, sc)
 		return
 	}
 
@@ -93,7 +93,7 @@ func (r *Relay) receive(b []byte, from netip.AddrPort, sc *scratch) {
 		r.ctr.inc(RxBubbles)
 		return
 	}
-	r.deliver(ip)
+	r.deliver(ip, sc)
 }
 
 // serves reports whether the relay forwards a decapsulated packet with the
@@ -119,11 +119,33 @@ func (r *Relay) serves(ip []byte) bool {
 	return true
 }
 
-// deliver writes a decapsulated packet to the IPv6 side.
-func (r *Relay) deliver(ip []byte) {
+// deliver writes a decapsulated packet to the IPv6 side, or, with a
+// BatchWriter, keeps it for flushDelivered.
+func (r *Relay) deliver(ip []byte, sc *scratch) {
+	if sc.bw != nil {
+		sc.out = append(sc.out, ip)
+		return
+	}
 	if err := r.dev.WritePacket(ip); err != nil {
 		r.ctr.inc(RxErrors)
 		return
 	}
 	r.ctr.inc(RxForwarded)
+}
+
+// flushDelivered writes the packets deliver kept, counting each as
+// forwarded or as an error.
+func (r *Relay) flushDelivered(sc *scratch) {
+	if len(sc.out) == 0 {
+		return
+	}
+	n, err := sc.bw.WritePackets(sc.out)
+	n = min(max(n, 0), len(sc.out))
+	r.ctr.add(RxForwarded, uint64(n))
+	if n < len(sc.out) {
+		r.ctr.add(RxErrors, uint64(len(sc.out)-n))
+		r.log.Debug("IPv6-side write failed", "packets", len(sc.out)-n, "err", err)
+	}
+	clear(sc.out) // the read buffers are reused; drop the references anyway
+	sc.out = sc.out[:0]
 }

@@ -67,6 +67,21 @@ type BatchDevice interface {
 	ReadPackets(bufs [][]byte, sizes []int) (int, error)
 }
 
+// BatchWriter is a Device that takes the decapsulated packets of one read
+// batch together, as package relay/tun's does: it may merge consecutive TCP
+// segments of a flow into one offloaded write, so that the kernel forwards
+// a bulk upload once per super-segment rather than once per packet. The
+// relay hands it the packets of each batch of datagrams it reads.
+type BatchWriter interface {
+	Device
+	// WritePackets hands pkts to the IPv6 side, keeping the order of the
+	// packets of each flow (packets of different flows may be reordered).
+	// It returns how many it accepted; the others are dropped, and err
+	// describes the first failure. It keeps no reference to pkts or their
+	// bytes after returning.
+	WritePackets(pkts [][]byte) (int, error)
+}
+
 // Defaults for Config fields left zero.
 const (
 	DefaultMaxPeers       = peer.DefaultRelayMaxPeers
@@ -373,6 +388,9 @@ func (r *Relay) readTeredo() error {
 		msgs[i].Buffers = [][]byte{bufs[i*size : (i+1)*size]}
 	}
 	var sc scratch
+	// Decapsulated packets stay in msgs' buffers until the next ReadBatch,
+	// so a BatchWriter gets them all at once.
+	sc.bw, _ = r.dev.(BatchWriter)
 	for {
 		k, err := r.conn.ReadBatch(msgs)
 		if err != nil {
@@ -391,6 +409,7 @@ func (r *Relay) readTeredo() error {
 				r.receive(d, m.Addr, &sc)
 			}
 		}
+		r.flushDelivered(&sc)
 	}
 }
 
@@ -469,4 +488,8 @@ func (r *Relay) sendBatch(msgs []udpio.Message) {
 type scratch struct {
 	pkts []peer.Packet
 	buf  []byte
+
+	// bw, if set, takes the packets deliver collects in out.
+	bw  BatchWriter
+	out [][]byte
 }
