@@ -57,6 +57,7 @@ type options struct {
 	anyIPv4       bool
 	directBubbles bool
 	maxPeers      int
+	tunOffload    bool
 }
 
 func parseFlags(args []string, stderr io.Writer) (options, error) {
@@ -72,6 +73,7 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 	fs.BoolVar(&o.anyIPv4, "any-ipv4", false, "treat every IPv4 address as global unicast\n(for tests on loopback or private networks only)")
 	fs.BoolVar(&o.directBubbles, "direct-bubbles", false, "also send bubbles straight to clients' mappings\n(can make conntrack NATs remap clients; off by default)")
 	fs.IntVar(&o.maxPeers, "max-peers", relay.DefaultMaxPeers, "peer table size")
+	fs.BoolVar(&o.tunOffload, "tun-offload", true, "write clients' TCP segments to the TUN device coalesced, for the kernel to split (IFF_VNET_HDR GSO);\n-tun-offload=false writes each packet on its own")
 	if err := fs.Parse(args); err != nil {
 		return o, err
 	}
@@ -127,13 +129,16 @@ func serve(ctx context.Context, o options, log *slog.Logger, stdout io.Writer) e
 	if err != nil {
 		return err
 	}
-	dev, err := tun.Open(tun.Config{Name: o.tun, Routes: []netip.Prefix{o.prefix}})
+	dev, err := tun.Open(tun.Config{Name: o.tun, Routes: []netip.Prefix{o.prefix}, DisableOffload: !o.tunOffload})
 	if err != nil {
 		conn.Close()
 		return err
 	}
 	if !dev.Configured() {
 		log.Warn("using the TUN device as it is: its MTU and routes were set by its owner", "tun", dev.Name())
+	}
+	if o.tunOffload && !dev.Stats().Offload {
+		log.Warn("the TUN device has no IFF_VNET_HDR: packets are written one by one", "tun", dev.Name())
 	}
 	cfg := relay.Config{
 		Conn:          conn,
