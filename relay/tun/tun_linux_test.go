@@ -2,7 +2,10 @@ package tun
 
 import (
 	"bytes"
+	"encoding/binary"
 	"errors"
+	"fmt"
+	"io"
 	"net"
 	"net/netip"
 	"os"
@@ -16,29 +19,7 @@ import (
 // TestTUN runs itself again inside a new network namespace (root only):
 // a datagram to a Teredo address leaves through the device, and a packet
 // written to the device reaches a local socket.
-func TestTUN(t *testing.T) {
-	if os.Getenv("TUN_TEST_NETNS") == "1" {
-		testInNetns(t)
-		return
-	}
-	if os.Geteuid() != 0 {
-		t.Skip("needs root for a network namespace")
-	}
-	unshare, err := exec.LookPath("unshare")
-	if err != nil {
-		t.Skip("no unshare")
-	}
-	cmd := exec.Command(unshare, "-n", os.Args[0], "-test.run=^TestTUN$", "-test.v")
-	cmd.Env = append(os.Environ(), "TUN_TEST_NETNS=1")
-	out, err := cmd.CombinedOutput()
-	t.Logf("in netns:\n%s", out)
-	if err != nil {
-		t.Fatalf("netns run: %v", err)
-	}
-	if !bytes.Contains(out, []byte("--- PASS: TestTUN")) {
-		t.Fatal("the netns run did not pass")
-	}
-}
+func TestTUN(t *testing.T) { inNetns(t, "TestTUN", testInNetns) }
 
 func run(t *testing.T, args ...string) {
 	t.Helper()
@@ -184,5 +165,191 @@ func testInNetns(t *testing.T) {
 func TestOpenErrors(t *testing.T) {
 	if _, err := Open(Config{Name: "a-name-that-is-far-too-long"}); err == nil {
 		t.Error("long name accepted")
+	}
+}
+
+// inNetns runs the test named name again inside a new network namespace
+// (root only), where it calls fn.
+func inNetns(t *testing.T, name string, fn func(*testing.T)) {
+	if os.Getenv("TUN_TEST_NETNS") == "1" {
+		fn(t)
+		return
+	}
+	if os.Geteuid() != 0 {
+		t.Skip("needs root for a network namespace (CAP_NET_ADMIN for the TUN device)")
+	}
+	unshare, err := exec.LookPath("unshare")
+	if err != nil {
+		t.Skip("no unshare")
+	}
+	cmd := exec.Command(unshare, "-n", os.Args[0], "-test.run=^"+name+"$", "-test.v")
+	cmd.Env = append(os.Environ(), "TUN_TEST_NETNS=1")
+	out, err := cmd.CombinedOutput()
+	t.Logf("in netns:\n%s", out)
+	if err != nil {
+		t.Fatalf("netns run: %v", err)
+	}
+	if !bytes.Contains(out, []byte("--- PASS: "+name)) {
+		t.Fatal("the netns run did not pass")
+	}
+}
+
+// tcpPacket builds a TCP/IPv6 packet with a valid checksum.
+func tcpPacket(src, dst netip.AddrPort, seq, ack uint32, flags byte, opts, payload []byte) []byte {
+	th := 20 + len(opts)
+	p := make([]byte, 40+th+len(payload))
+	p[0] = 0x60
+	binary.BigEndian.PutUint16(p[4:], uint16(th+len(payload)))
+	p[6], p[7] = 6, 64
+	s, d := src.Addr().As16(), dst.Addr().As16()
+	copy(p[8:], s[:])
+	copy(p[24:], d[:])
+	t := p[40:]
+	binary.BigEndian.PutUint16(t[0:], src.Port())
+	binary.BigEndian.PutUint16(t[2:], dst.Port())
+	binary.BigEndian.PutUint32(t[4:], seq)
+	binary.BigEndian.PutUint32(t[8:], ack)
+	t[12] = byte(th/4) << 4
+	t[13] = flags
+	binary.BigEndian.PutUint16(t[14:], 65535)
+	copy(t[20:], opts)
+	copy(t[th:], payload)
+	setTCPChecksum(p)
+	return p
+}
+
+// TestTUNOffload shows that the kernel accepts a coalesced TCP
+// super-segment on a device whose reads ask for no offload, splits it and
+// delivers exactly its bytes to a kernel socket, which acknowledges all of
+// them; a segment with a bad checksum is written alone and dropped by the
+// kernel. With offload disabled the same batch goes packet by packet.
+func TestTUNOffload(t *testing.T) {
+	inNetns(t, "TestTUNOffload", func(t *testing.T) {
+		run(t, "ip", "link", "set", "lo", "up")
+		run(t, "ip", "addr", "add", "fd00::1/128", "dev", "lo", "nodad")
+		for i, off := range []bool{true, false} {
+			name := map[bool]string{true: "offload", false: "plain"}[off]
+			t.Run(name, func(t *testing.T) {
+				testTCPThroughTUN(t, fmt.Sprintf("tunoff%d", i), uint16(8000+i), !off)
+			})
+		}
+	})
+}
+
+func testTCPThroughTUN(t *testing.T, name string, port uint16, disable bool) {
+	d, err := Open(Config{Name: name, Routes: []netip.Prefix{netip.MustParsePrefix("fd00:0:0:1::/64")}, DisableOffload: disable})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer d.Close()
+	if d.Stats().Offload == disable {
+		t.Fatalf("offload %v with DisableOffload %v", d.Stats().Offload, disable)
+	}
+	remote := netip.AddrPortFrom(netip.MustParseAddr("fd00:0:0:1::2"), port)
+	deadline := time.Now().Add(10 * time.Second)
+	d.f.SetReadDeadline(deadline)
+
+	type dialed struct {
+		c   net.Conn
+		err error
+	}
+	dc := make(chan dialed, 1)
+	go func() {
+		dl := net.Dialer{Deadline: deadline}
+		c, err := dl.Dial("tcp6", remote.String())
+		dc <- dialed{c, err}
+	}()
+	// next returns the next TCP packet from remote's peer to remote.
+	buf := make([]byte, 2048)
+	next := func() []byte {
+		for {
+			n, err := d.ReadPacket(buf)
+			if err != nil {
+				t.Fatalf("reading the kernel's packets: %v", err)
+			}
+			p := buf[:n]
+			if n >= 60 && p[0]>>4 == 6 && p[6] == 6 && proto.Dst(p) == remote.Addr() &&
+				binary.BigEndian.Uint16(p[42:]) == port {
+				return p
+			}
+		}
+	}
+	syn := next()
+	if syn[53] != tcpSYN {
+		t.Fatalf("first packet has flags %#x, not SYN", syn[53])
+	}
+	local := netip.AddrPortFrom(proto.Src(syn), binary.BigEndian.Uint16(syn[40:]))
+	cseq := binary.BigEndian.Uint32(syn[44:]) + 1
+	const iss = 1_000_000
+	mss := []byte{2, 4, (MTU - 60) >> 8, (MTU - 60) & 0xff}
+	if err := d.WritePacket(tcpPacket(remote, local, iss, cseq, tcpSYN|tcpACK, mss, nil)); err != nil {
+		t.Fatal(err)
+	}
+	r := <-dc
+	if r.err != nil {
+		t.Fatalf("connect through the TUN device: %v", r.err)
+	}
+	conn := r.c
+	defer conn.Close()
+
+	const segs, size = 20, 1000
+	var pkts [][]byte
+	var want []byte
+	for i := range segs {
+		payload := make([]byte, size)
+		for j := range payload {
+			payload[j] = byte(i*7 + j)
+		}
+		flags := byte(tcpACK)
+		if i == segs-1 {
+			flags |= tcpPSH
+		}
+		pkts = append(pkts, tcpPacket(remote, local, iss+1+uint32(i*size), cseq, flags, nil, payload))
+		want = append(want, payload...)
+	}
+	// Then a segment the checksum check keeps out of the run: the kernel
+	// drops it.
+	bad := tcpPacket(remote, local, iss+1+segs*size, cseq, tcpACK, nil, []byte("corrupted"))
+	bad[len(bad)-1] ^= 1
+	pkts = append(pkts, bad)
+	before := d.Stats()
+	if n, err := d.WritePackets(pkts); n != len(pkts) || err != nil {
+		t.Fatalf("WritePackets = %d, %v", n, err)
+	}
+	st := d.Stats()
+	wantWrites, wantCoalesced, wantBad := uint64(2), uint64(segs), uint64(1)
+	if disable {
+		wantWrites, wantCoalesced, wantBad = segs+1, 0, 0
+	}
+	if w, c, b := st.Writes-before.Writes, st.Coalesced-before.Coalesced, st.BadChecksum-before.BadChecksum; w != wantWrites || c != wantCoalesced || b != wantBad {
+		t.Errorf("%d writes, %d coalesced, %d bad checksums; want %d, %d, %d", w, c, b, wantWrites, wantCoalesced, wantBad)
+	}
+	if st.Packets-before.Packets != uint64(len(pkts)) || st.WriteErrors != 0 {
+		t.Errorf("stats %+v", st)
+	}
+
+	conn.SetReadDeadline(deadline)
+	got := make([]byte, len(want)+100)
+	if _, err := io.ReadFull(conn, got[:len(want)]); err != nil {
+		t.Fatalf("socket read: %v", err)
+	}
+	if !bytes.Equal(got[:len(want)], want) {
+		t.Fatal("the socket got other bytes than were written")
+	}
+	// The kernel acknowledges the whole run, not the corrupted segment.
+	for {
+		p := next()
+		if p[53]&tcpACK == 0 {
+			continue
+		}
+		if ack := binary.BigEndian.Uint32(p[48:]); ack == iss+1+segs*size {
+			break
+		} else if ack > iss+1+segs*size {
+			t.Fatalf("the kernel acknowledged %d bytes", ack-iss-1)
+		}
+	}
+	conn.SetReadDeadline(time.Now().Add(100 * time.Millisecond))
+	if n, err := conn.Read(got); err == nil {
+		t.Fatalf("the socket got %d more bytes: %q", n, got[:n])
 	}
 }
