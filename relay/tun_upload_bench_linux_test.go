@@ -62,7 +62,7 @@ type upload struct {
 	conn     *udpio.UDPConn
 	relay    netip.AddrPort
 	src, dst netip.AddrPort
-	ack      uint32 // the kernel's sequence number we acknowledge
+	ack      uint32        // the kernel's sequence number we acknowledge
 	isn      uint32        // our first data byte's sequence number
 	una      atomic.Uint64 // bytes acknowledged
 	wnd      atomic.Uint32 // the kernel's window, scaled
