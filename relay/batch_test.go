@@ -271,3 +271,33 @@ func TestRunBatchWriter(t *testing.T) {
 		t.Errorf("forwarded %d, errors %d, dst Teredo %d; want 4, 1, 1", f, e, d)
 	}
 }
+
+// nullBatchWriter accepts every batch.
+type nullBatchWriter struct{ nullDevice }
+
+func (*nullBatchWriter) WritePackets(p [][]byte) (int, error) { return len(p), nil }
+
+func TestBatchWriterSteadyStateAllocs(t *testing.T) {
+	r, err := New(Config{Conn: &nullConn{}, Device: &nullBatchWriter{}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.table.Close()
+	peerAddr := teredoAddr(serverIP, clientMap)
+	r.table.Update(peerAddr.As16(), true, r.now(), func(p *peer.Peer) { p.Trust(clientMap) })
+	in := udpPacket(peerAddr, native, make([]byte, 100))
+	sc := scratch{bw: &nullBatchWriter{}}
+	batch := func() {
+		for range DefaultBatchSize {
+			r.receive(in, clientMap, &sc)
+		}
+		r.flushDelivered(&sc)
+	}
+	batch() // AllocsPerRun runs it once more before counting
+	if n := testing.AllocsPerRun(200, batch); n != 0 {
+		t.Errorf("a batch allocates %v", n)
+	}
+	if got := r.Counter(RxForwarded); got != 202*DefaultBatchSize {
+		t.Errorf("forwarded %d, want %d", got, 202*DefaultBatchSize)
+	}
+}
