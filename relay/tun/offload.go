@@ -128,7 +128,7 @@ type coalescer struct {
 
 // counters are the numbers behind Stats.
 type counters struct {
-	packets, writes, coalesced, badChecksum, writeErrors, readDrops atomic.Uint64
+	packets, writes, coalesced, badChecksum, writeErrors, readDrops, gsoFallbacks atomic.Uint64
 }
 
 func (c *counters) load() Stats {
@@ -139,6 +139,7 @@ func (c *counters) load() Stats {
 		BadChecksum: c.badChecksum.Load(),
 		WriteErrors: c.writeErrors.Load(),
 		ReadDrops:   c.readDrops.Load(),
+		GSOFailures: c.gsoFallbacks.Load(),
 	}
 }
 
@@ -344,9 +345,19 @@ func (c *coalescer) writeRun(r *tcpRun) {
 	// pseudo-header sum it finds in the checksum field (NEEDS_CSUM).
 	t[16], t[17] = 0, 0
 	binary.BigEndian.PutUint16(t[16:], tcpChecksum(pkt[:ipv6HdrLen], l))
-	if c.emit(b, r.n) {
-		c.stats.coalesced.Add(uint64(r.n))
+	c.stats.writes.Add(1)
+	if err := c.write(b, r.n); err != nil {
+		// The kernel took none of it (tun_get_user fails before it hands
+		// the packet on): try the segments one by one.
+		c.stats.gsoFallbacks.Add(1)
+		for _, i := range r.segs[:r.n] {
+			c.writePlain(c.pkts[i])
+		}
+		return
 	}
+	c.stats.packets.Add(uint64(r.n))
+	c.stats.coalesced.Add(uint64(r.n))
+	c.written += r.n
 }
 
 // writePlain writes p behind a header that asks for nothing.
@@ -361,15 +372,14 @@ func (c *coalescer) writePlain(p []byte) {
 	c.emit(b, 1)
 }
 
-func (c *coalescer) emit(b []byte, segs int) bool {
+func (c *coalescer) emit(b []byte, segs int) {
 	c.stats.writes.Add(1)
 	if err := c.write(b, segs); err != nil {
 		c.fail(err)
-		return false
+		return
 	}
 	c.stats.packets.Add(uint64(segs))
 	c.written += segs
-	return true
 }
 
 func (c *coalescer) fail(err error) {

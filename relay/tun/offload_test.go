@@ -350,33 +350,50 @@ func TestSuperSegment(t *testing.T) {
 	}
 }
 
-// TestCoalesceWriteError: a failed write loses its own packets only.
+// TestCoalesceWriteError: a failed write loses its own packets only, and
+// a refused super-segment is tried again segment by segment.
 func TestCoalesceWriteError(t *testing.T) {
 	a, b := stream(0, 0, 3, 1000), stream(1, 0, 2, 1000)
 	in := [][]byte{a[0].build(), b[0].build(), a[1].build(), a[2].build(), b[1].build()}
 	boom := errors.New("boom")
-	calls := 0
-	c := newCoalescer(func(buf []byte, segs int) error {
-		calls++
-		if calls == 1 {
-			return fmt.Errorf("write: %w", boom)
-		}
-		return nil
-	}, new(counters))
-	n, err := c.coalesce(in)
-	if n != 2 || !errors.Is(err, boom) || calls != 2 {
-		t.Fatalf("coalesce = %d, %v after %d writes; want 2, boom, 2", n, err, calls)
-	}
-	if c.stats.writeErrors.Load() != 1 || c.stats.packets.Load() != 2 {
-		t.Errorf("stats %+v", c.stats.load())
-	}
-	// The next call starts afresh.
-	c.write = func([]byte, int) error { return nil }
-	if n, err := c.coalesce(in[:1]); n != 1 || err != nil {
-		t.Fatalf("second coalesce = %d, %v", n, err)
-	}
-	if err := c.writeOne(make([]byte, maxWrite)); err == nil {
-		t.Error("oversized packet written")
+	for _, tt := range []struct {
+		name           string
+		refuse         func(b []byte) bool
+		written, calls int
+		gsoFails, errs uint64
+		wantErr        error
+	}{
+		// Flow 0 (source port 40000) is refused whole: its super-segment,
+		// then each of its segments.
+		{"flow", func(b []byte) bool { return binary.BigEndian.Uint16(b[vnetHdrLen+40:]) == 40000 }, 2, 5, 1, 3, boom},
+		{"gso", func(b []byte) bool { return b[1] != vnetGSONone }, 5, 7, 2, 0, nil},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			calls := 0
+			c := newCoalescer(func(b []byte, segs int) error {
+				calls++
+				if tt.refuse(b) {
+					return fmt.Errorf("write: %w", boom)
+				}
+				return nil
+			}, new(counters))
+			n, err := c.coalesce(in)
+			if n != tt.written || !errors.Is(err, tt.wantErr) || (err == nil) != (tt.wantErr == nil) || calls != tt.calls {
+				t.Fatalf("coalesce = %d, %v after %d writes; want %d, %v, %d", n, err, calls, tt.written, tt.wantErr, tt.calls)
+			}
+			st := c.stats.load()
+			if st.GSOFailures != tt.gsoFails || st.WriteErrors != tt.errs || st.Packets != uint64(tt.written) || st.Writes != uint64(tt.calls) {
+				t.Errorf("stats %+v", st)
+			}
+			// The next call starts afresh.
+			c.write = func([]byte, int) error { return nil }
+			if n, err := c.coalesce(in[:1]); n != 1 || err != nil {
+				t.Fatalf("second coalesce = %d, %v", n, err)
+			}
+			if err := c.writeOne(make([]byte, maxWrite)); err == nil {
+				t.Error("oversized packet written")
+			}
+		})
 	}
 }
 

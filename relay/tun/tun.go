@@ -57,6 +57,9 @@ type Stats struct {
 	// checksum was wrong: the kernel would have recomputed it for a
 	// super-segment.
 	BadChecksum uint64
+	// GSOFailures counts super-segments the kernel refused; their segments
+	// were then written one by one.
+	GSOFailures uint64
 	// WriteErrors counts failed writes; ReadDrops packets read with an
 	// offload the device never asked for.
 	WriteErrors, ReadDrops uint64
