@@ -12,6 +12,13 @@
 //	ip -6 route add 2001::/32 dev teredo
 //
 // Open then attaches to it as it is, and reports that through Configured.
+//
+// The device is opened with IFF_VNET_HDR where the kernel has it (unless
+// Config.DisableOffload): every packet then carries a virtio_net_hdr, and
+// WritePackets merges consecutive TCP segments of a flow into one
+// super-segment of up to 64 KiB that the kernel segments again (GSO), as
+// wireguard-go does, so that its forwarding path runs once per
+// super-segment. Reads ask for no offload and return plain packets.
 package tun
 
 import (
