@@ -94,6 +94,7 @@ type tcpRun struct {
 	gsoSize int    // payload length of the first segment
 	payload int    // payload bytes of all segments
 	nextSeq uint32 // sequence number the next segment must have
+	psh     bool   // some segment had PSH
 }
 
 // segment is what the coalescer learned about one packet.
@@ -186,7 +187,11 @@ func (c *coalescer) coalesce(pkts [][]byte) (int, error) {
 		if r == nil {
 			r = c.open(p, &s, i)
 		}
-		if r.n == MaxSegments || s.flags&tcpPSH != 0 || len(p)-s.hdrLen < r.gsoSize {
+		// Unlike the kernel's GRO, a PSH does not end a run: GRO flushes
+		// on PSH so as not to hold data back for later packets, but a run
+		// is written when its batch ends anyway. gVisor (our client) sets
+		// PSH on every segment it splits from one large send.
+		if r.n == MaxSegments || len(p)-s.hdrLen < r.gsoSize {
 			c.flush(r) // nothing may follow
 		}
 	}
@@ -268,6 +273,7 @@ func (c *coalescer) open(p []byte, s *segment, i int) *tcpRun {
 	r.gsoSize = len(p) - s.hdrLen
 	r.payload = r.gsoSize
 	r.nextSeq = s.seq + uint32(r.gsoSize)
+	r.psh = s.flags&tcpPSH != 0
 	return r
 }
 
@@ -294,6 +300,7 @@ func (c *coalescer) join(r *tcpRun, p []byte, s *segment, i int) bool {
 	r.n++
 	r.payload += payload
 	r.nextSeq += uint32(payload)
+	r.psh = r.psh || s.flags&tcpPSH != 0
 	return true
 }
 
@@ -320,7 +327,6 @@ func (c *coalescer) flushAll() {
 // writeRun builds r's super-segment in c.buf and writes it.
 func (c *coalescer) writeRun(r *tcpRun) {
 	first := c.pkts[r.segs[0]]
-	last := c.pkts[r.segs[r.n-1]]
 	b := c.buf[:vnetHdrLen+r.hdrLen+r.payload]
 	h := vnetHdr{
 		flags:      vnetFlagNeedsCsum,
@@ -340,7 +346,11 @@ func (c *coalescer) writeRun(r *tcpRun) {
 	l := len(pkt) - ipv6HdrLen
 	binary.BigEndian.PutUint16(pkt[4:6], uint16(l))
 	t := pkt[ipv6HdrLen:]
-	t[13] = first[ipv6HdrLen+13]&^tcpPSH | last[ipv6HdrLen+13]&tcpPSH
+	// The kernel's segmentation leaves PSH on the last segment only.
+	t[13] = first[ipv6HdrLen+13] &^ tcpPSH
+	if r.psh {
+		t[13] |= tcpPSH
+	}
 	// The kernel adds the sum of the TCP header and payload to the
 	// pseudo-header sum it finds in the checksum field (NEEDS_CSUM).
 	t[16], t[17] = 0, 0

@@ -162,7 +162,8 @@ func checkWrites(t testing.TB, in [][]byte, writes [][]byte, counts []int) []int
 			t.Fatalf("write %d carries %d segments, reported %d", i, len(out), counts[i])
 		}
 		segs = append(segs, len(out))
-		for _, p := range out {
+		psh := false // some original of this write had PSH
+		for j, p := range out {
 			f := flowOf(p)
 			if len(want[f]) == 0 {
 				t.Fatalf("write %d: packet %x not expected (any more) in its flow", i, p)
@@ -174,6 +175,19 @@ func checkWrites(t testing.TB, in [][]byte, writes [][]byte, counts []int) []int
 				// recomputed one must equal it.
 				if sum16(pseudoSum(exp, len(exp)-40), exp[40:]) != 0xffff {
 					t.Fatalf("write %d coalesced a segment with a bad checksum", i)
+				}
+			}
+			if len(out) > 1 {
+				// PSH may be on any original; the kernel's segmentation
+				// leaves it on the last segment of the write only.
+				psh = psh || exp[53]&tcpPSH != 0
+				if got, want := p[53]&tcpPSH != 0, psh && j == len(out)-1; got != want {
+					t.Fatalf("write %d: segment %d of %d has PSH %v, want %v", i, j, len(out), got, want)
+				}
+				if p[53]&tcpPSH != exp[53]&tcpPSH {
+					exp = slices.Clone(exp)
+					exp[53] ^= tcpPSH
+					setTCPChecksum(exp)
 				}
 			}
 			if !bytes.Equal(p, exp) {
@@ -239,6 +253,10 @@ func TestCoalesce(t *testing.T) {
 		return s
 	}
 	tsA := withTS(a[:4], ts1)
+	var pshAll []seg
+	for _, x := range a[:4] {
+		pshAll = append(pshAll, with(x, func(s *seg) { s.flags |= tcpPSH }))
+	}
 	tests := []struct {
 		name string
 		in   []seg
@@ -254,8 +272,9 @@ func TestCoalesce(t *testing.T) {
 		{"rst", []seg{a[0], a[1], with(a[2], func(s *seg) { s.flags = tcpRST | tcpACK })}, []int{2, 1}, 0},
 		{"ece", []seg{a[0], with(a[1], func(s *seg) { s.flags |= 0x40 }), a[2]}, []int{1, 1, 1}, 0},
 		{"pure ack", []seg{a[0], a[1], with(a[2], func(s *seg) { s.n = 0 }), a[2]}, []int{2, 1, 1}, 0},
-		{"psh closes", []seg{a[0], with(a[1], func(s *seg) { s.flags |= tcpPSH }), a[2], a[3]}, []int{2, 2}, 0},
-		{"psh first", []seg{with(a[0], func(s *seg) { s.flags |= tcpPSH }), a[1], a[2]}, []int{1, 2}, 0},
+		{"psh joins", []seg{a[0], with(a[1], func(s *seg) { s.flags |= tcpPSH }), a[2], a[3]}, []int{4}, 0},
+		{"psh first", []seg{with(a[0], func(s *seg) { s.flags |= tcpPSH }), a[1], a[2]}, []int{3}, 0},
+		{"psh on every segment", pshAll, []int{4}, 0},
 		{"short closes", []seg{a[0], a[1], with(a[2], func(s *seg) { s.n = 500 }), {flow: 0, seq: a[2].seq + 500, ack: 7, flags: tcpACK, n: m}}, []int{3, 1}, 0},
 		{"longer than first", []seg{with(a[0], func(s *seg) { s.n = 500 }), {flow: 0, seq: a[0].seq + 500, ack: 7, flags: tcpACK, n: m}}, []int{1, 1}, 0},
 		{"ack differs", []seg{a[0], with(a[1], func(s *seg) { s.ack = 8 })}, []int{1, 1}, 0},
