@@ -130,6 +130,7 @@ type coalescer struct {
 // counters are the numbers behind Stats.
 type counters struct {
 	packets, writes, coalesced, badChecksum, writeErrors, readDrops, gsoFallbacks atomic.Uint64
+	readSuper, readSegments                                                       atomic.Uint64
 }
 
 func (c *counters) load() Stats {
@@ -141,6 +142,9 @@ func (c *counters) load() Stats {
 		WriteErrors: c.writeErrors.Load(),
 		ReadDrops:   c.readDrops.Load(),
 		GSOFailures: c.gsoFallbacks.Load(),
+
+		ReadSuper:    c.readSuper.Load(),
+		ReadSegments: c.readSegments.Load(),
 	}
 }
 
@@ -397,32 +401,4 @@ func (c *coalescer) fail(err error) {
 	if c.firstErr == nil {
 		c.firstErr = err
 	}
-}
-
-// fromVnet moves the packet behind the virtio_net_hdr at the start of b to
-// the front of b and returns its length, completing a checksum the kernel
-// left to the device. It reports false for a packet to drop: one the kernel
-// did not segment (we never ask it not to) or whose header is inconsistent.
-func fromVnet(b []byte) (int, bool) {
-	if len(b) < vnetHdrLen {
-		return 0, false
-	}
-	h := decodeVnetHdr(b)
-	if h.gsoType != vnetGSONone {
-		return 0, false
-	}
-	n := copy(b, b[vnetHdrLen:])
-	if h.flags&vnetFlagNeedsCsum != 0 {
-		start, at := int(h.csumStart), int(h.csumStart)+int(h.csumOffset)
-		if at+2 > n {
-			return 0, false
-		}
-		// The field holds the pseudo-header sum: add the rest.
-		sum := ^checksum.Checksum(b[start:n], 0)
-		if sum == 0 {
-			sum = 0xffff
-		}
-		binary.BigEndian.PutUint16(b[at:], sum)
-	}
-	return n, true
 }

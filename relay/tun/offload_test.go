@@ -416,40 +416,6 @@ func TestCoalesceWriteError(t *testing.T) {
 	}
 }
 
-func TestFromVnet(t *testing.T) {
-	p := stream(0, 0, 1, 100)[0].build()
-	// A packet whose checksum the kernel left to the device: the field
-	// holds the pseudo-header sum.
-	partial := slices.Clone(p)
-	binary.BigEndian.PutUint16(partial[56:], uint16(pseudoSum(p, len(p)-40)))
-	h := vnetHdr{flags: vnetFlagNeedsCsum, csumStart: 40, csumOffset: 16}
-	for _, tt := range []struct {
-		name string
-		hdr  vnetHdr
-		pkt  []byte
-		want []byte
-	}{
-		{"plain", vnetHdr{}, p, p},
-		{"needs csum", h, partial, p},
-		{"gso", vnetHdr{gsoType: vnetGSOTCPv6, gsoSize: 50}, p, nil},
-		{"csum outside", vnetHdr{flags: vnetFlagNeedsCsum, csumStart: 200, csumOffset: 16}, p, nil},
-		{"short", vnetHdr{}, nil, []byte{}},
-	} {
-		t.Run(tt.name, func(t *testing.T) {
-			b := make([]byte, vnetHdrLen, 2048)
-			tt.hdr.encode(b)
-			b = append(b, tt.pkt...)
-			n, ok := fromVnet(b)
-			if ok != (tt.want != nil) || ok && !bytes.Equal(b[:n], tt.want) {
-				t.Fatalf("fromVnet = %x, %v; want %x", b[:n], ok, tt.want)
-			}
-		})
-	}
-	if _, ok := fromVnet(make([]byte, 3)); ok {
-		t.Error("a truncated header passed")
-	}
-}
-
 func TestCoalesceAllocs(t *testing.T) {
 	var in [][]byte
 	for _, s := range append(stream(0, 0, 40, 1220), stream(1, 0, 40, 1220)...) {

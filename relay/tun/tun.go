@@ -18,7 +18,11 @@
 // WritePackets merges consecutive TCP segments of a flow into one
 // super-segment of up to 64 KiB that the kernel segments again (GSO), as
 // wireguard-go does, so that its forwarding path runs once per
-// super-segment. Reads ask for no offload and return plain packets.
+// super-segment. Reads ask for TCP segmentation offload (TSO6) and checksum
+// offload: the kernel hands over TCP super-packets of up to 64 KiB, which
+// ReadPackets splits into segments of at most the MTU with their checksums,
+// as the kernel would have, so that it runs its stack once per super-packet
+// and the device reads once per super-packet instead of once per segment.
 package tun
 
 import (
@@ -67,7 +71,18 @@ type Stats struct {
 	// GSOFailures counts super-segments the kernel refused; their segments
 	// were then written one by one.
 	GSOFailures uint64
-	// WriteErrors counts failed writes; ReadDrops packets read with an
-	// offload the device never asked for.
+	// WriteErrors counts failed writes; ReadDrops packets read that could
+	// not be handed over: an offload the device never asked for, an
+	// inconsistent virtio_net_hdr, a packet longer than the caller's
+	// buffer.
 	WriteErrors, ReadDrops uint64
+
+	// ReadOffload reports whether reads may return TCP super-packets
+	// (TUN_F_TSO6) that the device splits into segments itself; false
+	// with Offload means the kernel refused and segments before the
+	// device, as without Offload.
+	ReadOffload bool
+	// ReadSuper counts the TCP super-packets read, and ReadSegments the
+	// packets split from them.
+	ReadSuper, ReadSegments uint64
 }

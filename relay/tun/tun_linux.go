@@ -23,10 +23,15 @@ type Device struct {
 	index      int
 	configured bool
 	vnet       bool // packets carry a virtio_net_hdr
+	tso        bool // reads may be TCP super-packets
 	closed     atomic.Bool
 
-	batchMu sync.Mutex // one ReadPackets at a time: it owns batch
+	batchMu sync.Mutex // one read at a time: it owns batch and one
 	batch   batchRead
+	one     struct {
+		bufs  [1][]byte
+		sizes [1]int
+	}
 
 	writeMu sync.Mutex // owns co
 	co      *coalescer
@@ -34,24 +39,37 @@ type Device struct {
 	stats counters
 }
 
-// batchRead is the state of one ReadPackets call, kept in the Device so that
-// the callback handed to the runtime poller is bound once and a batch
-// allocates nothing.
+// batchRead is the state of one read call, kept in the Device so that the
+// callback handed to the runtime poller is bound once and a batch allocates
+// nothing.
 type batchRead struct {
 	bufs  [][]byte
 	sizes []int
 	n     int
 	err   error
 	fn    func(fd uintptr) bool
-	vnet  bool
-	drops *atomic.Uint64
+	// split, with a virtio_net_hdr, reads each packet into its own buffer
+	// (a super-packet is bigger than the caller's) and keeps what did not
+	// fit one batch for the next.
+	split *splitter
 }
 
 // read reads packets from fd without blocking until bufs are full or the
 // queue is empty; it returns false (wait for readability) only if it got none.
 func (b *batchRead) read(fd uintptr) bool {
 	for b.n < len(b.bufs) {
-		n, err := unix.Read(int(fd), b.bufs[b.n])
+		if b.split != nil && b.split.pending() {
+			if n := b.split.next(b.bufs[b.n]); n > 0 {
+				b.sizes[b.n] = n
+				b.n++
+			}
+			continue
+		}
+		dst := b.bufs[b.n]
+		if b.split != nil {
+			dst = b.split.buf
+		}
+		n, err := unix.Read(int(fd), dst)
 		if err == unix.EINTR {
 			continue
 		}
@@ -62,12 +80,9 @@ func (b *batchRead) read(fd uintptr) bool {
 			b.err = err
 			return true
 		}
-		if b.vnet {
-			var ok bool
-			if n, ok = fromVnet(b.bufs[b.n][:n]); !ok {
-				b.drops.Add(1)
-				continue
-			}
+		if b.split != nil {
+			b.split.load(dst[:n])
+			continue
 		}
 		b.sizes[b.n] = n
 		b.n++
@@ -90,26 +105,23 @@ func Open(cfg Config) (*Device, error) {
 	if len(cfg.Name) >= unix.IFNAMSIZ {
 		return nil, fmt.Errorf("tun: interface name %q too long", cfg.Name)
 	}
-	fd, ifr, vnet, err := attach(cfg)
+	fd, ifr, vnet, tso, err := attach(cfg)
 	if err != nil {
 		return nil, err
 	}
-	d := &Device{f: os.NewFile(uintptr(fd), "/dev/net/tun"), name: ifr.Name(), vnet: vnet}
+	d := &Device{f: os.NewFile(uintptr(fd), "/dev/net/tun"), name: ifr.Name(), vnet: vnet, tso: tso}
 	if d.rc, err = d.f.SyscallConn(); err != nil {
 		d.f.Close()
 		return nil, fmt.Errorf("tun: %w", err)
 	}
 	d.batch.fn = d.batch.read
-	d.batch.vnet, d.batch.drops = vnet, &d.stats.readDrops
-	if vnet {
-		d.co = newCoalescer(d.write, &d.stats)
-	}
 	ifi, err := net.InterfaceByName(d.name)
 	if err != nil {
 		d.f.Close()
 		return nil, fmt.Errorf("tun: %w", err)
 	}
 	d.index = ifi.Index
+	mtu := cfg.MTU
 	switch err := d.configure(cfg); {
 	case err == nil:
 		d.configured = true
@@ -119,32 +131,45 @@ func Open(cfg Config) (*Device, error) {
 			d.f.Close()
 			return nil, fmt.Errorf("tun: %s is down and cannot be configured without CAP_NET_ADMIN: %w", d.name, err)
 		}
+		mtu = ifi.MTU
 	default:
 		d.f.Close()
 		return nil, err
 	}
+	if vnet {
+		d.co = newCoalescer(d.write, &d.stats)
+		d.batch.split = newSplitter(mtu, &d.stats)
+	}
 	return d, nil
 }
 
+// readOffload is the offload reads ask for: the kernel may hand over TCP/IPv6
+// super-packets, and leave checksums to the device. Nothing else (TSO4, ECN,
+// UFO, USO) is advertised, so that no other kind of super-packet arrives.
+const readOffload = unix.TUN_F_CSUM | unix.TUN_F_TSO6
+
 // attach opens /dev/net/tun and attaches it to the interface, with a
 // virtio_net_hdr on every packet unless the kernel cannot or cfg says not
-// to.
-func attach(cfg Config) (fd int, ifr *unix.Ifreq, vnet bool, err error) {
+// to; tso reports whether reads may return TCP super-packets.
+func attach(cfg Config) (fd int, ifr *unix.Ifreq, vnet, tso bool, err error) {
 	vnet = !cfg.DisableOffload
 	for {
 		fd, ifr, vnet, err = attachFlags(cfg.Name, vnet)
 		if err != nil || !vnet {
-			return fd, ifr, vnet, err
+			return fd, ifr, vnet, false, err
 		}
-		// No checksum or segmentation offload on reads: the kernel then
-		// hands over complete packets, and only writes use GSO. A device
-		// an administrator made persistent keeps another header size.
+		// A device an administrator made persistent keeps another header
+		// size. Without read offload the kernel hands over complete
+		// packets, and only writes use GSO.
 		err = unix.IoctlSetPointerInt(fd, unix.TUNSETVNETHDRSZ, vnetHdrLen)
 		if err == nil {
+			if unix.IoctlSetInt(fd, unix.TUNSETOFFLOAD, readOffload) == nil {
+				return fd, ifr, vnet, true, nil
+			}
 			err = unix.IoctlSetInt(fd, unix.TUNSETOFFLOAD, 0)
 		}
 		if err == nil {
-			return fd, ifr, vnet, nil
+			return fd, ifr, vnet, false, nil
 		}
 		unix.Close(fd)
 		vnet = false
@@ -286,31 +311,27 @@ func (d *Device) Index() int { return d.index }
 // routes itself; false means the device was used as its owner left it.
 func (d *Device) Configured() bool { return d.configured }
 
-// ReadPacket implements relay.Device. With offload on, the packet is read
-// with its virtio_net_hdr into b, so it may be up to len(b)-10 bytes long.
+// ReadPacket implements relay.Device. A packet longer than b (with offload
+// on, where the device reads into its own buffer) is dropped and counted in
+// ReadDrops; without offload the kernel truncates it.
 func (d *Device) ReadPacket(b []byte) (int, error) {
-	for {
-		n, err := d.f.Read(b)
-		if err != nil {
-			if errors.Is(err, os.ErrClosed) {
-				return 0, fmt.Errorf("tun: read %s: %w", d.name, net.ErrClosed)
-			}
-			return 0, fmt.Errorf("tun: read %s: %w", d.name, err)
-		}
-		if !d.vnet {
-			return n, nil
-		}
-		if n, ok := fromVnet(b[:n]); ok {
-			return n, nil
-		}
-		d.stats.readDrops.Add(1)
+	d.batchMu.Lock()
+	defer d.batchMu.Unlock()
+	d.one.bufs[0] = b
+	_, err := d.readBatch(d.one.bufs[:], d.one.sizes[:])
+	d.one.bufs[0] = nil
+	if err != nil {
+		return 0, err
 	}
+	return d.one.sizes[0], nil
 }
 
 // ReadPackets implements relay.BatchDevice: it blocks until a packet is
 // queued, then reads it and those queued behind it, up to len(bufs), in one
 // wake-up. It stores packet i in bufs[i] and its length in sizes[i], and
-// returns the number of packets read.
+// returns the number of packets read. With read offload, the segments of a
+// TCP super-packet the kernel handed over count as packets; those that do
+// not fit in bufs are returned first by the next call.
 func (d *Device) ReadPackets(bufs [][]byte, sizes []int) (int, error) {
 	if len(sizes) < len(bufs) {
 		return 0, fmt.Errorf("tun: read %s: %d sizes for %d buffers", d.name, len(sizes), len(bufs))
@@ -320,6 +341,11 @@ func (d *Device) ReadPackets(bufs [][]byte, sizes []int) (int, error) {
 	}
 	d.batchMu.Lock()
 	defer d.batchMu.Unlock()
+	return d.readBatch(bufs, sizes)
+}
+
+// readBatch reads into bufs; d.batchMu must be held.
+func (d *Device) readBatch(bufs [][]byte, sizes []int) (int, error) {
 	b := &d.batch
 	b.bufs, b.sizes, b.n, b.err = bufs, sizes, 0, nil
 	err := d.rc.Read(b.fn)
@@ -398,7 +424,7 @@ func (d *Device) write(b []byte, segs int) error {
 // Stats returns the device's counters.
 func (d *Device) Stats() Stats {
 	s := d.stats.load()
-	s.Offload = d.vnet
+	s.Offload, s.ReadOffload = d.vnet, d.tso
 	return s
 }
 
