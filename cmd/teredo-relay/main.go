@@ -73,7 +73,7 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 	fs.BoolVar(&o.anyIPv4, "any-ipv4", false, "treat every IPv4 address as global unicast\n(for tests on loopback or private networks only)")
 	fs.BoolVar(&o.directBubbles, "direct-bubbles", false, "also send bubbles straight to clients' mappings\n(can make conntrack NATs remap clients; off by default)")
 	fs.IntVar(&o.maxPeers, "max-peers", relay.DefaultMaxPeers, "peer table size")
-	fs.BoolVar(&o.tunOffload, "tun-offload", true, "write clients' TCP segments to the TUN device coalesced, for the kernel to split (IFF_VNET_HDR GSO);\n-tun-offload=false writes each packet on its own")
+	fs.BoolVar(&o.tunOffload, "tun-offload", true, "write clients' TCP segments to the TUN device coalesced, for the kernel to split (IFF_VNET_HDR GSO),\nand read TCP super-packets from it to split in the relay (TSO);\n-tun-offload=false reads and writes each packet on its own")
 	if err := fs.Parse(args); err != nil {
 		return o, err
 	}
@@ -137,8 +137,10 @@ func serve(ctx context.Context, o options, log *slog.Logger, stdout io.Writer) e
 	if !dev.Configured() {
 		log.Warn("using the TUN device as it is: its MTU and routes were set by its owner", "tun", dev.Name())
 	}
-	if o.tunOffload && !dev.Stats().Offload {
+	if st := dev.Stats(); o.tunOffload && !st.Offload {
 		log.Warn("the TUN device has no IFF_VNET_HDR: packets are written one by one", "tun", dev.Name())
+	} else if o.tunOffload && !st.ReadOffload {
+		log.Warn("the TUN device refused TSO on reads: the kernel segments before the relay reads", "tun", dev.Name())
 	}
 	cfg := relay.Config{
 		Conn:          conn,
