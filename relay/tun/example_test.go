@@ -24,3 +24,28 @@ func ExampleDevice_WritePackets() {
 	st := d.Stats()
 	fmt.Printf("offload %v: %d packets in %d writes\n", st.Offload, st.Packets, st.Writes)
 }
+
+// A relay reads the packets the kernel routed into the device in batches.
+// With read offload, one read of a TCP super-packet fills several buffers
+// with its segments, each a complete packet of at most the MTU.
+func ExampleDevice_ReadPackets() {
+	d, err := tun.Open(tun.Config{Routes: []netip.Prefix{netip.MustParsePrefix("2001::/32")}})
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer d.Close()
+	bufs, sizes := make([][]byte, 32), make([]int, 32)
+	for i := range bufs {
+		bufs[i] = make([]byte, 8192)
+	}
+	n, err := d.ReadPackets(bufs, sizes)
+	if err != nil {
+		log.Fatal(err)
+	}
+	for i := range n {
+		pkt := bufs[i][:sizes[i]] // an IPv6 packet with valid checksums
+		_ = pkt
+	}
+	st := d.Stats()
+	fmt.Printf("read offload %v: %d super-packets split into %d segments\n", st.ReadOffload, st.ReadSuper, st.ReadSegments)
+}
