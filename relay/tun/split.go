@@ -15,7 +15,11 @@ import (
 // at most the MTU with valid checksums, and the kernel runs its stack once
 // per super-packet instead of once per segment. The kernel's hdr_len is
 // skb_headlen, a hint, not the header length: the header length is
-// csum_start plus the TCP data offset.
+// csum_start plus the TCP data offset. Between the IPv6 and the TCP header
+// only hop-by-hop and destination options are taken, copied into every
+// segment; a super-packet with any other extension header, another GSO
+// type, an inconsistent header or segments longer than the MTU the device
+// had at Open is dropped and counted (ReadDrops).
 
 // More flags and the TCP flag the segmentation treats specially.
 const (

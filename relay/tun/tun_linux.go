@@ -311,9 +311,9 @@ func (d *Device) Index() int { return d.index }
 // routes itself; false means the device was used as its owner left it.
 func (d *Device) Configured() bool { return d.configured }
 
-// ReadPacket implements relay.Device. A packet longer than b (with offload
-// on, where the device reads into its own buffer) is dropped and counted in
-// ReadDrops; without offload the kernel truncates it.
+// ReadPacket implements relay.Device. With offload on, the device reads into
+// its own buffer, and a packet longer than b is dropped and counted in
+// ReadDrops.
 func (d *Device) ReadPacket(b []byte) (int, error) {
 	d.batchMu.Lock()
 	defer d.batchMu.Unlock()
