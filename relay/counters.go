@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"net/http"
+	"slices"
 	"sync/atomic"
 	"time"
 
@@ -114,6 +115,9 @@ type Status struct {
 	PeersEvicted uint64            `json:"peers_evicted"`
 	PeersExpired uint64            `json:"peers_expired"`
 	Counters     map[string]uint64 `json:"counters"`
+	// Device holds the IPv6 side's own counters, if it has any (see
+	// CountingDevice).
+	Device map[string]uint64 `json:"device,omitempty"`
 }
 
 // Counter returns the current value of c.
@@ -141,6 +145,9 @@ func (r *Relay) Status() Status {
 	for c := range numCounters {
 		s.Counters[c.String()] = r.Counter(c)
 	}
+	if cd, ok := r.dev.(CountingDevice); ok {
+		s.Device = cd.DeviceCounters()
+	}
 	return s
 }
 
@@ -155,6 +162,18 @@ func (r *Relay) WriteMetrics(w *metrics.Writer) {
 	w.Counter("teredo_relay_peers_created_total", "Peer entries created.", ts.Created)
 	w.Counter("teredo_relay_peers_evicted_total", "Peer entries evicted to make room.", ts.Evicted)
 	w.Counter("teredo_relay_peers_expired_total", "Peer entries removed when idle.", ts.Expired)
+	if cd, ok := r.dev.(CountingDevice); ok {
+		dc := cd.DeviceCounters()
+		keys := make([]string, 0, len(dc))
+		for k := range dc {
+			keys = append(keys, k)
+		}
+		slices.Sort(keys)
+		w.Header("teredo_relay_device_events_total", "What the IPv6-side device did (TUN offload: packets written and coalesced, super-packets read and split, drops), by event.", metrics.Counter)
+		for _, k := range keys {
+			w.Sample("teredo_relay_device_events_total", float64(dc[k]), "event", k)
+		}
+	}
 }
 
 // Handler serves the status as JSON at /status and the metrics at /metrics.

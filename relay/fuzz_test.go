@@ -7,6 +7,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/teredo-go/teredo/internal/metrics"
 	"github.com/teredo-go/teredo/proto"
 )
 
@@ -75,5 +76,35 @@ func TestHandler(t *testing.T) {
 	resp.Body.Close()
 	if !strings.Contains(sb.String(), `teredo_relay_events_total{event="tx_drop_not_teredo"} 1`) {
 		t.Fatalf("metrics:\n%s", sb.String())
+	}
+}
+
+// countingDevice is a fakeDevice with counters of its own.
+type countingDevice struct{ *fakeDevice }
+
+func (countingDevice) DeviceCounters() map[string]uint64 {
+	return map[string]uint64{"coalesced": 40, "read_super": 3}
+}
+
+// TestDeviceCounters checks that a CountingDevice's counters reach /status
+// and /metrics.
+func TestDeviceCounters(t *testing.T) {
+	h := newHarness(t, func(c *Config) { c.Device = countingDevice{newFakeDevice()} })
+	if st := h.r.Status(); st.Device["coalesced"] != 40 || st.Device["read_super"] != 3 {
+		t.Fatalf("status device counters %v", st.Device)
+	}
+	if st := newHarness(t, nil).r.Status(); st.Device != nil {
+		t.Errorf("a device without counters shows %v", st.Device)
+	}
+	var sb strings.Builder
+	w := metrics.NewWriter(&sb)
+	h.r.WriteMetrics(w)
+	for _, want := range []string{
+		`teredo_relay_device_events_total{event="coalesced"} 40`,
+		`teredo_relay_device_events_total{event="read_super"} 3`,
+	} {
+		if !strings.Contains(sb.String(), want) {
+			t.Errorf("metrics lack %s:\n%s", want, sb.String())
+		}
 	}
 }

@@ -82,6 +82,14 @@ type BatchWriter interface {
 	WritePackets(pkts [][]byte) (int, error)
 }
 
+// CountingDevice is a Device that counts its own work, as package
+// relay/tun's offload does; Status and WriteMetrics include its counters.
+type CountingDevice interface {
+	Device
+	// DeviceCounters returns cumulative counters by snake_case name.
+	DeviceCounters() map[string]uint64
+}
+
 // Defaults for Config fields left zero.
 const (
 	DefaultMaxPeers       = peer.DefaultRelayMaxPeers

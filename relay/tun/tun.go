@@ -86,3 +86,18 @@ type Stats struct {
 	// packets split from them.
 	ReadSuper, ReadSegments uint64
 }
+
+// Counters returns the cumulative counters of s by snake_case name, for
+// status pages; the Offload and ReadOffload modes are not counters and are
+// left out.
+func (s Stats) Counters() map[string]uint64 {
+	return map[string]uint64{
+		"packets_written": s.Packets, "writes": s.Writes, "coalesced": s.Coalesced,
+		"bad_checksum": s.BadChecksum, "gso_failures": s.GSOFailures,
+		"write_errors": s.WriteErrors, "read_drops": s.ReadDrops,
+		"read_super": s.ReadSuper, "read_segments": s.ReadSegments,
+	}
+}
+
+// DeviceCounters implements relay.CountingDevice.
+func (d *Device) DeviceCounters() map[string]uint64 { return d.Stats().Counters() }
