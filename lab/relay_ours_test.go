@@ -67,6 +67,7 @@ type relayStatus struct {
 	HostSpecific bool              `json:"host_specific"`
 	Peers        int               `json:"peers"`
 	Counters     map[string]uint64 `json:"counters"`
+	Device       map[string]uint64 `json:"device"` // the TUN device's own counters
 }
 
 func (r *ourRelay) status(t testing.TB) relayStatus {

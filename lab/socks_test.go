@@ -9,6 +9,7 @@ import (
 	"io"
 	"net"
 	"net/netip"
+	"path/filepath"
 	"regexp"
 	"testing"
 	"time"
@@ -149,10 +150,43 @@ func TestTeredoSocks(t *testing.T) {
 		t.Logf("%s: %d bytes in %v (%.1f MB/s)", s.Host.Name, got.Size, took.Round(time.Millisecond), float64(got.Size)/took.Seconds()/1e6)
 	}
 	t.Run("download-our-relay", func(t *testing.T) {
-		before := ours.status(t).Counters["tx_forwarded"]
+		st0 := ours.status(t)
 		curlSocks(t, s1)
-		if st := ours.status(t); st.Counters["tx_forwarded"]-before < size/1280 {
+		st := ours.status(t)
+		if st.Counters["tx_forwarded"]-st0.Counters["tx_forwarded"] < size/1280 {
 			t.Errorf("the download did not go through our relay: %v", st)
+		}
+		// The host's TCP sends super-packets that the kernel forwards into
+		// the TUN device whole (TSO6 on reads); the relay splits them.
+		if n := st.Device["read_segments"] - st0.Device["read_segments"]; n < size/1280/2 {
+			t.Errorf("only %d of the download's packets were read as parts of super-packets: device %v", n, st.Device)
+		}
+	})
+	t.Run("upload-our-relay", func(t *testing.T) {
+		up := l.V6Host.ServeUpload(t, netip.AddrPortFrom(V6HostAddr, 8081))
+		file := filepath.Join(t.TempDir(), "upload.bin")
+		want, err := WriteFile(file, size)
+		if err != nil {
+			t.Fatal(err)
+		}
+		st0 := ours.status(t)
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+		defer cancel()
+		start := time.Now()
+		got, err := s1.Host.CurlUpload(ctx, up.URL, file, "--socks5-hostname", socksListen)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got != want {
+			t.Fatalf("the server received %d bytes sha256 %s, want %d bytes sha256 %s", got.Size, got.SHA256, want.Size, want.SHA256)
+		}
+		took := time.Since(start)
+		st := ours.status(t)
+		t.Logf("upload: %d bytes in %v (%.1f MB/s); device %v", got.Size, took.Round(time.Millisecond), float64(got.Size)/took.Seconds()/1e6, st.Device)
+		// The client's segments of one read batch reach the host as one
+		// GSO write (TUN write offload).
+		if n := st.Device["coalesced"] - st0.Device["coalesced"]; n < size/1280/2 {
+			t.Errorf("only %d of the upload's packets were written as parts of super-segments: device %v", n, st.Device)
 		}
 	})
 	t.Run("download-miredo-relay", func(t *testing.T) {
