@@ -35,7 +35,8 @@ type Config struct {
 	// The server does not close it.
 	IPv6Output IPv6Output
 	// RateLimit bounds what each source IPv4 address can make the server
-	// send.
+	// send. Its zero value means the defaults (DefaultRatePerSecond,
+	// DefaultRateBurst); a negative PerSecond disables the limit.
 	RateLimit RateLimit
 
 	// Clock is the time source of the rate limit; nil means the real clock.

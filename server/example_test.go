@@ -1,6 +1,7 @@
 package server_test
 
 import (
+	"encoding/json"
 	"fmt"
 	"net/netip"
 
@@ -50,4 +51,18 @@ func ExampleProcessor() {
 	// 48 bytes from the primary socket to 198.51.100.7:50000, origin 203.0.113.5:40000
 	// forwarded-teredo
 	// dropped malformed 1
+}
+
+// A Go client of GET /status decodes the page into Status; drop reasons it
+// does not know, from a newer server, are ignored.
+func ExampleDropCounts_UnmarshalJSON() {
+	page := `{"primary": "198.18.0.1:3544", "secondary": "198.18.0.2:3544", "mtu": 1280,
+	  "stats": {"received": 12, "dropped": 3,
+	    "drops": {"malformed": 2, "rate_limited": 1, "reason_from_the_future": 5}}}`
+	var st server.Status
+	if err := json.Unmarshal([]byte(page), &st); err != nil {
+		panic(err)
+	}
+	fmt.Println(st.Primary, st.Stats.Dropped, st.Stats.Drops[server.DropMalformed], st.Stats.Drops[server.DropRateLimited])
+	// Output: 198.18.0.1:3544 3 2 1
 }

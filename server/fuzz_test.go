@@ -1,6 +1,8 @@
 package server
 
 import (
+	"bytes"
+	"encoding/json"
 	"net/netip"
 	"testing"
 
@@ -59,6 +61,45 @@ func FuzzProcess(f *testing.F) {
 			if r.Action == ForwardedTeredo && s.sock != Primary {
 				t.Fatal("forwarded from the secondary")
 			}
+		}
+	})
+}
+
+// FuzzDropCountsJSON decodes arbitrary input as DropCounts: it must not
+// panic, and whatever it accepts must survive encoding and decoding again
+// unchanged.
+func FuzzDropCountsJSON(f *testing.F) {
+	var all DropCounts
+	for r := range NumDropReasons {
+		all[r] = uint64(r) << 40
+	}
+	b, _ := json.Marshal(all)
+	for _, s := range []string{
+		string(b), `{}`, `null`, `{"malformed":7,"from_the_future":[1]}`, `{"none":1}`,
+		`{"rate_limited":18446744073709551615}`, `{"loop":-1}`, `{"loop":1e2}`, `{"loop":null}`,
+		`[1]`, `"x"`, ``, `{"loop":1`,
+	} {
+		f.Add([]byte(s))
+	}
+	f.Fuzz(func(t *testing.T, in []byte) {
+		var d DropCounts
+		if err := json.Unmarshal(in, &d); err != nil {
+			return
+		}
+		var direct DropCounts
+		if err := direct.UnmarshalJSON(in); err != nil || direct != d {
+			t.Fatalf("UnmarshalJSON(%q) = %v, %v; json.Unmarshal gave %v", in, direct, err, d)
+		}
+		b, err := json.Marshal(d)
+		if err != nil {
+			t.Fatalf("Marshal(%v): %v", d, err)
+		}
+		var again DropCounts
+		if err := json.Unmarshal(b, &again); err != nil || again != d {
+			t.Fatalf("%q decoded as %v, encoded as %s, decoded again as %v, %v", in, d, b, again, err)
+		}
+		if b2, _ := json.Marshal(again); !bytes.Equal(b2, b) {
+			t.Fatalf("encodings differ: %s then %s", b, b2)
 		}
 	})
 }

@@ -1,6 +1,7 @@
 package server
 
 import (
+	"math"
 	"net/netip"
 	"sync"
 	"time"
@@ -81,7 +82,14 @@ func newLimiter(r RateLimit, now time.Time) *limiter {
 	if l.disabled {
 		return l
 	}
-	l.full = int64(l.burst/l.rate) + 1
+	// At a rate so low that an empty bucket takes longer than int64
+	// nanoseconds to refill, the conversion would wrap to a negative
+	// period, and every packet would sweep the whole table.
+	if f := l.burst / l.rate; f < math.MaxInt64 {
+		l.full = int64(f) + 1
+	} else {
+		l.full = math.MaxInt64
+	}
 	l.buckets = make(map[[4]byte]bucket, min(r.MaxSources, 1024))
 	l.overflow = bucket{tokens: l.burst}
 	l.lastSweep = -l.full

@@ -2,6 +2,7 @@ package server
 
 import (
 	"encoding/json"
+	"fmt"
 	"net/http"
 	"net/netip"
 
@@ -30,7 +31,8 @@ type Stats struct {
 }
 
 // DropCounts counts drops indexed by reason. It encodes to JSON as an
-// object keyed by DropReason.String, without NotDropped.
+// object keyed by DropReason.String, without NotDropped, and decodes from
+// the same form, so that a Go client of /status can use Status as is.
 type DropCounts [NumDropReasons]uint64
 
 // MarshalJSON implements json.Marshaler.
@@ -40,6 +42,33 @@ func (d DropCounts) MarshalJSON() ([]byte, error) {
 		m[r.String()] = d[r]
 	}
 	return json.Marshal(m)
+}
+
+// UnmarshalJSON implements json.Unmarshaler. It accepts an object of
+// non-negative integer counts keyed by DropReason.String; reasons absent
+// from it count zero. Keys it does not know, including "none", are
+// ignored whatever their values rather than refused, so that a client
+// keeps reading the status of a newer server that counts more reasons.
+// JSON null leaves d as it is, as for the types encoding/json decodes
+// itself. On error d is unchanged.
+func (d *DropCounts) UnmarshalJSON(b []byte) error {
+	var m map[string]json.RawMessage
+	if err := json.Unmarshal(b, &m); err != nil {
+		return fmt.Errorf("server: decoding drop counts: %w", err)
+	}
+	if m == nil {
+		return nil
+	}
+	var c DropCounts
+	for r := DropReason(1); r < NumDropReasons; r++ {
+		if v, ok := m[r.String()]; ok {
+			if err := json.Unmarshal(v, &c[r]); err != nil {
+				return fmt.Errorf("server: decoding drop count %q: %w", r.String(), err)
+			}
+		}
+	}
+	*d = c
+	return nil
 }
 
 // Status describes a running server, as GET /status returns it.
