@@ -4,7 +4,14 @@
 // Usage:
 //
 //	teredo-server -primary 198.18.0.1 [-secondary 198.18.0.2] [-port 3544]
-//	              [-mtu 1280] [-status 127.0.0.1:9544] [-raw] [-v]
+//	              [-mtu 1280] [-status 127.0.0.1:9544] [-rate 50] [-burst 100]
+//	              [-raw] [-v]
+//
+// -rate and -burst size the token bucket of each source IPv4 address, so
+// that nobody can make the server send more than -burst datagrams at once
+// or -rate per second on average: each RA or relayed packet costs a token
+// of the source that caused it. -rate 0 turns the limit off (and -burst
+// with it), for a server that only trusted clients reach.
 //
 // When its sockets are bound it prints one line to standard output,
 // "teredo-server: listening on <primary>:<port> and <secondary>:<port>";
@@ -24,6 +31,7 @@ import (
 	"net/netip"
 	"os"
 	"os/signal"
+	"strconv"
 	"syscall"
 	"time"
 
@@ -57,7 +65,17 @@ type options struct {
 	raw                rawMode
 	verbose            bool
 	anyIPv4            bool
+	rate               float64 // per second; 0 means no limit
+	burst              int
 }
+
+// Bounds of -rate and -burst: beyond them the values are typos rather
+// than policies.
+const (
+	minRate  = 0.01 // one token per 100 s
+	maxRate  = 1_000_000
+	maxBurst = 1_000_000
+)
 
 func parseFlags(args []string, stderr io.Writer) (options, error) {
 	var o options
@@ -69,6 +87,8 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 	mtu := fs.Uint("mtu", proto.MinMTU, "link MTU advertised to clients (at least 1280)")
 	fs.StringVar(&o.status, "status", "", "serve GET /status (JSON) and /metrics (Prometheus) on this TCP `address`")
 	raw := fs.Bool("raw", false, "send clients' echo requests to native IPv6 hosts through a raw IPv6 socket\n(needs root or CAP_NET_RAW; default: if it can be opened)")
+	fs.Float64Var(&o.rate, "rate", server.DefaultRatePerSecond, "at most `N` datagrams per second, on average, that one source IPv4 address\ncan make the server send (0: no limit)")
+	fs.IntVar(&o.burst, "burst", server.DefaultRateBurst, "at most `N` datagrams at once that one source IPv4 address can make the server send")
 	fs.BoolVar(&o.verbose, "v", false, "debug logging, including every dropped packet")
 	fs.BoolVar(&o.anyIPv4, "any-ipv4", false, "treat every IPv4 address as global unicast\n(for tests on loopback or private networks only)")
 	if err := fs.Parse(args); err != nil {
@@ -116,7 +136,33 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 		return o, cli.Usagef("-mtu %d is outside 1280..65535", *mtu)
 	}
 	o.mtu = uint32(*mtu)
+	// Written so that NaN fails too.
+	if !(o.rate == 0 || o.rate >= minRate && o.rate <= maxRate) {
+		return o, cli.Usagef("-rate %s is outside %g..%d (0 disables the limit)", strconv.FormatFloat(o.rate, 'f', -1, 64), minRate, maxRate)
+	}
+	if o.burst < 1 || o.burst > maxBurst {
+		return o, cli.Usagef("-burst %d is outside 1..%d", o.burst, maxBurst)
+	}
 	return o, nil
+}
+
+// config is the server configuration the options ask for.
+func (o options) config(log *slog.Logger) server.Config {
+	cfg := server.Config{
+		Primary:   o.primary,
+		Secondary: o.secondary,
+		Port:      o.port,
+		MTU:       o.mtu,
+		RateLimit: server.RateLimit{PerSecond: o.rate, Burst: o.burst},
+		Logger:    log,
+	}
+	if o.rate == 0 {
+		cfg.RateLimit = server.RateLimit{PerSecond: -1}
+	}
+	if o.anyIPv4 {
+		cfg.IPv4Filter = proto.AnyIPv4
+	}
+	return cfg
 }
 
 func parseIPv4(name, s string, global proto.IPv4Filter) (netip.Addr, error) {
@@ -150,15 +196,9 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	}
 	log := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: level}))
 
-	cfg := server.Config{
-		Primary:   o.primary,
-		Secondary: o.secondary,
-		Port:      o.port,
-		MTU:       o.mtu,
-		Logger:    log,
-	}
-	if o.anyIPv4 {
-		cfg.IPv4Filter = proto.AnyIPv4
+	cfg := o.config(log)
+	if o.rate == 0 {
+		log.Warn("no rate limit: any source can make the server send as fast as it receives")
 	}
 	if o.raw != rawOff {
 		raw, err := server.OpenRawIPv6()

@@ -17,7 +17,9 @@ import (
 
 	"go.uber.org/goleak"
 
+	"github.com/teredo-go/teredo/internal/clock"
 	"github.com/teredo-go/teredo/proto"
+	"github.com/teredo-go/teredo/server"
 )
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
@@ -31,13 +33,21 @@ func TestParseFlags(t *testing.T) {
 		wantErr string
 	}{
 		{"defaults", []string{"-primary", "198.18.0.1"},
-			options{primary: netip.MustParseAddr("198.18.0.1"), secondary: netip.MustParseAddr("198.18.0.2"), port: 3544, mtu: 1280, raw: rawAuto}, ""},
-		{"everything", []string{"-primary", "198.18.0.1", "-secondary", "198.18.7.9", "-port", "4000", "-mtu", "1500", "-status", "127.0.0.1:9544", "-raw", "-v"},
-			options{primary: netip.MustParseAddr("198.18.0.1"), secondary: netip.MustParseAddr("198.18.7.9"), port: 4000, mtu: 1500, status: "127.0.0.1:9544", raw: rawOn, verbose: true}, ""},
+			options{primary: netip.MustParseAddr("198.18.0.1"), secondary: netip.MustParseAddr("198.18.0.2"), port: 3544, mtu: 1280, raw: rawAuto, rate: 50, burst: 100}, ""},
+		{"everything", []string{"-primary", "198.18.0.1", "-secondary", "198.18.7.9", "-port", "4000", "-mtu", "1500", "-status", "127.0.0.1:9544", "-rate", "20", "-burst", "30", "-raw", "-v"},
+			options{primary: netip.MustParseAddr("198.18.0.1"), secondary: netip.MustParseAddr("198.18.7.9"), port: 4000, mtu: 1500, status: "127.0.0.1:9544", raw: rawOn, verbose: true, rate: 20, burst: 30}, ""},
 		{"raw off", []string{"-primary", "198.18.0.1", "-raw=false"},
-			options{primary: netip.MustParseAddr("198.18.0.1"), secondary: netip.MustParseAddr("198.18.0.2"), port: 3544, mtu: 1280, raw: rawOff}, ""},
+			options{primary: netip.MustParseAddr("198.18.0.1"), secondary: netip.MustParseAddr("198.18.0.2"), port: 3544, mtu: 1280, raw: rawOff, rate: 50, burst: 100}, ""},
 		{"loopback with -any-ipv4", []string{"-primary", "127.0.0.2", "-any-ipv4"},
-			options{primary: netip.MustParseAddr("127.0.0.2"), secondary: netip.MustParseAddr("127.0.0.3"), port: 3544, mtu: 1280, anyIPv4: true}, ""},
+			options{primary: netip.MustParseAddr("127.0.0.2"), secondary: netip.MustParseAddr("127.0.0.3"), port: 3544, mtu: 1280, anyIPv4: true, rate: 50, burst: 100}, ""},
+		{"no rate limit", []string{"-primary", "198.18.0.1", "-rate", "0"},
+			options{primary: netip.MustParseAddr("198.18.0.1"), secondary: netip.MustParseAddr("198.18.0.2"), port: 3544, mtu: 1280, raw: rawAuto, rate: 0, burst: 100}, ""},
+		{"fractional rate", []string{"-primary", "198.18.0.1", "-rate=0.5", "-burst=1"},
+			options{primary: netip.MustParseAddr("198.18.0.1"), secondary: netip.MustParseAddr("198.18.0.2"), port: 3544, mtu: 1280, raw: rawAuto, rate: 0.5, burst: 1}, ""},
+		{"smallest rate", []string{"-primary", "198.18.0.1", "-rate", "0.01"},
+			options{primary: netip.MustParseAddr("198.18.0.1"), secondary: netip.MustParseAddr("198.18.0.2"), port: 3544, mtu: 1280, raw: rawAuto, rate: 0.01, burst: 100}, ""},
+		{"largest rate and burst", []string{"-primary", "198.18.0.1", "-rate", "1e6", "-burst", "1000000"},
+			options{primary: netip.MustParseAddr("198.18.0.1"), secondary: netip.MustParseAddr("198.18.0.2"), port: 3544, mtu: 1280, raw: rawAuto, rate: 1e6, burst: 1e6}, ""},
 		{"missing primary", nil, options{}, "-primary is required"},
 		{"bad primary", []string{"-primary", "198.18.0"}, options{}, `-primary "198.18.0" is not an IPv4 address`},
 		{"IPv6 primary", []string{"-primary", "2001:db8::1"}, options{}, "is not an IPv4 address"},
@@ -54,6 +64,16 @@ func TestParseFlags(t *testing.T) {
 		{"port negative", []string{"-primary", "198.18.0.1", "-port", "-1"}, options{}, "invalid value"},
 		{"mtu too small", []string{"-primary", "198.18.0.1", "-mtu", "1279"}, options{}, "-mtu 1279 is outside"},
 		{"mtu too large", []string{"-primary", "198.18.0.1", "-mtu", "65536"}, options{}, "-mtu 65536 is outside"},
+		{"rate negative", []string{"-primary", "198.18.0.1", "-rate", "-1"}, options{}, "-rate -1 is outside 0.01..1000000 (0 disables the limit)"},
+		{"rate too small", []string{"-primary", "198.18.0.1", "-rate", "0.001"}, options{}, "-rate 0.001 is outside"},
+		{"rate too large", []string{"-primary", "198.18.0.1", "-rate", "1000001"}, options{}, "-rate 1000001 is outside"},
+		{"rate NaN", []string{"-primary", "198.18.0.1", "-rate", "NaN"}, options{}, "-rate NaN is outside"},
+		{"rate infinite", []string{"-primary", "198.18.0.1", "-rate", "Inf"}, options{}, "-rate +Inf is outside"},
+		{"rate not a number", []string{"-primary", "198.18.0.1", "-rate", "fast"}, options{}, `invalid value "fast" for flag -rate`},
+		{"burst 0", []string{"-primary", "198.18.0.1", "-burst", "0"}, options{}, "-burst 0 is outside 1..1000000"},
+		{"burst negative", []string{"-primary", "198.18.0.1", "-burst", "-1"}, options{}, "-burst -1 is outside"},
+		{"burst too large", []string{"-primary", "198.18.0.1", "-burst", "1000001"}, options{}, "-burst 1000001 is outside"},
+		{"burst fractional", []string{"-primary", "198.18.0.1", "-burst", "1.5"}, options{}, `invalid value "1.5" for flag -burst`},
 		{"unknown flag", []string{"-primary", "198.18.0.1", "-bogus"}, options{}, "flag provided but not defined"},
 		{"positional", []string{"-primary", "198.18.0.1", "extra"}, options{}, `unexpected argument "extra"`},
 	}
@@ -80,6 +100,10 @@ func TestRunBadFlags(t *testing.T) {
 		{"-primary", "198.18.0.1", "-secondary", "198.18.0.1"},
 		{"-primary", "198.18.0.1", "-port", "70000"},
 		{"-primary", "198.18.0.1", "-mtu", "576"},
+		{"-primary", "198.18.0.1", "-rate", "-5"},
+		{"-primary", "198.18.0.1", "-rate", "NaN"},
+		{"-primary", "198.18.0.1", "-burst", "0"},
+		{"-primary", "198.18.0.1", "-burst", "x"},
 		{"-nope"},
 	} {
 		var stdout, stderr strings.Builder
@@ -90,11 +114,82 @@ func TestRunBadFlags(t *testing.T) {
 			t.Errorf("%q: stdout %q, stderr %q", args, stdout.String(), stderr.String())
 		}
 	}
+	for flag, args := range map[string][]string{
+		"-rate":  {"-primary", "198.18.0.1", "-rate", "2e6"},
+		"-burst": {"-primary", "198.18.0.1", "-burst", "-3"},
+	} {
+		var stdout, stderr strings.Builder
+		if code := run(context.Background(), args, &stdout, &stderr); code != 2 || !strings.HasPrefix(stderr.String(), "teredo-server: "+flag+" ") {
+			t.Errorf("%q: exit %d, stderr %q; want 2 and a message naming %s", args, code, stderr.String(), flag)
+		}
+	}
 	var stdout, stderr strings.Builder
-	if code := run(context.Background(), []string{"-h"}, &stdout, &stderr); code != 0 || !strings.Contains(stderr.String(), "-primary") {
+	if code := run(context.Background(), []string{"-h"}, &stdout, &stderr); code != 0 || !strings.Contains(stderr.String(), "-primary") ||
+		!strings.Contains(stderr.String(), "-rate N") || !strings.Contains(stderr.String(), "-burst N") {
 		t.Errorf("-h: exit %d, stderr %q", code, stderr.String())
 	}
 }
+
+// TestConfig checks that the options reach server.Config, and that the
+// server then limits (or does not) as the flags say.
+func TestConfig(t *testing.T) {
+	primary := netip.MustParseAddr("198.18.0.1")
+	tests := []struct {
+		name string
+		args []string
+		want server.RateLimit
+		// answered is how many of 10 RSs from one source, sent at the
+		// same instant, get an RA.
+		answered int
+	}{
+		{"defaults", nil, server.RateLimit{PerSecond: server.DefaultRatePerSecond, Burst: server.DefaultRateBurst}, 10},
+		{"burst", []string{"-burst", "3"}, server.RateLimit{PerSecond: server.DefaultRatePerSecond, Burst: 3}, 3},
+		{"rate and burst", []string{"-rate", "0.5", "-burst", "7"}, server.RateLimit{PerSecond: 0.5, Burst: 7}, 7},
+		{"no limit", []string{"-rate", "0", "-burst", "1"}, server.RateLimit{PerSecond: -1}, 10},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			o, err := parseFlags(append([]string{"-primary", primary.String()}, tt.args...), io.Discard)
+			if err != nil {
+				t.Fatal(err)
+			}
+			cfg := o.config(nil)
+			if cfg.Primary != primary || cfg.Secondary != primary.Next() || cfg.Port != proto.Port || cfg.MTU != proto.MinMTU || cfg.RateLimit != tt.want || cfg.IPv4Filter != nil {
+				t.Fatalf("config %+v, want rate limit %+v", cfg, tt.want)
+			}
+
+			cfg.Clock = clock.NewFake(time.Unix(1e9, 0))
+			p, err := server.NewProcessor(cfg)
+			if err != nil {
+				t.Fatal(err)
+			}
+			client := netip.MustParseAddrPort("203.0.113.5:40000")
+			answered := 0
+			for range 10 {
+				if r := p.Process(server.Primary, proto.AppendRS(nil, [8]byte{1}, false), client, discardSender{}); r.Action == server.AnsweredRS {
+					answered++
+				} else if r.Reason != server.DropRateLimited {
+					t.Fatalf("RS: %v %v", r.Action, r.Reason)
+				}
+			}
+			if answered != tt.answered {
+				t.Fatalf("%d RSs answered, want %d", answered, tt.answered)
+			}
+		})
+	}
+
+	o, err := parseFlags([]string{"-primary", "127.0.0.2", "-any-ipv4"}, io.Discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cfg := o.config(nil); cfg.IPv4Filter == nil || !cfg.IPv4Filter(netip.MustParseAddr("10.0.0.1")) {
+		t.Fatal("-any-ipv4 did not reach the config")
+	}
+}
+
+type discardSender struct{}
+
+func (discardSender) SendFrom(server.Socket, []byte, netip.AddrPort) error { return nil }
 
 // syncBuffer is a goroutine-safe log sink.
 type syncBuffer struct {
