@@ -37,13 +37,15 @@ type router struct {
 	// listen6 and listen4 open the outbound UDP sockets of an association.
 	listen6 func(ctx context.Context) (net.PacketConn, error)
 	listen4 func(ctx context.Context) (net.PacketConn, error)
-	// lookup resolves names to A and AAAA records, as net.Resolver.LookupNetIP.
+	// lookup resolves names, as net.Resolver.LookupNetIP: it is asked
+	// for "ip6" and "ip4" separately so that either answer can act alone.
 	lookup func(ctx context.Context, network, host string) ([]netip.Addr, error)
 
 	direct   bool // -ipv4 direct
 	preferV6 bool // -prefer ipv6
 	clock    clock.Clock
 	delay    time.Duration // fallback delay; fallbackDelay if zero
+	resDelay time.Duration // resolution delay; resolutionDelay if zero
 }
 
 // Dial is socks5.Server.Dial: address is host:port with an IP literal or a
@@ -57,21 +59,48 @@ func (r *router) Dial(ctx context.Context, network, address string) (net.Conn, e
 	if err != nil {
 		return nil, fmt.Errorf("bad port in %q", address)
 	}
-	addrs, err := r.candidates(ctx, host)
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel() // ends a lookup still out once a connection is made
+	res, err := r.resolve(ctx, host)
 	if err != nil {
 		return nil, err
 	}
-	return r.race(ctx, addrs, uint16(port))
+	defer res.stop()
+	return r.race(ctx, res, uint16(port))
 }
 
-// Resolve is socks5.Server.Resolve for UDP datagrams addressed by name: the
-// first address the policy would try. Datagrams get no fallback.
+// Resolve is socks5.Server.Resolve for UDP datagrams addressed by name. A
+// datagram gets no fallback, so it goes to the address a CONNECT would try
+// first: the preferred family's first usable address if that family
+// answers in time, else the other family's; IPv4 only under -ipv4 direct.
+// An error (nothing usable, or the lookups failed) makes socks5 drop the
+// datagram and count it as a "resolve" drop; socks5 also caches the answer
+// for the association.
 func (r *router) Resolve(ctx context.Context, host string) (netip.Addr, error) {
-	addrs, err := r.candidates(ctx, host)
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	res, err := r.resolve(ctx, host)
 	if err != nil {
 		return netip.Addr{}, err
 	}
-	return addrs[0], nil
+	defer res.stop()
+	for {
+		if a, ok := res.next(); ok {
+			return a, nil
+		}
+		if !res.more() {
+			return netip.Addr{}, res.err(nil)
+		}
+		answers, delayed := res.wake()
+		select {
+		case ans := <-answers:
+			res.handle(ans)
+		case <-delayed:
+			res.delayEnded()
+		case <-ctx.Done():
+			return netip.Addr{}, res.err(ctx.Err())
+		}
+	}
 }
 
 // ListenPacket is socks5.Server.ListenPacket: one socket per family, IPv4's
@@ -95,79 +124,49 @@ func notAllowed(format string, args ...any) error {
 	return fmt.Errorf("%w: "+format, append([]any{socks5.ErrNotAllowed}, args...)...)
 }
 
-// candidates returns the addresses to try for host, in order, after the
-// -ipv4 and -prefer policies. It never returns an empty list without an
-// error.
-func (r *router) candidates(ctx context.Context, host string) ([]netip.Addr, error) {
-	if ip, err := netip.ParseAddr(host); err == nil {
-		ip = ip.Unmap()
-		if ip.Is4() && !r.direct {
-			return nil, notAllowed("IPv4 destination %s (-ipv4 reject)", ip)
-		}
-		return []netip.Addr{ip}, nil
-	}
-	found, err := r.lookup(ctx, "ip", host)
-	if err != nil {
-		return nil, fmt.Errorf("resolve %s: %w", host, err)
-	}
-	var v4, v6 []netip.Addr
-	for _, a := range found {
-		a = a.Unmap()
-		switch {
-		case !a.IsValid() || a.Zone() != "" || a.IsUnspecified():
-		case a.Is4():
-			v4 = append(v4, a)
-		default:
-			v6 = append(v6, a)
-		}
-	}
-	if !r.direct {
-		if len(v6) == 0 && len(v4) > 0 {
-			return nil, notAllowed("%s has only IPv4 addresses (-ipv4 reject)", host)
-		}
-		v4 = nil
-	}
-	first, second := v4, v6
-	if r.preferV6 {
-		first, second = v6, v4
-	}
-	// RFC 8305 §4: alternate families, starting with the preferred one.
-	out := make([]netip.Addr, 0, min(len(v4)+len(v6), maxAttempts))
-	for i := 0; len(out) < maxAttempts && (i < len(first) || i < len(second)); i++ {
-		if i < len(first) {
-			out = append(out, first[i])
-		}
-		if i < len(second) && len(out) < maxAttempts {
-			out = append(out, second[i])
-		}
-	}
-	if len(out) == 0 {
-		return nil, &net.DNSError{Err: "no such host", Name: host, IsNotFound: true}
-	}
-	return out, nil
-}
-
 type dialResult struct {
 	conn net.Conn
 	err  error
 }
 
-// race connects to the first of addrs that answers: each attempt gets a
-// head start of the fallback delay, or less if it fails sooner (RFC 8305
-// §5). The losers are cancelled and closed before race returns. On failure
-// it returns the first attempt's error: the preferred family says most.
-func (r *router) race(ctx context.Context, addrs []netip.Addr, port uint16) (net.Conn, error) {
+// race connects to the first address of res that answers: each attempt
+// gets a head start of the fallback delay, or less if it fails sooner (RFC
+// 8305 §5). The first attempt starts as soon as res hands out an address.
+// The losers are cancelled and closed before race returns. On failure it
+// returns the first attempt's error: the preferred family says most.
+func (r *router) race(ctx context.Context, res *resolution, port uint16) (net.Conn, error) {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	delay := r.delay
 	if delay == 0 {
 		delay = fallbackDelay
 	}
-	results := make(chan dialResult, len(addrs))
-	next, pending := 0, 0
+	results := make(chan dialResult, maxAttempts)
+	var (
+		pending int
+		timer   clock.Timer
+		fired   chan struct{}
+		winner  net.Conn
+		errs    []error
+		stopped bool
+		// due says an attempt may start as soon as res has an address:
+		// the first one, after a failure, or after a head start ran out
+		// with nothing left to try yet.
+		due = true
+	)
+	stopTimer := func() {
+		if timer != nil {
+			timer.Stop()
+			timer, fired = nil, nil
+		}
+	}
 	start := func() {
-		a := addrs[next]
-		next++
+		stopTimer()
+		a, ok := res.next()
+		if !ok {
+			return
+		}
+		due = false
 		pending++
 		network := "tcp6"
 		dial := r.dial6
@@ -181,61 +180,57 @@ func (r *router) race(ctx context.Context, addrs []netip.Addr, port uint16) (net
 			}
 			results <- dialResult{c, err}
 		}()
-	}
-
-	var (
-		timer   clock.Timer
-		fired   chan struct{}
-		winner  net.Conn
-		errs    []error
-		stopped bool
-	)
-	arm := func() {
-		if timer != nil {
-			timer.Stop()
-			timer, fired = nil, nil
-		}
-		if next < len(addrs) && winner == nil && !stopped {
+		if res.more() {
 			ch := make(chan struct{})
 			fired = ch // each timer closes its own channel, so a stale one is never read
 			timer = r.clock.AfterFunc(delay, func() { close(ch) })
 		}
 	}
+
 	done := ctx.Done()
-	start()
-	arm()
-	for pending > 0 {
+	for {
+		if due && winner == nil && !stopped {
+			start()
+		}
+		if pending == 0 && (winner != nil || stopped || !res.more()) {
+			break
+		}
+		answers, delayed := res.wake()
 		select {
-		case res := <-results:
+		case d := <-results:
 			pending--
 			switch {
-			case res.err != nil:
-				errs = append(errs, res.err)
-				if winner == nil && !stopped && next < len(addrs) {
-					start() // a failure hands over at once
-				}
+			case d.err != nil:
+				errs = append(errs, d.err)
+				due = true // a failure hands over at once
 			case winner == nil && !stopped:
-				winner = res.conn
+				winner = d.conn
 				cancel()
+				stopTimer()
 			default:
-				res.conn.Close()
+				d.conn.Close()
 			}
-			arm()
 		case <-fired:
-			start()
-			arm()
+			due = true
+		case ans := <-answers:
+			res.handle(ans)
+		case <-delayed:
+			res.delayEnded()
 		case <-done:
 			// Either a winner cancelled ctx, or the caller gave up: start
 			// nothing more and wait for the attempts in flight to return.
 			stopped, done = true, nil
-			arm()
+			stopTimer()
 		}
 	}
-	if winner != nil {
+	switch {
+	case winner != nil:
 		return winner, nil
+	case len(errs) > 0:
+		return nil, errs[0]
+	case stopped:
+		return nil, res.err(ctx.Err())
+	default:
+		return nil, res.err(nil)
 	}
-	if len(errs) == 0 {
-		return nil, context.Canceled
-	}
-	return nil, errs[0]
 }

@@ -46,6 +46,27 @@ var dnsTable = map[string][]string{
 		"2001:db8::1", "2001:db8::2", "2001:db8::3", "2001:db8::4", "2001:db8::5"},
 }
 
+// candidates resolves host to the end and returns every address r would
+// try, in order.
+func candidates(r *router, host string) ([]netip.Addr, error) {
+	res, err := r.resolve(context.Background(), host)
+	if err != nil {
+		return nil, err
+	}
+	defer res.stop()
+	for res.waiting > 0 {
+		res.handle(<-res.answers)
+	}
+	var out []netip.Addr
+	for a, ok := res.next(); ok; a, ok = res.next() {
+		out = append(out, a)
+	}
+	if len(out) == 0 {
+		return nil, res.err(nil)
+	}
+	return out, nil
+}
+
 func TestCandidates(t *testing.T) {
 	tests := []struct {
 		host             string
@@ -73,8 +94,8 @@ func TestCandidates(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(fmt.Sprintf("%s/direct=%v/v6=%v", tt.host, tt.direct, tt.preferV6), func(t *testing.T) {
-			r := &router{lookup: fakeLookup(dnsTable), direct: tt.direct, preferV6: tt.preferV6}
-			got, err := r.candidates(context.Background(), tt.host)
+			r := &router{lookup: fakeLookup(dnsTable), direct: tt.direct, preferV6: tt.preferV6, clock: clock.NewFake(time.Unix(0, 0))}
+			got, err := candidates(r, tt.host)
 			if tt.want == nil {
 				if err == nil {
 					t.Fatalf("got %v, want an error", got)
@@ -105,6 +126,8 @@ type scriptedDialer struct {
 	order    []string
 	started  chan string
 	behavior map[string]func(ctx context.Context) (net.Conn, error)
+	clock    *clock.Fake          // if set, the time of each attempt is kept in at
+	at       map[string]time.Time // by address
 }
 
 func (d *scriptedDialer) dial(ctx context.Context, network string, dst netip.AddrPort) (net.Conn, error) {
@@ -113,6 +136,12 @@ func (d *scriptedDialer) dial(ctx context.Context, network string, dst netip.Add
 	}
 	d.mu.Lock()
 	d.order = append(d.order, dst.Addr().String())
+	if d.clock != nil {
+		if d.at == nil {
+			d.at = make(map[string]time.Time)
+		}
+		d.at[dst.Addr().String()] = d.clock.Now()
+	}
 	d.mu.Unlock()
 	d.started <- dst.Addr().String()
 	return d.behavior[dst.Addr().String()](ctx)
@@ -173,15 +202,17 @@ type dialOutcome struct {
 }
 
 func TestHappyEyeballs(t *testing.T) {
-	setup := func(preferV6 bool, behavior map[string]func(ctx context.Context) (net.Conn, error)) (*router, *scriptedDialer, *clock.Fake, chan dialOutcome) {
+	setup := func(t *testing.T, preferV6 bool, behavior map[string]func(ctx context.Context) (net.Conn, error)) (*router, *scriptedDialer, *clock.Fake, chan dialOutcome) {
 		d := &scriptedDialer{started: make(chan string, 8), behavior: behavior}
 		fc := clock.NewFake(time.Unix(0, 0))
-		r := &router{dial4: d.dial, dial6: d.dial, lookup: fakeLookup(dnsTable), direct: true, preferV6: preferV6, clock: fc}
+		lk := newGatedLookup(dnsTable)
+		r := &router{dial4: d.dial, dial6: d.dial, lookup: lk.lookup, direct: true, preferV6: preferV6, clock: fc}
 		out := make(chan dialOutcome, 1)
 		go func() {
 			c, err := r.Dial(context.Background(), "tcp", "both.example:80")
 			out <- dialOutcome{c, err}
 		}()
+		lk.answerBoth(t, fc, preferV6)
 		return r, d, fc, out
 	}
 	result := func(t *testing.T, out chan dialOutcome) dialOutcome {
@@ -197,7 +228,7 @@ func TestHappyEyeballs(t *testing.T) {
 
 	t.Run("fallback after the delay", func(t *testing.T) {
 		var p pipeConns
-		_, d, fc, out := setup(false, map[string]func(context.Context) (net.Conn, error){
+		_, d, fc, out := setup(t, false, map[string]func(context.Context) (net.Conn, error){
 			"192.0.2.1": hang, "2001:db8::1": p.succeed,
 		})
 		waitStarted(t, d, "192.0.2.1")
@@ -219,7 +250,7 @@ func TestHappyEyeballs(t *testing.T) {
 
 	t.Run("failure hands over at once", func(t *testing.T) {
 		var p pipeConns
-		_, d, _, out := setup(true, map[string]func(context.Context) (net.Conn, error){
+		_, d, _, out := setup(t, true, map[string]func(context.Context) (net.Conn, error){
 			"2001:db8::1": refuse, "192.0.2.1": p.succeed,
 		})
 		waitStarted(t, d, "2001:db8::1")
@@ -232,7 +263,7 @@ func TestHappyEyeballs(t *testing.T) {
 	})
 
 	t.Run("all fail: first error", func(t *testing.T) {
-		_, d, _, out := setup(false, map[string]func(context.Context) (net.Conn, error){
+		_, d, _, out := setup(t, false, map[string]func(context.Context) (net.Conn, error){
 			"192.0.2.1": refuse, "2001:db8::1": refuse, "192.0.2.2": refuse,
 			"2001:db8::2": func(context.Context) (net.Conn, error) {
 				return nil, &net.OpError{Op: "dial", Err: syscall.EHOSTUNREACH}
@@ -250,7 +281,7 @@ func TestHappyEyeballs(t *testing.T) {
 	t.Run("loser is closed", func(t *testing.T) {
 		var p pipeConns
 		release := make(chan struct{})
-		_, d, fc, out := setup(false, map[string]func(context.Context) (net.Conn, error){
+		_, d, fc, out := setup(t, false, map[string]func(context.Context) (net.Conn, error){
 			// The first attempt ignores cancellation and succeeds late.
 			"192.0.2.1": func(ctx context.Context) (net.Conn, error) {
 				<-release
@@ -293,13 +324,15 @@ func TestHappyEyeballs(t *testing.T) {
 			"192.0.2.1": hang, "2001:db8::1": hang, "192.0.2.2": hang, "2001:db8::2": hang,
 		}}
 		fc := clock.NewFake(time.Unix(0, 0))
-		r := &router{dial4: d.dial, dial6: d.dial, lookup: fakeLookup(dnsTable), direct: true, clock: fc}
+		lk := newGatedLookup(dnsTable)
+		r := &router{dial4: d.dial, dial6: d.dial, lookup: lk.lookup, direct: true, clock: fc}
 		ctx, cancel := context.WithCancel(context.Background())
 		out := make(chan dialOutcome, 1)
 		go func() {
 			c, err := r.Dial(ctx, "tcp", "both.example:80")
 			out <- dialOutcome{c, err}
 		}()
+		lk.answerBoth(t, fc, false)
 		waitStarted(t, d, "192.0.2.1")
 		waitPending(t, fc, 1)
 		fc.Advance(fallbackDelay)
