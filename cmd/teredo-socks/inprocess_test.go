@@ -294,6 +294,26 @@ func TestProxyIPv4Reject(t *testing.T) {
 	if replies["not_allowed"] != 2.0 {
 		t.Errorf("replies: %v", replies)
 	}
+
+	// A datagram to a name with only IPv4 addresses has nowhere to go: it
+	// is dropped and counted.
+	u, err := socksAssociate(p.listen)
+	if err != nil {
+		t.Fatalf("UDP ASSOCIATE: %v", err)
+	}
+	defer u.Close()
+	msg := appendSOCKSAddr([]byte{0, 0, 0}, "local.test", 7)
+	if _, err := u.conn.WriteToUDPAddrPort(msg, u.relay); err != nil {
+		t.Fatal(err)
+	}
+	var drops map[string]any
+	for deadline := time.Now().Add(ioTimeout); time.Now().Before(deadline); time.Sleep(10 * time.Millisecond) {
+		drops = getStatus(t, p)["counters"].(map[string]any)["socks5"].(map[string]any)["udp_drops"].(map[string]any)
+		if drops["resolve"] == 1.0 {
+			return
+		}
+	}
+	t.Errorf("udp_drops: %v, want one resolve drop", drops)
 }
 
 // TestProxyForward exposes a local TCP service on the Teredo address and
