@@ -61,6 +61,7 @@ import (
 	"net"
 	"net/netip"
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -108,8 +109,9 @@ type Server struct {
 	ctx      context.Context // cancelled by Close; parent of every session
 	cancel   context.CancelFunc
 	log      *slog.Logger
-	bufs     sync.Pool // *[]byte of copyBufSize, for CONNECT relays
-	udpBufs  sync.Pool // *[]byte of udpBufSize, for UDP relays
+	bufs     sync.Pool    // *[]byte of copyBufSize, for CONNECT relays
+	bigBufs  atomic.Int64 // bufs borrowed by CONNECT relays right now
+	udpBufs  sync.Pool    // *[]byte of udpBufSize, for UDP relays
 
 	mu        sync.Mutex
 	closed    bool
