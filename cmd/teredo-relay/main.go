@@ -122,6 +122,13 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	return 0
 }
 
+// Warnings about the TUN device, which operators (and tests) look for.
+const (
+	msgAsIs      = "using the TUN device as it is: its MTU and routes were set by its owner"
+	msgNoVnetHdr = "the TUN device has no IFF_VNET_HDR: packets are written one by one"
+	msgNoReadTSO = "the TUN device refused TSO on reads: the kernel segments before the relay reads"
+)
+
 // relayReadBuffer is the Teredo socket's receive buffer (see serve).
 const relayReadBuffer = 16 << 20
 
@@ -141,12 +148,12 @@ func serve(ctx context.Context, o options, log *slog.Logger, stdout io.Writer) e
 		return err
 	}
 	if !dev.Configured() {
-		log.Warn("using the TUN device as it is: its MTU and routes were set by its owner", "tun", dev.Name())
+		log.Warn(msgAsIs, "tun", dev.Name())
 	}
 	if st := dev.Stats(); o.tunOffload && !st.Offload {
-		log.Warn("the TUN device has no IFF_VNET_HDR: packets are written one by one", "tun", dev.Name())
+		log.Warn(msgNoVnetHdr, "tun", dev.Name())
 	} else if o.tunOffload && !st.ReadOffload {
-		log.Warn("the TUN device refused TSO on reads: the kernel segments before the relay reads", "tun", dev.Name())
+		log.Warn(msgNoReadTSO, "tun", dev.Name())
 	}
 	cfg := relay.Config{
 		Conn:          conn,
