@@ -218,6 +218,24 @@ func (n *NAT) FlushConntrack(ctx context.Context) error {
 	return err
 }
 
+// RemapUDP makes the NAT give the client's UDP endpoint the public port port from now
+// on, towards every destination: an endpoint-independent mapping, as when a rebooted
+// router hands the client a new port. The rule goes first in postrouting, ahead of the
+// kind's own; existing conntrack entries keep their mapping until FlushConntrack.
+//
+// A port range on masquerade (`masquerade to :P-Q`) would not do: for a source port
+// outside the range, Linux starts its search at a random offset for every new flow,
+// so each destination gets its own port (a symmetric NAT, which Teredo cannot use).
+func (n *NAT) RemapUDP(ctx context.Context, client netip.AddrPort, port uint16) error {
+	if !client.Addr().Is4() || client.Port() == 0 || port == 0 {
+		return fmt.Errorf("lab: cannot remap UDP %v to port %d", client, port)
+	}
+	_, err := n.Router.Run(ctx, "nft", "insert", "rule", "ip", "nat", "postrouting",
+		"oifname", "wan", "ip", "saddr", client.Addr().String(), "udp", "sport", strconv.Itoa(int(client.Port())),
+		"snat", "to", netip.AddrPortFrom(n.WAN, port).String())
+	return err
+}
+
 // parseConntrack parses `conntrack -L` output lines such as
 // "udp 17 29 src=A dst=B sport=1 dport=2 [UNREPLIED] src=B dst=C sport=2 dport=3 mark=0 use=1".
 func parseConntrack(out string) ([]Flow, error) {
