@@ -223,9 +223,9 @@ func (n *NAT) FlushConntrack(ctx context.Context) error {
 // router hands the client a new port. The rule goes first in postrouting, ahead of the
 // kind's own; existing conntrack entries keep their mapping until FlushConntrack.
 //
-// A port range on masquerade (`masquerade to :P-Q`) would not do: for a source port
-// outside the range, Linux starts its search at a random offset for every new flow,
-// so each destination gets its own port (a symmetric NAT, which Teredo cannot use).
+// A port range on masquerade (`masquerade to :P-Q`) also moves the mapping (on Linux
+// 6.18 one port of the range for every destination), but the kernel picks the port;
+// a fixed one lets a test compare the client's new address exactly.
 func (n *NAT) RemapUDP(ctx context.Context, client netip.AddrPort, port uint16) error {
 	if !client.Addr().Is4() || client.Port() == 0 || port == 0 {
 		return fmt.Errorf("lab: cannot remap UDP %v to port %d", client, port)
