@@ -105,3 +105,17 @@ func TestFastPathsDoNotAllocate(t *testing.T) {
 		t.Fatalf("%v allocations per packet pair", n)
 	}
 }
+
+// BenchmarkReceiveUnverifiedFlood is a stream of data packets from ever new
+// native sources through a relay: each would start an echo test.
+func BenchmarkReceiveUnverifiedFlood(b *testing.B) {
+	c, us := benchClient(b)
+	pkt := ipPacket(nativeDst, us, string(make([]byte, 100)))
+	b.ReportAllocs()
+	var i uint32
+	for b.Loop() {
+		i++
+		pkt[8+12], pkt[8+13], pkt[8+14], pkt[8+15] = byte(i>>24), byte(i>>16), byte(i>>8), byte(i)
+		c.Receive(pkt, relayAP)
+	}
+}

@@ -46,7 +46,6 @@ import (
 	"net/netip"
 	"sync"
 	"sync/atomic"
-	"time"
 
 	"github.com/teredo-go/teredo/internal/clock"
 	"github.com/teredo-go/teredo/peer"
@@ -84,6 +83,15 @@ type Config struct {
 	ServerPort uint16
 	// MaxPeers bounds the peer list (default 4096).
 	MaxPeers int
+	// InboundEchoRate (tests per second, default DefaultInboundEchoRate)
+	// and InboundEchoBurst (default DefaultInboundEchoBurst) bound, for the
+	// whole client, the echo tests that received packets from unverified
+	// sources start (RFC 4380 §5.2.3 case 6); a packet over the limit is
+	// dropped as "echo-rate-limit" and creates no peer entry. Echo tests
+	// for the application's own outbound packets are not counted. Zero or
+	// less means the default.
+	InboundEchoRate  float64
+	InboundEchoBurst int
 	// ConeProbe adds a cone RS to the NAT classification (diagnostic only).
 	ConeProbe bool
 	// FixedRelay, if set, carries every packet to a non-Teredo destination
@@ -185,7 +193,8 @@ type Status struct {
 // to the caller to send, TxQueued packets queued for a pending peer and
 // TxFlushed those later sent from a queue; RxHeldDelivered counts inbound
 // packets released by an echo test. Drops is keyed by reason
-// ("malformed", "not-our-address", "queue-full", "unreachable", ...).
+// ("malformed", "not-our-address", "queue-full", "unreachable",
+// "echo-rate-limit", ...).
 type Counters struct {
 	TxFast, TxQueued, TxFlushed    uint64
 	RxDelivered, RxHeldDelivered   uint64
@@ -233,9 +242,9 @@ type Client struct {
 
 	evMu sync.Mutex // serializes OnEvent calls
 
-	icmpMu     sync.Mutex
-	icmpTokens float64
-	icmpLast   time.Time
+	icmpLimit *bucket // ICMPv6 errors we deliver
+	echoLimit *bucket // echo tests started by inbound packets
+	pingMax   int     // echo requests in a series (the peer table's limit)
 
 	replyMu   sync.Mutex
 	seed      maphash.Seed
@@ -293,6 +302,12 @@ func New(cfg Config) (*Client, error) {
 	if cfg.ServerPort == 0 {
 		cfg.ServerPort = proto.Port
 	}
+	if !(cfg.InboundEchoRate > 0) { // NaN too
+		cfg.InboundEchoRate = DefaultInboundEchoRate
+	}
+	if cfg.InboundEchoBurst <= 0 {
+		cfg.InboundEchoBurst = DefaultInboundEchoBurst
+	}
 	c := &Client{cfg: cfg, clk: cfg.Clock, log: cfg.Logger, glob: cfg.IsGlobal, port: cfg.ServerPort}
 	if _, err := io.ReadFull(cfg.Rand, c.key[:]); err != nil {
 		return nil, fmt.Errorf("teredo client: reading key: %w", err)
@@ -302,7 +317,9 @@ func New(cfg Config) (*Client, error) {
 		Clock:    cfg.Clock,
 		OnTimer:  c.onPeerTimer,
 	})
-	c.icmpTokens = icmpBurst
+	c.icmpLimit = newBucket(icmpRate, icmpBurst)
+	c.echoLimit = newBucket(cfg.InboundEchoRate, cfg.InboundEchoBurst)
+	c.pingMax = c.peers.Config().Ping.Max
 	c.seed = maphash.MakeSeed()
 	return c, nil
 }

@@ -26,8 +26,16 @@ func FuzzReceive(f *testing.F) {
 	f.Add(proto.AppendRA(nil, &proto.RAParams{Server: server1, Client: mappedUs, Dst: proto.RSSourceRestricted}), uint16(3544), byte(2))
 	f.Add(proto.AppendEcho(nil, nativeDst, us, 64, proto.ICMPEchoReply, 1, 2, make([]byte, 8)), uint16(3544), byte(3))
 	f.Add(proto.AppendICMPv6Error(nil, nativeDst, proto.ICMPDestUnreachable, 0, 0, proto.AppendEcho(nil, us, nativeDst, 64, proto.ICMPEchoRequest, 1, 2, make([]byte, 8))), uint16(3544), byte(3))
+	// A data packet from an unverified native source through a relay: held
+	// for an echo test, or, with bit 8, refused by the spent echo limit.
+	f.Add(ipPacket(nativeDst, us, "held"), uint16(3544), byte(3|4))
+	f.Add(ipPacket(nativeSrc(1000), us, "refused"), uint16(3544), byte(3|4|8))
 	f.Fuzz(func(t *testing.T, b []byte, port uint16, which byte) {
 		h, us := fuzzClient(t)
+		if which&8 != 0 {
+			h.flood(us, 0, DefaultInboundEchoBurst)
+			h.net.take()
+		}
 		// The fuzzer rarely finds our random address: patch it in.
 		if len(b) >= 40 && which&4 != 0 {
 			a := us.As16()

@@ -219,20 +219,69 @@ func (c *Client) fromTeredo(ip []byte, src, dst [16]byte, from netip.AddrPort, d
 	return nil
 }
 
+// Defaults of Config.InboundEchoRate and InboundEchoBurst.
+//
+// Each echo test sends at most peer.DefaultPingLimit.Max (4) requests, 2 s
+// apart, so inbound packets make the client send at most 4 × (32 + 10/s × t)
+// echo requests (84-byte datagrams): 40 a second, under 4 KB/s, in the long
+// run, however many spoofed sources a hostile relay makes up (CVE-2006-6266,
+// the case-6 test as a packet generator). A legitimate native peer costs one
+// test: once trusted, its packets from the same relay take the fast path for
+// as long as its entry lives. The burst covers a few dozen peers reaching us
+// at once (a server being connected to after qualification, a swarm); 10
+// tests a second is the rate of Miredo's ICMPv6 error limit.
+//
+// Miredo has no client-wide limit, only the per-peer CountPing (4 requests,
+// 2 s apart) and the peer list size (1024 entries without libJudy), a full
+// list refusing new peers. A flood there gets 4 echo requests per list entry
+// as fast as its packets come, then locks new legitimate peers out until
+// entries expire. Here the rate is capped whatever the table size, and a
+// refused packet creates no entry, so it evicts no peer either.
+const (
+	DefaultInboundEchoRate  = 10
+	DefaultInboundEchoBurst = 32
+)
+
 // holdAndTest is Miredo's stricter case 6: a packet from an unverified
 // source waits in the peer's queue while an echo test through our server
-// finds out whether from really is the way to src.
+// finds out whether from really is the way to src. A test this starts takes
+// a token of the client-wide echo limit; one in progress (started by either
+// direction) holds the packet for free.
 func (c *Client) holdAndTest(ip []byte, src [16]byte, from netip.AddrPort, l *link, now time.Time) {
 	var a action
-	c.peers.Update(src, true, now, func(p *peer.Peer) {
-		if p.Unreachable && p.PingsExhausted() {
-			a.dropHeld = true
+	if !c.peers.Update(src, false, now, func(p *peer.Peer) { c.hold(p, &a, ip, from, l, now, false) }) {
+		// A new entry always starts a test: pay first, so that a refused
+		// packet creates no entry. If another goroutine creates it in
+		// between, the token is spent on this packet anyway.
+		if !c.echoLimit.allow(now) {
+			c.ctr.drop(dropEchoRate)
 			return
 		}
-		if !p.Enqueue(true, from, ip) {
-			c.ctr.drop(dropQueueFull)
-		}
-		c.ping(p, &a, l, now)
-	})
+		c.peers.Update(src, true, now, func(p *peer.Peer) { c.hold(p, &a, ip, from, l, now, true) })
+	}
 	c.act(&a, src, l, now)
+}
+
+// hold queues the inbound packet ip on p and plans its echo test; paid says
+// a token of the echo limit was already taken. Under the peer table's lock.
+func (c *Client) hold(p *peer.Peer, a *action, ip []byte, from netip.AddrPort, l *link, now time.Time, paid bool) {
+	if p.Unreachable && p.PingsExhausted() {
+		a.dropHeld = true
+		return
+	}
+	if !paid && c.startsEchoTest(p) && !c.echoLimit.allow(now) {
+		c.ctr.drop(dropEchoRate)
+		return
+	}
+	if !p.Enqueue(true, from, ip) {
+		c.ctr.drop(dropQueueFull)
+	}
+	c.ping(p, a, l, now)
+}
+
+// startsEchoTest reports whether an echo request to p now would start a new
+// series (CountPing's rule): none yet, or the last one exhausted and its
+// window over.
+func (c *Client) startsEchoTest(p *peer.Peer) bool {
+	return p.Pings() == 0 || (p.Pings() >= c.pingMax && !p.PingsExhausted())
 }

@@ -7,6 +7,7 @@ import (
 	"errors"
 	"hash/maphash"
 	"net/netip"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -83,6 +84,7 @@ const (
 	dropNotIPv6
 	dropBadLength
 	dropIndication
+	dropEchoRate
 	numDropReasons
 )
 
@@ -92,6 +94,7 @@ var dropNames = [numDropReasons]string{
 	"ra-invalid", "ra-nonce", "unverified-bubble", "unverified-source",
 	"server-packet", "send-error", "icmp-rate-limit", "bad-source", "closed",
 	"discovery", "truncated", "not-ipv6", "bad-length", "bad-indication",
+	"echo-rate-limit",
 }
 
 type counters struct {
@@ -143,18 +146,37 @@ const (
 	icmpBurst = 10
 )
 
-func (c *Client) allowICMP(now time.Time) bool {
-	c.icmpMu.Lock()
-	defer c.icmpMu.Unlock()
-	if !c.icmpLast.IsZero() {
-		c.icmpTokens += now.Sub(c.icmpLast).Seconds() * icmpRate
-		c.icmpTokens = min(c.icmpTokens, icmpBurst)
+// bucket is a token bucket on the client's clock. It is filled at creation,
+// so a burst is allowed at once.
+type bucket struct {
+	mu     sync.Mutex
+	rate   float64 // tokens per second
+	burst  float64
+	tokens float64
+	last   time.Time
+}
+
+func newBucket(rate float64, burst int) *bucket {
+	return &bucket{rate: rate, burst: float64(burst), tokens: float64(burst)}
+}
+
+// allow takes a token at now if there is one. Callers read the clock before
+// the lock, so times may come slightly out of order: an earlier one than
+// the last adds nothing.
+func (b *bucket) allow(now time.Time) bool {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	switch {
+	case b.last.IsZero():
+		b.last = now
+	case now.After(b.last):
+		b.tokens = min(b.tokens+now.Sub(b.last).Seconds()*b.rate, b.burst)
+		b.last = now
 	}
-	c.icmpLast = now
-	if c.icmpTokens < 1 {
+	if b.tokens < 1 {
 		return false
 	}
-	c.icmpTokens--
+	b.tokens--
 	return true
 }
 
@@ -164,7 +186,7 @@ func (c *Client) unreachable(pkt []byte, now time.Time) {
 	if len(pkt) < proto.IPv6HeaderLen || !proto.MayReplyWithError(pkt) {
 		return
 	}
-	if !c.allowICMP(now) {
+	if !c.icmpLimit.allow(now) {
 		c.ctr.drop(dropICMPRateLimit)
 		return
 	}
