@@ -437,3 +437,24 @@ func TestRunFailures(t *testing.T) {
 		})
 	}
 }
+
+var statusWarningRe = regexp.MustCompile(`^teredo-socks: warning: -status (\S+) is not a loopback address`)
+
+// TestStatusWarning checks that a status page reachable from other hosts is
+// called out, and one on loopback is not.
+func TestStatusWarning(t *testing.T) {
+	in := newDemoInternet(t)
+	p := startProxy(t, in, nil) // -status on 127.0.0.1
+	p.out.mu.Lock()
+	for _, l := range p.out.lines {
+		if statusWarningRe.MatchString(l) {
+			t.Errorf("warning for a loopback status page: %s", l)
+		}
+	}
+	p.out.mu.Unlock()
+	// Listening on the wildcard address sends nothing anywhere.
+	q := startProxy(t, in, nil, "-status", "0.0.0.0:0")
+	if m := q.out.wait(t, statusWarningRe, time.Second); m[1] != "0.0.0.0:0" {
+		t.Errorf("warning names %q, want the -status value", m[1])
+	}
+}

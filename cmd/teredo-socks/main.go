@@ -170,6 +170,11 @@ func run(ctx context.Context, cfg *Config, e env) (code int) {
 			socksLn.Close()
 			return fail("cannot listen for -status: %v", err)
 		}
+		if a, ok := statusLn.Addr().(*net.TCPAddr); ok && !a.IP.IsLoopback() {
+			// The page is read-only but tells anyone who reaches it the
+			// Teredo address, the public mapping and the traffic counters.
+			fmt.Fprintf(e.stderr, "teredo-socks: warning: -status %s is not a loopback address; the status page has no authentication\n", cfg.Status)
+		}
 	}
 	closeListeners := func() {
 		socksLn.Close()
