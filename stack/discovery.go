@@ -4,7 +4,8 @@ package stack
 // discovery bubbles through the service socket and judges what arrives
 // (client.Config.LocalDiscovery, (*client.Client).ReceiveDiscovery); the
 // stack owns the second socket those bubbles arrive on: UDP port 3544 on
-// every address, joined to 224.0.0.253.
+// every address, joined to 224.0.0.253 on the configured interface or on
+// every suitable one (discovery_links.go).
 //
 // Multicast loopback. The service socket keeps the kernel's default
 // IP_MULTICAST_LOOP (on), unlike Miredo, which turns it off: with it, a
@@ -25,6 +26,7 @@ import (
 	"log/slog"
 	"net"
 	"net/netip"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -60,17 +62,43 @@ type discoverySocket struct {
 	// discovery bubbles that arrive by unicast) or came in on another
 	// interface than the configured one.
 	delivered, refused atomic.Uint64
+	// joinErrors counts failed joins on one interface (follow).
+	joinErrors atomic.Uint64
+
+	mu     sync.Mutex
+	joined map[int]string // by interface index (0: the default one): name
 
 	closeOnce sync.Once
 	done      chan struct{}
 }
 
 // listenDiscovery opens the discovery socket on port (0: an ephemeral one,
-// for tests) with SO_REUSEADDR and SO_REUSEPORT, so that several clients on
-// one host and a co-located server that also sets them can share it, joins
-// the group on ifi (nil: the interface the routing table picks for the
-// group), and starts the reader.
+// for tests), joins the group on ifi (nil: the interface the routing table
+// picks for the group), and starts the reader.
 func listenDiscovery(port uint16, ifi *net.Interface, handle func([]byte, netip.AddrPort), log *slog.Logger) (*discoverySocket, error) {
+	d, err := openDiscovery(port, ifi, handle, log)
+	if err != nil {
+		return nil, err
+	}
+	if err := d.pc.JoinGroup(ifi, discoveryGroupAddr); err != nil {
+		d.Close()
+		where := "the default interface"
+		if ifi != nil {
+			where = ifi.Name
+		}
+		return nil, fmt.Errorf("discovery socket: join %v on %s: %w", proto.DiscoveryGroup, where, err)
+	}
+	return d, nil
+}
+
+var discoveryGroupAddr = &net.UDPAddr{IP: net.IP(proto.DiscoveryGroup.AsSlice())}
+
+// openDiscovery opens the discovery socket on port with SO_REUSEADDR and
+// SO_REUSEPORT, so that several clients on one host and a co-located
+// server that also sets them can share it, and starts the reader; it joins
+// no group. Datagrams that arrive on another interface than ifi (nil: any)
+// are refused.
+func openDiscovery(port uint16, ifi *net.Interface, handle func([]byte, netip.AddrPort), log *slog.Logger) (*discoverySocket, error) {
 	lc := net.ListenConfig{Control: discoveryControl}
 	c, err := lc.ListenPacket(context.Background(), "udp4", netip.AddrPortFrom(netip.IPv4Unspecified(), port).String())
 	if err != nil {
@@ -78,15 +106,6 @@ func listenDiscovery(port uint16, ifi *net.Interface, handle func([]byte, netip.
 	}
 	conn := c.(*net.UDPConn)
 	pc := ipv4.NewPacketConn(conn)
-	group := &net.UDPAddr{IP: net.IP(proto.DiscoveryGroup.AsSlice())}
-	if err := pc.JoinGroup(ifi, group); err != nil {
-		conn.Close()
-		where := "the default interface"
-		if ifi != nil {
-			where = ifi.Name
-		}
-		return nil, fmt.Errorf("discovery socket: join %v on %s: %w", proto.DiscoveryGroup, where, err)
-	}
 	// Without the destination the reader cannot tell multicast from
 	// unicast; a system without IP_PKTINFO still gets discovery, unfiltered.
 	if err := pc.SetControlMessage(ipv4.FlagDst|ipv4.FlagInterface, true); err != nil {
@@ -99,9 +118,75 @@ func listenDiscovery(port uint16, ifi *net.Interface, handle func([]byte, netip.
 		handle: handle,
 		log:    log,
 		done:   make(chan struct{}),
+		joined: make(map[int]string),
 	}
 	go d.read()
 	return d, nil
+}
+
+// follow makes the socket a member of the group on exactly links (by
+// index): it joins where it has not yet and leaves interfaces no longer
+// listed. A failed join is counted and logged at debug and does not stop
+// the others. With no link at all, the socket keeps what it has, or joins
+// on the interface the routing table picks if it has nothing.
+func (d *discoverySocket) follow(links []discoveryLink) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if len(links) == 0 {
+		if len(d.joined) == 0 {
+			if err := d.pc.JoinGroup(nil, discoveryGroupAddr); err != nil && !errors.Is(err, syscall.EADDRINUSE) {
+				d.joinErrors.Add(1)
+				d.log.Debug("teredo: local discovery: cannot join the group on the default interface", "err", err)
+				return
+			}
+			d.joined[0] = ""
+		}
+		return
+	}
+	want := make(map[int]bool, len(links))
+	for _, l := range links {
+		want[l.Index] = true
+		if _, ok := d.joined[l.Index]; ok {
+			continue
+		}
+		// EADDRINUSE: already a member there, through the default
+		// interface's membership.
+		err := d.pc.JoinGroup(&net.Interface{Index: l.Index, Name: l.Name}, discoveryGroupAddr)
+		if err != nil && !errors.Is(err, syscall.EADDRINUSE) {
+			d.joinErrors.Add(1)
+			d.log.Debug("teredo: local discovery: cannot join the group", "interface", l.Name, "err", err)
+			continue
+		}
+		d.joined[l.Index] = l.Name
+	}
+	for index, name := range d.joined {
+		if want[index] {
+			continue
+		}
+		var ifi *net.Interface // the default interface's membership
+		if index != 0 {
+			ifi = &net.Interface{Index: index, Name: name}
+		}
+		// An interface that is gone took the membership with it; the
+		// error only says so.
+		if err := d.pc.LeaveGroup(ifi, discoveryGroupAddr); err != nil {
+			d.log.Debug("teredo: local discovery: leave the group", "interface", name, "err", err)
+		}
+		delete(d.joined, index)
+	}
+}
+
+// memberships returns the names of the interfaces the socket joined the
+// group on, sorted; "" stands for the default interface.
+func (d *discoverySocket) memberships() []string {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	names := make([]string, 0, len(d.joined))
+	for _, n := range d.joined {
+		names = append(names, n)
+	}
+	slices.Sort(names)
+	return names
 }
 
 // LocalAddr returns the socket's bound address.
@@ -177,21 +262,82 @@ func (s *Stack) startDiscovery(port uint16) {
 		}
 	}
 	cl := s.cl
-	d, err := listenDiscovery(port, ifi, func(b []byte, from netip.AddrPort) { cl.ReceiveDiscovery(b, from) }, s.log)
+	handle := func(b []byte, from netip.AddrPort) { cl.ReceiveDiscovery(b, from) }
+	var d *discoverySocket
+	var err error
+	if s.dt != nil {
+		// Every suitable interface: join on those there are now; each
+		// discovery bubble brings the memberships up to date.
+		if d, err = openDiscovery(port, nil, handle, s.log); err == nil {
+			all, lerr := s.dt.links()
+			if lerr != nil {
+				s.dt.listErrors.Add(1)
+				s.log.Debug("teredo: local discovery: cannot list interfaces", "err", lerr)
+			}
+			d.follow(suitableLinks(all))
+			follow := d.follow
+			s.dt.follow.Store(&follow)
+		}
+	} else {
+		d, err = listenDiscovery(port, ifi, handle, s.log)
+	}
 	if err != nil {
 		s.log.Warn("teredo: local discovery runs without its socket: neighbours' discovery bubbles go unheard", "err", err)
 		return
 	}
-	s.log.Info("teredo: local discovery on", "socket", d.LocalAddr(), "group", proto.DiscoveryGroup, "interface", s.cfg.DiscoveryInterface)
+	if s.dt != nil {
+		s.log.Info("teredo: local discovery on", "socket", d.LocalAddr(), "group", proto.DiscoveryGroup, "interfaces", d.memberships())
+	} else {
+		s.log.Info("teredo: local discovery on", "socket", d.LocalAddr(), "group", proto.DiscoveryGroup, "interface", s.cfg.DiscoveryInterface)
+	}
 	s.disc = d
+}
+
+// newDiscoveryTransport returns the transport that sends the client's
+// discovery bubbles on every suitable interface, or nil when the stack
+// sends them once, where the routing table or Config.DiscoveryInterface
+// says: discovery is off, an interface is configured, or the socket is not
+// one whose outgoing interface can be chosen per datagram (injected
+// connections, systems other than Linux).
+func (s *Stack) newDiscoveryTransport() *discoveryTransport {
+	if !s.cfg.LocalDiscovery || s.cfg.DiscoveryInterface != "" {
+		return nil
+	}
+	sc, ok := s.conn.(syscallConn)
+	if !ok {
+		return nil
+	}
+	send, err := linkSender(sc)
+	if err != nil || send == nil {
+		if err != nil {
+			s.log.Debug("teredo: local discovery on one interface only", "err", err)
+		}
+		return nil
+	}
+	return &discoveryTransport{conn: s.conn, links: hostLinks, sendOn: send, log: s.log}
 }
 
 // stopDiscovery closes the discovery socket, if any, and waits for its
 // reader.
 func (s *Stack) stopDiscovery() {
+	if s.dt != nil {
+		s.dt.follow.Store(nil)
+	}
 	if s.disc != nil {
 		s.disc.Close()
 	}
+}
+
+// discoveryStats returns local discovery's per-interface counters.
+func (s *Stack) discoveryStats() DiscoveryStats {
+	if s.dt == nil {
+		return DiscoveryStats{}
+	}
+	st := s.dt.stats()
+	if s.disc != nil {
+		st.JoinErrors = s.disc.joinErrors.Load()
+	}
+	return st
 }
 
 // LocalDiscovery reports whether local discovery runs: Config.LocalDiscovery

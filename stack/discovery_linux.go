@@ -1,7 +1,9 @@
 package stack
 
 import (
+	"fmt"
 	"net"
+	"net/netip"
 	"os"
 	"syscall"
 
@@ -53,4 +55,47 @@ func scopeMulticast(sc syscallConn, ifi *net.Interface) error {
 		return cerr
 	}
 	return err
+}
+
+// linkSender returns a function that sends a datagram from the service
+// socket out of a given interface: sendmsg with an IP_PKTINFO naming the
+// interface, which for multicast takes precedence over IP_MULTICAST_IF, so
+// concurrent sends need no lock and the socket's options stay as they are.
+// The source address is the socket's bound one or, unbound, the
+// interface's: IP_PKTINFO replaces the bound address with its own, so it
+// carries the bound one.
+func linkSender(sc syscallConn) (func(b []byte, to netip.AddrPort, ifindex int) error, error) {
+	rc, err := sc.SyscallConn()
+	if err != nil {
+		return nil, err
+	}
+	var local unix.Sockaddr
+	if cerr := rc.Control(func(fd uintptr) { local, err = unix.Getsockname(int(fd)) }); cerr != nil {
+		return nil, cerr
+	}
+	if err != nil {
+		return nil, os.NewSyscallError("getsockname", err)
+	}
+	bound, ok := local.(*unix.SockaddrInet4)
+	if !ok {
+		return nil, fmt.Errorf("service socket is not IPv4 (%T)", local)
+	}
+	return func(b []byte, to netip.AddrPort, ifindex int) error {
+		if !to.Addr().Is4() {
+			return fmt.Errorf("send to %v: not IPv4", to)
+		}
+		sa := &unix.SockaddrInet4{Port: int(to.Port()), Addr: to.Addr().As4()}
+		oob := unix.PktInfo4(&unix.Inet4Pktinfo{Ifindex: int32(ifindex), Spec_dst: bound.Addr})
+		var serr error
+		if err := rc.Write(func(fd uintptr) bool {
+			_, serr = unix.SendmsgN(int(fd), b, oob, sa, 0)
+			return serr != unix.EAGAIN
+		}); err != nil {
+			return err
+		}
+		if serr != nil {
+			return os.NewSyscallError("sendmsg", serr)
+		}
+		return nil
+	}, nil
 }

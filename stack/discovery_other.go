@@ -4,6 +4,7 @@ package stack
 
 import (
 	"net"
+	"net/netip"
 	"syscall"
 )
 
@@ -16,4 +17,11 @@ func discoveryControl(_, _ string, _ syscall.RawConn) error { return nil }
 // systems Go supports) outside Linux.
 func scopeMulticast(syscallConn, *net.Interface) error {
 	return nil
+}
+
+// linkSender has no way to pick the outgoing interface per datagram
+// outside Linux: discovery bubbles go out once, where the routing table
+// sends them.
+func linkSender(syscallConn) (func(b []byte, to netip.AddrPort, ifindex int) error, error) {
+	return nil, nil
 }

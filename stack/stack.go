@@ -76,8 +76,11 @@ type Config struct {
 	// socket cannot be opened, a warning is logged and the stack runs
 	// without it (see Stack.LocalDiscovery).
 	LocalDiscovery bool
-	// DiscoveryInterface names the interface that joins 224.0.0.253 and
-	// sends discovery bubbles; empty means the one the routing table picks.
+	// DiscoveryInterface names the only interface that joins 224.0.0.253
+	// and sends discovery bubbles. Empty means every interface that is up,
+	// multicast-capable, not loopback and has an IPv4 address, listed
+	// again at each discovery bubble (on Linux; elsewhere, the one the
+	// routing table picks).
 	DiscoveryInterface string
 
 	// TCPReceiveBufferMax and TCPSendBufferMax bound TCP's auto-tuned
@@ -122,6 +125,8 @@ type Status struct {
 	Client client.Status
 	// Link counts the packets the link endpoint moved and dropped.
 	Link link.Stats
+	// Discovery counts local discovery's work per interface.
+	Discovery DiscoveryStats
 }
 
 // Stack is a Teredo IPv6 host. Its methods are safe for concurrent use.
@@ -132,7 +137,8 @@ type Stack struct {
 	ep   *link.Endpoint
 	cl   *client.Client
 	ns   *gstack.Stack
-	disc *discoverySocket // nil unless local discovery runs
+	disc *discoverySocket    // nil unless local discovery runs
+	dt   *discoveryTransport // nil unless discovery runs on every interface
 
 	// Events from the client are queued here and applied, in order, by
 	// the event goroutine (or by New while it waits for qualification).
@@ -179,8 +185,12 @@ func New(ctx context.Context, cfg Config) (*Stack, error) {
 		s.conn = c
 	}
 	s.ep = link.New(s.conn, nil, link.Options{GSO: !cfg.DisableGSO, GRO: !cfg.DisableGRO, Logger: cfg.Logger})
+	var tr client.Transport = s.conn
+	if s.dt = s.newDiscoveryTransport(); s.dt != nil {
+		tr = s.dt
+	}
 	cl, err := client.New(client.Config{
-		Transport:  s.conn,
+		Transport:  tr,
 		Deliver:    s.ep.Deliver,
 		Clock:      cfg.Clock,
 		Logger:     cfg.Logger,
@@ -446,7 +456,7 @@ func (s *Stack) Addr() netip.Addr {
 
 // Status returns a snapshot of the client and link.
 func (s *Stack) Status() Status {
-	return Status{Client: s.cl.Status(), Link: s.ep.Stats()}
+	return Status{Client: s.cl.Status(), Link: s.ep.Stats(), Discovery: s.discoveryStats()}
 }
 
 // Netstack returns the gVisor stack, for code that needs more than
