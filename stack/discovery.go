@@ -328,13 +328,15 @@ func (s *Stack) stopDiscovery() {
 	}
 }
 
-// discoveryStats returns local discovery's per-interface counters.
+// discoveryStats returns local discovery's counters.
 func (s *Stack) discoveryStats() DiscoveryStats {
-	if s.dt == nil {
-		return DiscoveryStats{}
+	var st DiscoveryStats
+	if s.dt != nil {
+		st = s.dt.stats()
 	}
-	st := s.dt.stats()
 	if s.disc != nil {
+		st.Delivered = s.disc.delivered.Load()
+		st.Refused = s.disc.refused.Load()
 		st.JoinErrors = s.disc.joinErrors.Load()
 	}
 	return st

@@ -71,10 +71,15 @@ func suitableLinks(all []discoveryLink) []discoveryLink {
 	return out
 }
 
-// DiscoveryStats counts what local discovery did on each interface when it
-// runs on every suitable one (no Config.DiscoveryInterface); it stays zero
-// otherwise.
+// DiscoveryStats counts local discovery's work. Delivered and Refused
+// count while the discovery socket runs; the others only when discovery
+// runs on every suitable interface (no Config.DiscoveryInterface).
 type DiscoveryStats struct {
+	// Delivered counts datagrams the discovery socket handed to the
+	// client, which judges them (its own bubbles, heard through multicast
+	// loopback, among them); Refused those it dropped: not sent to the
+	// group, or in on another interface than the configured one.
+	Delivered, Refused uint64
 	// Interfaces names the interfaces the last discovery bubble went out
 	// on.
 	Interfaces []string

@@ -15,6 +15,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -34,14 +35,16 @@ import (
 // namespace by TestLocalDiscoveryNetns.
 const netnsChildEnv = "TEREDO_STACK_DISCOVERY_NETNS"
 
-// The namespace's link: one end of a veth pair (a dummy interface would do,
-// but not every kernel has the module) whose other end is up with no
-// address and no group. Linux loops multicast sent on it back to the
-// namespace's own sockets; the copy on the wire reaches only the peer end,
-// which drops it.
+// The namespace's links, two LANs: each is one end of a veth pair (a dummy
+// interface would do, but not every kernel has the module) whose other end
+// is up with no address and no group. Linux loops multicast sent on them
+// back to the namespace's own sockets, tagged with the link it was sent
+// on; the copy on the wire reaches only the peer end, which drops it.
 const (
 	netnsLink       = "d0"
 	netnsLinkPeer   = "d0peer"
+	netnsLink2      = "d1"
+	netnsLink2Peer  = "d1peer"
 	netnsServerPort = 4544 // not 3544: our server does not share its port
 )
 
@@ -49,6 +52,7 @@ var (
 	netnsClientIP  = netip.MustParseAddr("10.77.0.1")
 	netnsPrimary   = netip.MustParseAddr("10.77.0.10")
 	netnsSecondary = netip.MustParseAddr("10.77.0.11")
+	netnsLAN2IP    = netip.MustParseAddr("10.78.0.1")
 )
 
 // lookTool finds an external tool in PATH or the sbin directories that
@@ -67,9 +71,11 @@ func lookTool(name string) (string, error) {
 }
 
 // TestLocalDiscoveryNetns runs two stacks with local discovery on one host
-// behind no NAT, in a network namespace of its own with a Teredo server:
-// each must find the other through 224.0.0.253 without any packet through
-// the server, and TCP between them must go directly. It needs root (for
+// behind no NAT, in a network namespace of its own with a Teredo server and
+// two LANs: each must find the other through 224.0.0.253 without any packet
+// through the server, and TCP between them must go directly. Stack a
+// listens on the second LAN only; b, with no interface configured, must
+// send its discovery bubbles on both, and a must hear the one on its LAN. It needs root (for
 // unshare -n); it skips otherwise, and fails under CI=true.
 func TestLocalDiscoveryNetns(t *testing.T) {
 	if parentNS := os.Getenv(netnsChildEnv); parentNS != "" {
@@ -134,6 +140,10 @@ func localDiscoveryInNetns(t *testing.T, parentNS string) {
 		{"addr", "add", netnsClientIP.String() + "/24", "dev", netnsLink},
 		{"addr", "add", netnsPrimary.String() + "/24", "dev", netnsLink},
 		{"addr", "add", netnsSecondary.String() + "/24", "dev", netnsLink},
+		{"link", "add", netnsLink2, "type", "veth", "peer", "name", netnsLink2Peer},
+		{"link", "set", netnsLink2Peer, "up"},
+		{"link", "set", netnsLink2, "multicast", "on", "up"},
+		{"addr", "add", netnsLAN2IP.String() + "/24", "dev", netnsLink2},
 		// The route that picks the "default interface" for the group.
 		{"route", "add", "224.0.0.0/4", "dev", netnsLink},
 	} {
@@ -142,7 +152,7 @@ func localDiscoveryInNetns(t *testing.T, parentNS string) {
 		}
 	}
 
-	capt := startCapture(t, netnsLink)
+	captures := map[string]*capture{netnsLink: startCapture(t, netnsLink), netnsLink2: startCapture(t, netnsLink2)}
 
 	log := slog.New(slog.NewTextHandler(testWriter{t}, &slog.HandlerOptions{Level: slog.LevelInfo}))
 	srv, err := server.New(server.Config{
@@ -182,9 +192,10 @@ func localDiscoveryInNetns(t *testing.T, parentNS string) {
 		return s
 	}
 	// One after the other: b's discovery bubble reaches a, whose socket is
-	// open, and a's unicast answer reaches b. a joins on the named
-	// interface, b on the one the routing table picks.
-	a := newStack("a", netnsLink)
+	// open, and a's unicast answer reaches b. a joins on the second LAN
+	// only and refuses what comes in on the first; b joins and sends on
+	// every suitable interface, both LANs.
+	a := newStack("a", netnsLink2)
 	defer a.Close()
 	b := newStack("b", "")
 	defer b.Close()
@@ -217,6 +228,24 @@ func localDiscoveryInNetns(t *testing.T, parentNS string) {
 			time.Sleep(20 * time.Millisecond)
 		}
 	}
+	// a heard a discovery bubble other than its own: b's, sent on the
+	// second LAN (its copy on the first one a refuses).
+	for {
+		st := a.Status()
+		if st.Discovery.Delivered > st.Client.Counters.Drops["discovery"] {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("stack a heard no discovery bubble but its own on %s: %+v, drops %v", netnsLink2, st.Discovery, st.Client.Counters.Drops)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if d := b.Status().Discovery; !slices.Contains(d.Interfaces, netnsLink) || !slices.Contains(d.Interfaces, netnsLink2) || d.SendErrors != 0 || d.JoinErrors != 0 {
+		t.Errorf("stack b: discovery %+v; want bubbles on %s and %s without errors", d, netnsLink, netnsLink2)
+	}
+	if d := a.Status().Discovery; len(d.Interfaces) != 0 || d.Sent != 0 {
+		t.Errorf("stack a, on %s only: per-interface discovery %+v", netnsLink2, d)
+	}
 	st := srv.Stats()
 	if st.ForwardedTeredo != 0 {
 		t.Errorf("the server relayed %d bubbles: discovery should have made them needless", st.ForwardedTeredo)
@@ -248,20 +277,29 @@ func localDiscoveryInNetns(t *testing.T, parentNS string) {
 		}
 	}
 
-	// The discovery bubbles that left on the link had IP TTL 1.
-	pkts := capt.stop()
-	if len(pkts) == 0 {
-		capt.mu.Lock()
-		seen := fmt.Sprint(capt.seen)
-		capt.mu.Unlock()
-		t.Fatalf("no discovery bubble seen leaving on %s; IPv4 packets seen by packet type: %s", netnsLink, seen)
-	}
-	for _, p := range pkts {
-		if p.ttl != 1 || p.ipv6Dst != proto.AllNodes {
-			t.Errorf("discovery datagram from %v: TTL %d, IPv6 destination %v; want TTL 1 to %v", p.src, p.ttl, p.ipv6Dst, proto.AllNodes)
+	// The discovery bubbles that left on each link had IP TTL 1, and b's
+	// left on both links.
+	for _, link := range []string{netnsLink, netnsLink2} {
+		capt := captures[link]
+		pkts := capt.stop()
+		fromB := 0
+		for _, p := range pkts {
+			if p.ttl != 1 || p.ipv6Dst != proto.AllNodes {
+				t.Errorf("discovery datagram from %v on %s: TTL %d, IPv6 destination %v; want TTL 1 to %v", p.src, link, p.ttl, p.ipv6Dst, proto.AllNodes)
+			}
+			if p.src == b.LocalAddr() {
+				fromB++
+			}
 		}
+		if fromB == 0 {
+			capt.mu.Lock()
+			seen := fmt.Sprint(capt.seen)
+			capt.mu.Unlock()
+			t.Errorf("no discovery bubble of b (%v) seen leaving on %s; %d of others; IPv4 packets seen by packet type: %s", b.LocalAddr(), link, len(pkts), seen)
+			continue
+		}
+		t.Logf("%d discovery bubbles left on %s (%d of b), all with TTL 1", len(pkts), link, fromB)
 	}
-	t.Logf("%d discovery bubbles left on %s, all with TTL 1", len(pkts), netnsLink)
 }
 
 // echoTCP sends 256 KiB over TCP from one stack to an echo listener on the
