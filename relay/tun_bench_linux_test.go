@@ -30,6 +30,24 @@ type singleDevice struct{ Device }
 //
 //	sudo unshare -n go test -run XXX -bench TUNToTeredo ./relay
 func BenchmarkTUNToTeredo(b *testing.B) {
+	setUpBenchNamespace(b)
+	for _, bc := range []struct {
+		name       string
+		batch, gso bool
+	}{
+		{"single", false, false},
+		{"batch", true, false},
+		{"batch+gso", true, true},
+	} {
+		b.Run(bc.name, func(b *testing.B) { benchTUN(b, bc.batch, bc.gso) })
+	}
+}
+
+// setUpBenchNamespace skips b unless it runs as root in a private network
+// namespace, then brings lo up with the native host's address: the TUN
+// benchmarks create a real device and route 2001::/32 into it.
+func setUpBenchNamespace(b *testing.B) {
+	b.Helper()
 	if os.Geteuid() != 0 {
 		b.Skip("needs root")
 	}
@@ -45,16 +63,6 @@ func BenchmarkTUNToTeredo(b *testing.B) {
 		if out, err := exec.Command(args[0], args[1:]...).CombinedOutput(); err != nil {
 			b.Fatalf("%v: %v\n%s", args, err, out)
 		}
-	}
-	for _, bc := range []struct {
-		name       string
-		batch, gso bool
-	}{
-		{"single", false, false},
-		{"batch", true, false},
-		{"batch+gso", true, true},
-	} {
-		b.Run(bc.name, func(b *testing.B) { benchTUN(b, bc.batch, bc.gso) })
 	}
 }
 

@@ -5,7 +5,6 @@ import (
 	"encoding/binary"
 	"net"
 	"net/netip"
-	"os"
 	"os/exec"
 	"slices"
 	"sync/atomic"
@@ -34,22 +33,7 @@ import (
 //
 //	sudo unshare -n go test -run XXX -bench TUNToTeredoTCP -benchtime 200000x ./relay
 func BenchmarkTUNToTeredoTCP(b *testing.B) {
-	if os.Geteuid() != 0 {
-		b.Skip("needs root")
-	}
-	// A fresh network namespace has nothing but lo: never add a TUN
-	// device and a route for 2001::/32 to a real host's.
-	if ifs, err := net.Interfaces(); err != nil || len(ifs) != 1 || ifs[0].Name != "lo" {
-		b.Skip("run it in a private network namespace: unshare -n go test ...")
-	}
-	for _, args := range [][]string{
-		{"ip", "link", "set", "lo", "up"},
-		{"ip", "addr", "replace", native.String() + "/128", "dev", "lo", "nodad"},
-	} {
-		if out, err := exec.Command(args[0], args[1:]...).CombinedOutput(); err != nil {
-			b.Fatalf("%v: %v\n%s", args, err, out)
-		}
-	}
+	setUpBenchNamespace(b)
 	b.Run("plain", func(b *testing.B) { benchDownload(b, false) })
 	b.Run("tso", func(b *testing.B) { benchDownload(b, true) })
 }

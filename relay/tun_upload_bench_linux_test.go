@@ -6,7 +6,6 @@ import (
 	"errors"
 	"net"
 	"net/netip"
-	"os"
 	"os/exec"
 	"sync/atomic"
 	"syscall"
@@ -37,22 +36,7 @@ type perPacketDevice struct{ BatchDevice }
 //
 //	sudo unshare -n go test -run XXX -bench TeredoToTUN ./relay
 func BenchmarkTeredoToTUN(b *testing.B) {
-	if os.Geteuid() != 0 {
-		b.Skip("needs root")
-	}
-	// A fresh network namespace has nothing but lo: never add a TUN
-	// device and a route for 2001::/32 to a real host's.
-	if ifs, err := net.Interfaces(); err != nil || len(ifs) != 1 || ifs[0].Name != "lo" {
-		b.Skip("run it in a private network namespace: unshare -n go test ...")
-	}
-	for _, args := range [][]string{
-		{"ip", "link", "set", "lo", "up"},
-		{"ip", "addr", "replace", native.String() + "/128", "dev", "lo", "nodad"},
-	} {
-		if out, err := exec.Command(args[0], args[1:]...).CombinedOutput(); err != nil {
-			b.Fatalf("%v: %v\n%s", args, err, out)
-		}
-	}
+	setUpBenchNamespace(b)
 	b.Run("per-packet", func(b *testing.B) { benchUpload(b, false) })
 	b.Run("coalesced", func(b *testing.B) { benchUpload(b, true) })
 }
