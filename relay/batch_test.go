@@ -11,7 +11,6 @@ import (
 	"time"
 
 	"github.com/teredo-go/teredo/internal/udpio"
-	"github.com/teredo-go/teredo/internal/udpio/udpiotest"
 	"github.com/teredo-go/teredo/peer"
 	"github.com/teredo-go/teredo/proto"
 )
@@ -154,21 +153,8 @@ func TestBatchSteadyStateAllocs(t *testing.T) {
 
 // TestRunBatchDevice drives the transmit loop through ReadPackets.
 func TestRunBatchDevice(t *testing.T) {
-	nw := udpiotest.NewNetwork()
-	conn, err := nw.Listen(relayAddr)
-	if err != nil {
-		t.Fatal(err)
-	}
-	client, err := nw.Listen(clientMap)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer client.Close()
 	dev := &batchDevice{fakeDevice: newFakeDevice()}
-	r, err := New(Config{Conn: conn, Device: dev, IPv4Filter: proto.AnyIPv4})
-	if err != nil {
-		t.Fatal(err)
-	}
+	r, client := newLoopRelay(t, Config{Device: dev, IPv4Filter: proto.AnyIPv4})
 	peerAddr := teredoAddr(serverIP, clientMap)
 	r.table.Update(peerAddr.As16(), true, r.now(), func(p *peer.Peer) { p.Trust(clientMap) })
 	const n = 10
@@ -224,21 +210,8 @@ func (d *writerDevice) WritePackets(pkts [][]byte) (int, error) {
 // TestRunBatchWriter checks that the packets decapsulated from one read
 // batch reach a BatchWriter together, in order, and that each is counted.
 func TestRunBatchWriter(t *testing.T) {
-	nw := udpiotest.NewNetwork()
-	conn, err := nw.Listen(relayAddr)
-	if err != nil {
-		t.Fatal(err)
-	}
-	client, err := nw.Listen(clientMap)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer client.Close()
 	dev := &writerDevice{fakeDevice: newFakeDevice()}
-	r, err := New(Config{Conn: conn, Device: dev, IPv4Filter: proto.AnyIPv4})
-	if err != nil {
-		t.Fatal(err)
-	}
+	r, client := newLoopRelay(t, Config{Device: dev, IPv4Filter: proto.AnyIPv4})
 	peerAddr := teredoAddr(serverIP, clientMap)
 	payloads := []string{"a", "b", "bad", "c", "to teredo", "d"}
 	for _, p := range payloads { // queued before Run, so that one read takes them all

@@ -15,10 +15,11 @@ import (
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
 
-// TestRun drives the relay through its two readers with the real clock:
-// a packet from the IPv6 side to a client that has already talked to the
-// relay, and one back.
-func TestRun(t *testing.T) {
+// newLoopRelay returns a relay built from cfg on an in-memory network, its
+// socket at relayAddr, and a client socket at clientMap that the test's
+// cleanup closes. The test runs the relay itself.
+func newLoopRelay(t *testing.T, cfg Config) (*Relay, udpio.Conn) {
+	t.Helper()
 	nw := udpiotest.NewNetwork()
 	conn, err := nw.Listen(relayAddr)
 	if err != nil {
@@ -28,12 +29,21 @@ func TestRun(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer client.Close()
-	dev := newFakeDevice()
-	r, err := New(Config{Conn: conn, Device: dev})
+	t.Cleanup(func() { client.Close() })
+	cfg.Conn = conn
+	r, err := New(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
+	return r, client
+}
+
+// TestRun drives the relay through its two readers with the real clock:
+// a packet from the IPv6 side to a client that has already talked to the
+// relay, and one back.
+func TestRun(t *testing.T) {
+	dev := newFakeDevice()
+	r, client := newLoopRelay(t, Config{Device: dev})
 	done := make(chan error, 1)
 	go func() { done <- r.Run(context.Background()) }()
 
