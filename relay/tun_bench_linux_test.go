@@ -66,6 +66,47 @@ func setUpBenchNamespace(b *testing.B) {
 	}
 }
 
+// newBenchRelay builds a relay on a loopback socket opened with relayOpts,
+// with d (dev or a wrapper of it) as its IPv6 side, and opens a Teredo
+// client's loopback socket with clientOpts, which the caller closes. The
+// relay owns dev from here on.
+func newBenchRelay(b *testing.B, dev *tun.Device, d Device, relayOpts, clientOpts udpio.Options) (*Relay, *udpio.UDPConn) {
+	b.Helper()
+	lo := netip.MustParseAddrPort("127.0.0.1:0")
+	conn, err := udpio.Listen(lo, relayOpts)
+	if err != nil {
+		dev.Close()
+		b.Fatal(err)
+	}
+	client, err := udpio.Listen(lo, clientOpts)
+	if err != nil {
+		conn.Close()
+		dev.Close()
+		b.Fatal(err)
+	}
+	r, err := New(Config{Conn: conn, Device: d, IPv4Filter: proto.AnyIPv4})
+	if err != nil {
+		client.Close()
+		conn.Close()
+		dev.Close()
+		b.Fatal(err)
+	}
+	return r, client
+}
+
+// runBenchRelay runs r until the returned function is called, which closes
+// r and reports an error Run returned.
+func runBenchRelay(b *testing.B, r *Relay) (stop func()) {
+	done := make(chan error, 1)
+	go func() { done <- r.Run(context.Background()) }()
+	return func() {
+		r.Close()
+		if err := <-done; err != nil {
+			b.Error(err)
+		}
+	}
+}
+
 func benchTUN(b *testing.B, batch, gso bool) {
 	dev, err := tun.Open(tun.Config{Name: "relaybench0", Routes: []netip.Prefix{proto.Prefix}})
 	if err != nil {
@@ -75,33 +116,11 @@ func benchTUN(b *testing.B, batch, gso bool) {
 	if !batch {
 		d = singleDevice{dev}
 	}
-	lo := netip.MustParseAddrPort("127.0.0.1:0")
-	conn, err := udpio.Listen(lo, udpio.Options{GSO: gso})
-	if err != nil {
-		dev.Close()
-		b.Fatal(err)
-	}
-	rcv, err := udpio.Listen(lo, udpio.Options{GRO: true})
-	if err != nil {
-		conn.Close()
-		dev.Close()
-		b.Fatal(err)
-	}
+	r, rcv := newBenchRelay(b, dev, d, udpio.Options{GSO: gso}, udpio.Options{GRO: true})
 	defer rcv.Close()
-	r, err := New(Config{Conn: conn, Device: d, IPv4Filter: proto.AnyIPv4})
-	if err != nil {
-		b.Fatal(err)
-	}
 	peerAddr := teredoAddr(serverIP, rcv.LocalAddr())
 	r.table.Update(peerAddr.As16(), true, r.now(), func(p *peer.Peer) { p.Trust(rcv.LocalAddr()) })
-	done := make(chan error, 1)
-	go func() { done <- r.Run(context.Background()) }()
-	defer func() {
-		r.Close()
-		if err := <-done; err != nil {
-			b.Error(err)
-		}
-	}()
+	defer runBenchRelay(b, r)()
 
 	src, err := net.ListenUDP("udp6", &net.UDPAddr{IP: native.AsSlice()})
 	if err != nil {

@@ -1,7 +1,6 @@
 package relay
 
 import (
-	"context"
 	"encoding/binary"
 	"net"
 	"net/netip"
@@ -153,37 +152,16 @@ func benchDownload(b *testing.B, offload bool) {
 		dev.Close()
 		b.Fatalf("read offload %v", st.ReadOffload)
 	}
-	lo := netip.MustParseAddrPort("127.0.0.1:0")
-	conn, err := udpio.Listen(lo, udpio.Options{GSO: true, GRO: true})
-	if err != nil {
-		dev.Close()
-		b.Fatal(err)
-	}
-	client, err := udpio.Listen(lo, udpio.Options{GSO: true, GRO: true})
-	if err != nil {
-		conn.Close()
-		dev.Close()
-		b.Fatal(err)
-	}
-	r, err := New(Config{Conn: conn, Device: dev, IPv4Filter: proto.AnyIPv4})
-	if err != nil {
-		b.Fatal(err)
-	}
+	sock := udpio.Options{GSO: true, GRO: true}
+	r, client := newBenchRelay(b, dev, dev, sock, sock)
 	d := &download{
 		conn:  client,
-		relay: conn.LocalAddr(),
+		relay: r.Addr(),
 		self:  netip.AddrPortFrom(teredoAddr(serverIP, client.LocalAddr()), 40000),
 		iss:   1 << 30,
 	}
 	r.table.Update(d.self.Addr().As16(), true, r.now(), func(p *peer.Peer) { p.Trust(client.LocalAddr()) })
-	done := make(chan error, 1)
-	go func() { done <- r.Run(context.Background()) }()
-	defer func() {
-		r.Close()
-		if err := <-done; err != nil {
-			b.Error(err)
-		}
-	}()
+	defer runBenchRelay(b, r)()
 	rdone := make(chan struct{})
 	go func() { defer close(rdone); d.run() }()
 	defer func() { client.Close(); <-rdone }()

@@ -1,7 +1,6 @@
 package relay
 
 import (
-	"context"
 	"encoding/binary"
 	"errors"
 	"net"
@@ -131,30 +130,9 @@ func benchUpload(b *testing.B, coalesce bool) {
 	if !coalesce {
 		d = perPacketDevice{dev}
 	}
-	lo := netip.MustParseAddrPort("127.0.0.1:0")
-	conn, err := udpio.Listen(lo, udpio.Options{GSO: true, GRO: true})
-	if err != nil {
-		dev.Close()
-		b.Fatal(err)
-	}
-	client, err := udpio.Listen(lo, udpio.Options{GSO: true, GRO: true})
-	if err != nil {
-		conn.Close()
-		dev.Close()
-		b.Fatal(err)
-	}
-	r, err := New(Config{Conn: conn, Device: d, IPv4Filter: proto.AnyIPv4})
-	if err != nil {
-		b.Fatal(err)
-	}
-	done := make(chan error, 1)
-	go func() { done <- r.Run(context.Background()) }()
-	defer func() {
-		r.Close()
-		if err := <-done; err != nil {
-			b.Error(err)
-		}
-	}()
+	sock := udpio.Options{GSO: true, GRO: true}
+	r, client := newBenchRelay(b, dev, d, sock, sock)
+	defer runBenchRelay(b, r)()
 
 	// The native host: a kernel TCP socket that reads and discards.
 	ln, err := net.ListenTCP("tcp6", &net.TCPAddr{IP: native.AsSlice()})
@@ -184,7 +162,7 @@ func benchUpload(b *testing.B, coalesce bool) {
 
 	u := &upload{
 		conn:  client,
-		relay: conn.LocalAddr(),
+		relay: r.Addr(),
 		src:   netip.AddrPortFrom(teredoAddr(serverIP, client.LocalAddr()), 40000),
 		dst:   netip.AddrPortFrom(native, uint16(ln.Addr().(*net.TCPAddr).Port)),
 	}
