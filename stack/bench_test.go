@@ -147,15 +147,7 @@ func BenchmarkRelayStream(b *testing.B) {
 	received := discardOne(ln)
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
-	s, err := stack.New(ctx, stack.Config{
-		Servers:   in.Servers(),
-		Secondary: in.SecondaryAddr(),
-		LocalAddr: netip.MustParseAddrPort("127.0.0.1:0"),
-		IsGlobal:  in.IPv4Filter(),
-	})
-	if err != nil {
-		b.Fatal(err)
-	}
+	s := qualifyOn(b, ctx, in)
 	defer s.Close()
 	c, err := dialer.New(s).DialContext(ctx, "tcp", netip.AddrPortFrom(h.Addr(), 9).String())
 	if err != nil {

@@ -16,7 +16,6 @@ import (
 
 	"github.com/teredo-go/teredo/dialer"
 	"github.com/teredo-go/teredo/socks5"
-	"github.com/teredo-go/teredo/stack"
 	"github.com/teredo-go/teredo/teredotest"
 )
 
@@ -63,15 +62,7 @@ func BenchmarkIdleSessions(b *testing.B) {
 	}()
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
-	s, err := stack.New(ctx, stack.Config{
-		Servers:   in.Servers(),
-		Secondary: in.SecondaryAddr(),
-		LocalAddr: netip.MustParseAddrPort("127.0.0.1:0"),
-		IsGlobal:  in.IPv4Filter(),
-	})
-	if err != nil {
-		b.Fatal(err)
-	}
+	s := qualifyOn(b, ctx, in)
 	defer s.Close()
 	srv := &socks5.Server{Dial: dialer.New(s).DialContext, MaxConns: -1}
 	sl, err := net.Listen("tcp", "127.0.0.1:0")

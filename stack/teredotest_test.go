@@ -16,6 +16,23 @@ import (
 // TestNativeDestinations uses the in-process Teredo internet: a native
 // IPv6 host is reached through the relay, and a native address where no
 // host answers the echo test fails promptly with EHOSTUNREACH.
+// qualifyOn returns a stack qualified, within ctx, by the server of in,
+// from a socket on loopback. The caller closes it: benchmarks run their
+// function several times, and cleanups would pile stacks up until the end.
+func qualifyOn(tb testing.TB, ctx context.Context, in *teredotest.Internet) *stack.Stack {
+	tb.Helper()
+	s, err := stack.New(ctx, stack.Config{
+		Servers:   in.Servers(),
+		Secondary: in.SecondaryAddr(),
+		LocalAddr: netip.MustParseAddrPort("127.0.0.1:0"),
+		IsGlobal:  in.IPv4Filter(),
+	})
+	if err != nil {
+		tb.Fatal(err)
+	}
+	return s
+}
+
 func TestNativeDestinations(t *testing.T) {
 	in := teredotest.New(t)
 	h, err := in.AddHost(netip.Addr{})
@@ -28,15 +45,7 @@ func TestNativeDestinations(t *testing.T) {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
-	s, err := stack.New(ctx, stack.Config{
-		Servers:   in.Servers(),
-		Secondary: in.SecondaryAddr(),
-		LocalAddr: netip.MustParseAddrPort("127.0.0.1:0"),
-		IsGlobal:  in.IPv4Filter(),
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
+	s := qualifyOn(t, ctx, in)
 	defer s.Close()
 	d := dialer.New(s)
 
