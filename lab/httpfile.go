@@ -43,19 +43,37 @@ func (h *Host) ServeFile(t testing.TB, addr netip.AddrPort, size int64) *FileSer
 	t.Helper()
 	content := fileContent(size)
 	sum := sha256.Sum256(content)
+	ln := h.listenHTTP(t, "file", addr)
+	mux := http.NewServeMux()
+	mux.HandleFunc(FilePath, func(w http.ResponseWriter, r *http.Request) {
+		http.ServeContent(w, r, "file.bin", time.Time{}, bytes.NewReader(content))
+	})
+	bound := h.serveHTTP(t, ln, mux)
+	return &FileServer{
+		URL:  "http://" + bound.String() + FilePath,
+		Want: Digest{Size: size, SHA256: hex.EncodeToString(sum[:])},
+		Addr: bound,
+	}
+}
+
+// listenHTTP opens a TCP listener for the what server at addr in h.
+func (h *Host) listenHTTP(t testing.TB, what string, addr netip.AddrPort) net.Listener {
+	t.Helper()
 	network := "tcp4"
 	if addr.Addr().Is6() {
 		network = "tcp6"
 	}
 	ln, err := h.Listen(network, addr.String())
 	if err != nil {
-		t.Fatalf("lab: file server on %s: %v", h.Name, err)
+		t.Fatalf("lab: %s server on %s: %v", what, h.Name, err)
 	}
-	mux := http.NewServeMux()
-	mux.HandleFunc(FilePath, func(w http.ResponseWriter, r *http.Request) {
-		http.ServeContent(w, r, "file.bin", time.Time{}, bytes.NewReader(content))
-	})
-	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
+	return ln
+}
+
+// serveHTTP serves handler on ln until the test ends, and returns the
+// address ln is bound to.
+func (h *Host) serveHTTP(t testing.TB, ln net.Listener, handler http.Handler) netip.AddrPort {
+	srv := &http.Server{Handler: handler, ReadHeaderTimeout: 10 * time.Second}
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
@@ -70,12 +88,7 @@ func (h *Host) ServeFile(t testing.TB, addr netip.AddrPort, size int64) *FileSer
 		<-done
 	})
 	bound := ln.Addr().(*net.TCPAddr).AddrPort()
-	bound = netip.AddrPortFrom(bound.Addr().Unmap(), bound.Port())
-	return &FileServer{
-		URL:  "http://" + bound.String() + FilePath,
-		Want: Digest{Size: size, SHA256: hex.EncodeToString(sum[:])},
-		Addr: bound,
-	}
+	return netip.AddrPortFrom(bound.Addr().Unmap(), bound.Port())
 }
 
 // ErrDigest is returned when downloaded content differs from what was served.
@@ -182,14 +195,7 @@ type UploadServer struct {
 // ServeUpload takes uploads at addr (port 0 picks one) on h until t's test ends.
 func (h *Host) ServeUpload(t testing.TB, addr netip.AddrPort) *UploadServer {
 	t.Helper()
-	network := "tcp4"
-	if addr.Addr().Is6() {
-		network = "tcp6"
-	}
-	ln, err := h.Listen(network, addr.String())
-	if err != nil {
-		t.Fatalf("lab: upload server on %s: %v", h.Name, err)
-	}
+	ln := h.listenHTTP(t, "upload", addr)
 	mux := http.NewServeMux()
 	mux.HandleFunc(UploadPath, func(w http.ResponseWriter, r *http.Request) {
 		if r.Method != http.MethodPut && r.Method != http.MethodPost {
@@ -204,22 +210,7 @@ func (h *Host) ServeUpload(t testing.TB, addr netip.AddrPort) *UploadServer {
 		}
 		fmt.Fprintf(w, "%d %x\n", n, hw.Sum(nil))
 	})
-	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		_ = srv.Serve(ln)
-	}()
-	t.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		defer cancel()
-		if err := srv.Shutdown(ctx); err != nil {
-			srv.Close()
-		}
-		<-done
-	})
-	bound := ln.Addr().(*net.TCPAddr).AddrPort()
-	bound = netip.AddrPortFrom(bound.Addr().Unmap(), bound.Port())
+	bound := h.serveHTTP(t, ln, mux)
 	return &UploadServer{URL: "http://" + bound.String() + UploadPath, Addr: bound}
 }
 
