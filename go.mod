@@ -1,6 +1,6 @@
 module github.com/teredo-go/teredo
 
-go 1.26.8
+go 1.26.3
 
 require (
 	go.uber.org/goleak v1.3.0

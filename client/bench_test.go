@@ -6,7 +6,7 @@ import (
 	"net/netip"
 	"testing"
 
-	"github.com/teredo-go/teredo/internal/clock"
+	"github.com/teredo-go/teredo/clock"
 	"github.com/teredo-go/teredo/proto"
 )
 

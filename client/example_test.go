@@ -6,7 +6,7 @@ import (
 	"time"
 
 	"github.com/teredo-go/teredo/client"
-	"github.com/teredo-go/teredo/internal/clock"
+	"github.com/teredo-go/teredo/clock"
 	"github.com/teredo-go/teredo/proto"
 )
 

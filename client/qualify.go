@@ -7,7 +7,7 @@ import (
 	"net/netip"
 	"time"
 
-	"github.com/teredo-go/teredo/internal/clock"
+	"github.com/teredo-go/teredo/clock"
 	"github.com/teredo-go/teredo/proto"
 )
 

@@ -17,7 +17,7 @@ import (
 	"gvisor.dev/gvisor/pkg/tcpip/stack"
 	"gvisor.dev/gvisor/pkg/tcpip/transport/tcp"
 
-	"github.com/teredo-go/teredo/internal/udpio"
+	"github.com/teredo-go/teredo/udpio"
 )
 
 // sinkConn is a udpio.Conn that discards writes and replays one datagram

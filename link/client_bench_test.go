@@ -12,11 +12,11 @@ import (
 	"gvisor.dev/gvisor/pkg/tcpip/stack"
 
 	"github.com/teredo-go/teredo/client"
-	"github.com/teredo-go/teredo/internal/udpio"
-	"github.com/teredo-go/teredo/internal/udpio/udpiotest"
 	"github.com/teredo-go/teredo/peer"
 	"github.com/teredo-go/teredo/proto"
 	"github.com/teredo-go/teredo/server"
+	"github.com/teredo-go/teredo/udpio"
+	"github.com/teredo-go/teredo/udpio/udpiotest"
 )
 
 // clientPeers qualifies two Teredo clients with our server on an in-memory

@@ -21,8 +21,8 @@ import (
 	"gvisor.dev/gvisor/pkg/tcpip/stack"
 	"gvisor.dev/gvisor/pkg/tcpip/stack/gro"
 
-	"github.com/teredo-go/teredo/internal/udpio"
 	"github.com/teredo-go/teredo/proto"
+	"github.com/teredo-go/teredo/udpio"
 )
 
 // Tunnel is the Teredo client role as the link sees it: it routes outbound

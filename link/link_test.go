@@ -26,8 +26,8 @@ import (
 	"gvisor.dev/gvisor/pkg/tcpip/transport/tcp"
 	"gvisor.dev/gvisor/pkg/tcpip/transport/udp"
 
-	"github.com/teredo-go/teredo/internal/udpio"
-	"github.com/teredo-go/teredo/internal/udpio/udpiotest"
+	"github.com/teredo-go/teredo/udpio"
+	"github.com/teredo-go/teredo/udpio/udpiotest"
 )
 
 func TestMain(m *testing.M) {

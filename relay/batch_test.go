@@ -10,9 +10,9 @@ import (
 	"testing"
 	"time"
 
-	"github.com/teredo-go/teredo/internal/udpio"
 	"github.com/teredo-go/teredo/peer"
 	"github.com/teredo-go/teredo/proto"
+	"github.com/teredo-go/teredo/udpio"
 )
 
 // batchDevice is a fakeDevice that hands out what is queued in one

@@ -6,8 +6,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/teredo-go/teredo/internal/udpio"
 	"github.com/teredo-go/teredo/peer"
+	"github.com/teredo-go/teredo/udpio"
 )
 
 // nullConn is a udpio.Conn that discards what is written, so that the

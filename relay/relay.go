@@ -31,10 +31,10 @@ import (
 	"sync"
 	"time"
 
-	"github.com/teredo-go/teredo/internal/clock"
-	"github.com/teredo-go/teredo/internal/udpio"
+	"github.com/teredo-go/teredo/clock"
 	"github.com/teredo-go/teredo/peer"
 	"github.com/teredo-go/teredo/proto"
+	"github.com/teredo-go/teredo/udpio"
 )
 
 // Device is the relay's IPv6 side: a TUN interface (package relay/tun) or

@@ -9,10 +9,10 @@ import (
 	"testing"
 	"time"
 
-	"github.com/teredo-go/teredo/internal/clock"
-	"github.com/teredo-go/teredo/internal/udpio"
-	"github.com/teredo-go/teredo/internal/udpio/udpiotest"
+	"github.com/teredo-go/teredo/clock"
 	"github.com/teredo-go/teredo/proto"
+	"github.com/teredo-go/teredo/udpio"
+	"github.com/teredo-go/teredo/udpio/udpiotest"
 )
 
 // fakeDevice is an in-memory IPv6 side that records what the relay writes.

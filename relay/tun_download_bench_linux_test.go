@@ -11,10 +11,10 @@ import (
 	"testing"
 	"time"
 
-	"github.com/teredo-go/teredo/internal/udpio"
 	"github.com/teredo-go/teredo/peer"
 	"github.com/teredo-go/teredo/proto"
 	"github.com/teredo-go/teredo/relay/tun"
+	"github.com/teredo-go/teredo/udpio"
 )
 
 // BenchmarkTUNToTeredoTCP measures the transmit path for a download: a

@@ -13,9 +13,9 @@ import (
 
 	"gvisor.dev/gvisor/pkg/tcpip/checksum"
 
-	"github.com/teredo-go/teredo/internal/udpio"
 	"github.com/teredo-go/teredo/proto"
 	"github.com/teredo-go/teredo/relay/tun"
+	"github.com/teredo-go/teredo/udpio"
 )
 
 // perPacketDevice hides a TUN device's WritePackets (and its offload), so

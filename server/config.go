@@ -6,9 +6,9 @@ import (
 	"log/slog"
 	"net/netip"
 
-	"github.com/teredo-go/teredo/internal/clock"
-	"github.com/teredo-go/teredo/internal/udpio"
+	"github.com/teredo-go/teredo/clock"
 	"github.com/teredo-go/teredo/proto"
+	"github.com/teredo-go/teredo/udpio"
 )
 
 // Config configures a Server (or a Processor). Only Primary is required.

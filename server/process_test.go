@@ -9,7 +9,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/teredo-go/teredo/internal/clock"
+	"github.com/teredo-go/teredo/clock"
 	"github.com/teredo-go/teredo/proto"
 )
 

@@ -17,7 +17,7 @@ import (
 	"net/netip"
 	"sync"
 
-	"github.com/teredo-go/teredo/internal/udpio"
+	"github.com/teredo-go/teredo/udpio"
 )
 
 // recvBufSize bounds the datagrams the server reads. Nothing it forwards

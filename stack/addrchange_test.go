@@ -11,14 +11,14 @@ import (
 	"time"
 
 	"github.com/teredo-go/teredo/client"
+	"github.com/teredo-go/teredo/clock"
 	"github.com/teredo-go/teredo/dialer"
-	"github.com/teredo-go/teredo/internal/clock"
-	"github.com/teredo-go/teredo/internal/udpio"
-	"github.com/teredo-go/teredo/internal/udpio/udpiotest"
 	"github.com/teredo-go/teredo/listener"
 	"github.com/teredo-go/teredo/proto"
 	"github.com/teredo-go/teredo/server"
 	"github.com/teredo-go/teredo/stack"
+	"github.com/teredo-go/teredo/udpio"
+	"github.com/teredo-go/teredo/udpio/udpiotest"
 )
 
 // nat rewrites one private endpoint to a public one whose port the test

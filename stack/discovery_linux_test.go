@@ -6,7 +6,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
-	"github.com/teredo-go/teredo/internal/udpio"
+	"github.com/teredo-go/teredo/udpio"
 )
 
 // TestScopeMulticast checks that the service socket's discovery bubbles

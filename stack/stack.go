@@ -23,11 +23,11 @@ import (
 	"gvisor.dev/gvisor/pkg/tcpip/transport/udp"
 
 	"github.com/teredo-go/teredo/client"
-	"github.com/teredo-go/teredo/internal/clock"
-	"github.com/teredo-go/teredo/internal/udpio"
+	"github.com/teredo-go/teredo/clock"
 	"github.com/teredo-go/teredo/link"
 	"github.com/teredo-go/teredo/peer"
 	"github.com/teredo-go/teredo/proto"
+	"github.com/teredo-go/teredo/udpio"
 )
 
 // NIC is the id of the stack's only NIC, the Teredo link.

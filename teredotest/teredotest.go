@@ -36,11 +36,11 @@ import (
 	"gvisor.dev/gvisor/pkg/tcpip/transport/tcp"
 	"gvisor.dev/gvisor/pkg/tcpip/transport/udp"
 
-	"github.com/teredo-go/teredo/internal/udpio"
 	"github.com/teredo-go/teredo/proto"
 	"github.com/teredo-go/teredo/relay"
 	"github.com/teredo-go/teredo/relay/netstack"
 	"github.com/teredo-go/teredo/server"
+	"github.com/teredo-go/teredo/udpio"
 )
 
 // ErrUnsupported is returned by Start on systems other than Linux.

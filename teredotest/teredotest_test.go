@@ -9,9 +9,9 @@ import (
 
 	"go.uber.org/goleak"
 
-	"github.com/teredo-go/teredo/internal/udpio"
 	"github.com/teredo-go/teredo/proto"
 	"github.com/teredo-go/teredo/relay"
+	"github.com/teredo-go/teredo/udpio"
 )
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }

@@ -33,10 +33,10 @@ import (
 	"time"
 
 	"github.com/teredo-go/teredo/internal/cli"
-	"github.com/teredo-go/teredo/internal/udpio"
 	"github.com/teredo-go/teredo/proto"
 	"github.com/teredo-go/teredo/relay"
 	"github.com/teredo-go/teredo/relay/tun"
+	"github.com/teredo-go/teredo/udpio"
 )
 
 func main() {

@@ -17,7 +17,7 @@ import (
 
 	"go.uber.org/goleak"
 
-	"github.com/teredo-go/teredo/internal/clock"
+	"github.com/teredo-go/teredo/clock"
 	"github.com/teredo-go/teredo/proto"
 	"github.com/teredo-go/teredo/server"
 )

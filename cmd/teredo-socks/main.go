@@ -25,7 +25,7 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/teredo-go/teredo/internal/clock"
+	"github.com/teredo-go/teredo/clock"
 	"github.com/teredo-go/teredo/socks5"
 )
 

@@ -9,7 +9,7 @@ import (
 	"slices"
 	"time"
 
-	"github.com/teredo-go/teredo/internal/clock"
+	"github.com/teredo-go/teredo/clock"
 )
 
 // resolutionDelay is how long addresses of the less preferred family wait

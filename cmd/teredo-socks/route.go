@@ -9,7 +9,7 @@ import (
 	"strconv"
 	"time"
 
-	"github.com/teredo-go/teredo/internal/clock"
+	"github.com/teredo-go/teredo/clock"
 	"github.com/teredo-go/teredo/socks5"
 )
 

@@ -14,7 +14,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/teredo-go/teredo/internal/clock"
+	"github.com/teredo-go/teredo/clock"
 	"github.com/teredo-go/teredo/socks5"
 )
 

@@ -7,7 +7,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/teredo-go/teredo/lab"
+	"github.com/teredo-go/teredo/internal/lab"
 )
 
 // A test that needs a Teredo server, a client behind a home router and the IPv6-only

@@ -13,7 +13,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
-	"github.com/teredo-go/teredo/internal/udpio"
+	"github.com/teredo-go/teredo/udpio"
 )
 
 func listen(t *testing.T, opts udpio.Options) *udpio.UDPConn {

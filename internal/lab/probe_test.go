@@ -12,7 +12,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/teredo-go/teredo/lab/internal/echo"
+	"github.com/teredo-go/teredo/internal/lab/internal/echo"
 	"github.com/teredo-go/teredo/proto"
 )
 

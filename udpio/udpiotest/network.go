@@ -18,7 +18,7 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/teredo-go/teredo/internal/udpio"
+	"github.com/teredo-go/teredo/udpio"
 )
 
 // DefaultQueueLen is the receive queue length of an endpoint, in datagrams,

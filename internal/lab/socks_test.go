@@ -14,7 +14,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/teredo-go/teredo/lab/internal/echo"
+	"github.com/teredo-go/teredo/internal/lab/internal/echo"
 )
 
 // ourSocksDir is the project's SOCKS5 command, relative to the module root.

@@ -7,7 +7,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/teredo-go/teredo/internal/udpio"
+	"github.com/teredo-go/teredo/udpio"
 )
 
 // datagramSize is a full Teredo packet: IPv6 MTU 1280 plus the UDP payload

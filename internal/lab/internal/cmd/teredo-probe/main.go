@@ -34,7 +34,7 @@ import (
 
 	"github.com/teredo-go/teredo/client"
 	"github.com/teredo-go/teredo/dialer"
-	"github.com/teredo-go/teredo/lab/internal/echo"
+	"github.com/teredo-go/teredo/internal/lab/internal/echo"
 	"github.com/teredo-go/teredo/listener"
 	"github.com/teredo-go/teredo/stack"
 )

@@ -10,8 +10,8 @@ import (
 
 	"go.uber.org/goleak"
 
-	"github.com/teredo-go/teredo/internal/udpio"
-	"github.com/teredo-go/teredo/internal/udpio/udpiotest"
+	"github.com/teredo-go/teredo/udpio"
+	"github.com/teredo-go/teredo/udpio/udpiotest"
 )
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
