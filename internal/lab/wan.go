@@ -174,4 +174,3 @@ func pump(src, dst *os.File, line *impair.Line) {
 		}
 	}
 }
-
