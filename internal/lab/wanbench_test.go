@@ -1,0 +1,299 @@
+package lab
+
+import (
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"net/netip"
+	"os"
+	"os/exec"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/teredo-go/teredo/internal/lab/impair"
+)
+
+// BenchmarkLabWAN compares the project with Miredo over wide-area paths: the
+// topology of BenchmarkLabVsMiredo (teredo-socks with teredo-relay on a1, a Miredo
+// client with a Miredo relay on a2, the project's server for both), with a WAN hop
+// (ImpairWAN) in front of each NAT router that adds the same delay and random loss
+// to every packet of either client, towards the server and the relays. For every
+// profile in impair.Profiles it measures, alternating ours and Miredo's:
+//
+//   - time to first byte of an HTTP GET of a small file on the IPv6-only host by
+//     curl: through teredo-socks (SOCKS5 CONNECT, then the GET) for ours, straight
+//     over Miredo's TUN (TCP connect, then the GET) for Miredo;
+//   - download and upload rates: LAB_WAN_MB (100) MiB or LAB_WAN_SECONDS (60) s,
+//     whichever ends first, over one HTTP connection; the bytes moved are checked
+//     against the served content (a download's prefix by the client, an upload's
+//     by the server).
+//
+// LAB_WAN_ROUNDS (1) sets the transfers per profile, direction and side,
+// LAB_WAN_TTFB (7) the first-byte samples, LAB_WAN_PROFILES a comma-separated
+// subset of profile names (default all). Medians are reported. Run as root:
+//
+//	go test -run XXX -bench LabWAN -benchtime 1x -timeout 60m ./internal/lab
+func BenchmarkLabWAN(b *testing.B) {
+	requireOurServer(b)
+	requireOurSocks(b)
+	requireOurRelay(b)
+	Require(b, "miredo", "curl")
+	rounds := envInt(b, "LAB_WAN_ROUNDS", 1)
+	limit := time.Duration(envInt(b, "LAB_WAN_SECONDS", 60)) * time.Second
+	size := int64(envInt(b, "LAB_WAN_MB", 100)) << 20
+	samples := envInt(b, "LAB_WAN_TTFB", 7)
+	profiles := wanProfiles(b)
+
+	l := New(b, Options{Clients: []ClientSpec{{"a1", HomeRouter}, {"a2", HomeRouter}}})
+	a, bh := l.Clients["a1"], l.Clients["a2"]
+	wans := []*WAN{l.ImpairWAN(b, a, impair.Profile{}, 1), l.ImpairWAN(b, bh, impair.Profile{}, 1)}
+	srv := StartTeredoServer(b, l.Server, BuildCommand(b, "./"+ourServerDir))
+	startOurRelay(b, l.Relay)
+	startSecondMiredoRelay(b, l)
+	content := fileContent(size)
+	f := l.V6Host.ServeFile(b, netip.AddrPortFrom(V6HostAddr, 8080), size)
+	small := l.V6Host.ServeFile(b, netip.AddrPortFrom(V6HostAddr, 8082), 1024)
+	up := l.V6Host.ServeUpload(b, netip.AddrPortFrom(V6HostAddr, 8081))
+
+	socks := startSocks(b, a, srv.Primary)
+	miredo := StartMiredoClient(b, bh, srv.Primary, MiredoClientOptions{})
+	routeVia(b, l.V6Host, socks.Addr, RelayV6)
+	routeVia(b, l.V6Host, miredo.Addr, secondRelayV6)
+	sides := []struct {
+		h     *Host
+		extra []string
+	}{{a, []string{"--socks5-hostname", socksListen}}, {bh, nil}}
+	for _, s := range sides { // both clients find their relay before anything is timed
+		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+		got, err := s.h.Curl(ctx, small.URL, append([]string{"--retry", "3", "--retry-all-errors"}, s.extra...)...)
+		cancel()
+		if err == nil {
+			err = small.Verify(got)
+		}
+		if err != nil {
+			b.Fatalf("warm-up on %s: %v", s.h.Name, err)
+		}
+	}
+
+	var rows []wanRow
+	for _, p := range profiles {
+		for _, w := range wans {
+			w.SetProfile(p)
+		}
+		r := wanRow{profile: p}
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		rtts, _, err := pingSeries(ctx, a, ServerPrimary, 20, 10*time.Millisecond, p.RTT+300*time.Millisecond)
+		cancel()
+		if err != nil {
+			b.Fatal(err)
+		}
+		r.rtt = medianDur(rtts)
+		for range samples {
+			for side, s := range sides {
+				d, err := ttfb(s.h, small, s.extra)
+				if err != nil {
+					b.Fatalf("%s, first byte on %s: %v", p, s.h.Name, err)
+				}
+				r.ttfb[side] = append(r.ttfb[side], d)
+			}
+		}
+		for range rounds {
+			for side, s := range sides {
+				rate, err := wanDownload(s.h, f, content, limit, s.extra)
+				if err != nil {
+					b.Fatalf("%s, download on %s: %v", p, s.h.Name, err)
+				}
+				r.down[side] = append(r.down[side], rate)
+			}
+			for side, s := range sides {
+				rate, err := wanUpload(s.h, up, content, limit, s.extra)
+				if err != nil {
+					b.Fatalf("%s, upload on %s: %v", p, s.h.Name, err)
+				}
+				r.up[side] = append(r.up[side], rate)
+			}
+		}
+		for i, w := range wans {
+			r.hop[i] = [2]impair.Stats{w.Up.Stats(), w.Down.Stats()}
+		}
+		fmt.Printf("%s done: %s\n", p, r.line())
+		rows = append(rows, r)
+	}
+	printWAN(rows, rounds, samples, size, limit)
+	for _, r := range rows {
+		name := strings.NewReplacer("%", "pct", ".", "_").Replace(r.profile.Name)
+		b.ReportMetric(median(r.down[0])/median(r.down[1]), name+"-down-ratio")
+		b.ReportMetric(median(r.up[0])/median(r.up[1]), name+"-up-ratio")
+	}
+}
+
+// wanRow holds one profile's measurements; index 0 is ours, 1 Miredo's.
+type wanRow struct {
+	profile  impair.Profile
+	rtt      time.Duration // ping from a1 to the server through the hop
+	ttfb     [2][]time.Duration
+	down, up [2][]float64       // MB/s
+	hop      [2][2]impair.Stats // per side, Up and Down, cumulative
+}
+
+func (r wanRow) line() string {
+	return fmt.Sprintf("down %.2f vs %.2f MB/s, up %.2f vs %.2f MB/s, first byte %.1f vs %.1f ms",
+		median(r.down[0]), median(r.down[1]), median(r.up[0]), median(r.up[1]), ms(medianDur(r.ttfb[0])), ms(medianDur(r.ttfb[1])))
+}
+
+func printWAN(rows []wanRow, rounds, samples int, size int64, limit time.Duration) {
+	var sb strings.Builder
+	w := func(format string, args ...any) { fmt.Fprintf(&sb, format, args...) }
+	w("\nWAN profiles; %d round(s) per profile, ours and Miredo alternating; %d MiB or %v per transfer; %s\n", rounds, size>>20, limit, kernelAndCPUs())
+	w("| profile (ping RTT) | direction | ours MB/s | Miredo MB/s | ours/Miredo | rounds (ours; Miredo) |\n|---|---|---|---|---|---|\n")
+	for _, r := range rows {
+		for _, d := range []struct {
+			name string
+			v    [2][]float64
+		}{{"download", r.down}, {"upload", r.up}} {
+			w("| %s (%.1f ms) | %s | %.2f | %.2f | %.2f | %s; %s |\n", r.profile, ms(r.rtt), d.name, median(d.v[0]), median(d.v[1]), median(d.v[0])/median(d.v[1]), floats2(d.v[0]), floats2(d.v[1]))
+		}
+	}
+	w("\n| profile | first byte, ours (SOCKS5 CONNECT + GET) ms | Miredo (connect + GET) ms | ours − Miredo ms | samples (ours; Miredo) |\n|---|---|---|---|---|\n")
+	for _, r := range rows {
+		ta, tb := medianDur(r.ttfb[0]), medianDur(r.ttfb[1])
+		w("| %s | %.1f | %.1f | %+.1f | %s; %s |\n", r.profile, ms(ta), ms(tb), ms(ta-tb), durs(r.ttfb[0]), durs(r.ttfb[1]))
+	}
+	w("(%d first-byte samples per side and profile.) Packets through the WAN hops, up/down (in, lost):", samples)
+	for _, r := range rows {
+		h := r.hop
+		w(" %s ours %d/%d (%d/%d), Miredo %d/%d (%d/%d);", r.profile, h[0][0].In, h[0][1].In, h[0][0].Lost, h[0][1].Lost, h[1][0].In, h[1][1].In, h[1][0].Lost, h[1][1].Lost)
+	}
+	w("\n")
+	fmt.Print(sb.String())
+}
+
+func floats2(v []float64) string {
+	var s []string
+	for _, x := range v {
+		s = append(s, fmt.Sprintf("%.2f", x))
+	}
+	return strings.Join(s, " ")
+}
+
+// wanProfiles returns the profiles LAB_WAN_PROFILES names, or all.
+func wanProfiles(b *testing.B) []impair.Profile {
+	v := os.Getenv("LAB_WAN_PROFILES")
+	if v == "" {
+		return impair.Profiles
+	}
+	var out []impair.Profile
+	for _, name := range strings.Split(v, ",") {
+		p, ok := impair.ProfileByName(strings.TrimSpace(name))
+		if !ok {
+			b.Fatalf("LAB_WAN_PROFILES: no profile %q (have %v)", name, impair.Profiles)
+		}
+		out = append(out, p)
+	}
+	return out
+}
+
+// ttfb runs curl on h for the small file and returns its time to the first byte
+// of the response (curl's time_starttransfer: from its start, through the
+// SOCKS5 handshake when extra names a proxy, to the first byte).
+func ttfb(h *Host, f *FileServer, extra []string) (time.Duration, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	args := append([]string{"--silent", "--show-error", "--fail", "--noproxy", "", "--output", "/dev/null", "--write-out", "%{size_download} %{time_starttransfer}"}, extra...)
+	cmd := h.Command(ctx, "curl", append(args, f.URL)...)
+	cmd.Env = curlEnv()
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	out, err := cmd.Output()
+	if err != nil {
+		return 0, fmt.Errorf("curl: %w: %s", err, strings.TrimSpace(stderr.String()))
+	}
+	var n int64
+	var secs float64
+	if _, err := fmt.Sscanf(string(out), "%d %g", &n, &secs); err != nil || n != f.Want.Size {
+		return 0, fmt.Errorf("curl wrote %q", out)
+	}
+	return time.Duration(secs * float64(time.Second)), nil
+}
+
+// curlTimedOut is curl's exit status when --max-time ends a transfer.
+const curlTimedOut = 28
+
+// wanDownload fetches f with curl on h for at most limit and returns the rate in
+// MB/s. What arrived must be exactly the start of the served content.
+func wanDownload(h *Host, f *FileServer, content []byte, limit time.Duration, extra []string) (float64, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), limit+time.Minute)
+	defer cancel()
+	args := append([]string{"--silent", "--show-error", "--fail", "--noproxy", "", "--output", "-", "--max-time", strconv.FormatFloat(limit.Seconds(), 'f', 3, 64)}, extra...)
+	cmd := h.Command(ctx, "curl", append(args, f.URL)...)
+	cmd.Env = curlEnv()
+	hw := &countingHash{h: sha256.New()}
+	var stderr bytes.Buffer
+	cmd.Stdout, cmd.Stderr = hw, &stderr
+	cmd.WaitDelay = time.Second
+	start := time.Now()
+	err := cmd.Run()
+	d := time.Since(start)
+	var ee *exec.ExitError
+	if err != nil && !(errors.As(err, &ee) && ee.ExitCode() == curlTimedOut && hw.n > 0) {
+		return 0, fmt.Errorf("curl after %d bytes: %w: %s", hw.n, err, strings.TrimSpace(stderr.String()))
+	}
+	if hw.n > int64(len(content)) {
+		return 0, fmt.Errorf("%w: %d bytes, more than the %d served", ErrDigest, hw.n, len(content))
+	}
+	if got, want := hex.EncodeToString(hw.h.Sum(nil)), sha256.Sum256(content[:hw.n]); got != hex.EncodeToString(want[:]) {
+		return 0, fmt.Errorf("%w: the first %d bytes have sha256 %s, want %x", ErrDigest, hw.n, got, want)
+	}
+	return mbps(hw.n, d), nil
+}
+
+// wanUpload PUTs the content with curl on h (chunked, from standard input),
+// feeding it for at most limit, and returns the rate in MB/s up to the server's
+// answer, which must name exactly the bytes fed.
+func wanUpload(h *Host, u *UploadServer, content []byte, limit time.Duration, extra []string) (float64, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), limit+time.Minute)
+	defer cancel()
+	args := append([]string{"--silent", "--show-error", "--fail", "--noproxy", "", "--upload-file", "-"}, extra...)
+	cmd := h.Command(ctx, "curl", append(args, u.URL)...)
+	cmd.Env = curlEnv()
+	start := time.Now()
+	in := &deadlineReader{b: content, end: start.Add(limit)}
+	var stdout, stderr bytes.Buffer
+	cmd.Stdin, cmd.Stdout, cmd.Stderr = in, &stdout, &stderr
+	cmd.WaitDelay = time.Second
+	if err := cmd.Run(); err != nil {
+		return 0, fmt.Errorf("curl after feeding %d bytes: %w: %s", in.off, err, strings.TrimSpace(stderr.String()))
+	}
+	d := time.Since(start)
+	got, err := parseUploadAnswer(stdout.String())
+	if err != nil {
+		return 0, err
+	}
+	sum := sha256.Sum256(content[:in.off])
+	if want := (Digest{Size: int64(in.off), SHA256: hex.EncodeToString(sum[:])}); got != want {
+		return 0, fmt.Errorf("%w: the server received %d bytes sha256 %s, want %d bytes sha256 %s", ErrDigest, got.Size, got.SHA256, want.Size, want.SHA256)
+	}
+	return mbps(got.Size, d), nil
+}
+
+// deadlineReader reads b until it is used up or end has passed.
+type deadlineReader struct {
+	b   []byte
+	off int
+	end time.Time
+}
+
+func (r *deadlineReader) Read(p []byte) (int, error) {
+	if r.off >= len(r.b) || time.Now().After(r.end) {
+		return 0, io.EOF
+	}
+	n := copy(p[:min(len(p), 64<<10)], r.b[r.off:])
+	r.off += n
+	return n, nil
+}
