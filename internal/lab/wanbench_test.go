@@ -5,12 +5,16 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
+	"net"
+	"net/http"
 	"net/netip"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"testing"
@@ -32,8 +36,13 @@ import (
 //   - download and upload rates: LAB_WAN_MB (100) MiB or LAB_WAN_SECONDS (60) s,
 //     whichever ends first, over one HTTP connection; the bytes moved are checked
 //     against the served content (a download's prefix by the client, an upload's
-//     by the server).
+//     by the server, which measures the upload's rate and resets a connection
+//     cut short by the time limit).
 //
+// The kernel's TCP congestion control on the Miredo client's side is printed
+// with the table (this machine's default is bbr); LAB_WAN_KERNEL_CC sets it for
+// that namespace (a namespace may choose among reno, bbr and whatever the host
+// allows). LAB_WAN_DIRECTIONS=download or upload measures one direction only.
 // LAB_WAN_ROUNDS (1) sets the transfers per profile, direction and side,
 // LAB_WAN_TTFB (7) the first-byte samples, LAB_WAN_PROFILES a comma-separated
 // subset of profile names (default all). Medians are reported. Run as root:
@@ -59,9 +68,19 @@ func BenchmarkLabWAN(b *testing.B) {
 	content := fileContent(size)
 	f := l.V6Host.ServeFile(b, netip.AddrPortFrom(V6HostAddr, 8080), size)
 	small := l.V6Host.ServeFile(b, netip.AddrPortFrom(V6HostAddr, 8082), 1024)
-	up := l.V6Host.ServeUpload(b, netip.AddrPortFrom(V6HostAddr, 8081))
+	up := serveWANUploads(b, l.V6Host, netip.AddrPortFrom(V6HostAddr, 8081), size, limit)
+	upFile := filepath.Join(b.TempDir(), "upload.bin")
+	if _, err := WriteFile(upFile, size); err != nil {
+		b.Fatal(err)
+	}
 
-	socks := startSocks(b, a, srv.Primary)
+	if v := os.Getenv("LAB_WAN_KERNEL_CC"); v != "" {
+		if err := bh.sysctl("net.ipv4.tcp_congestion_control=" + v); err != nil {
+			b.Fatal(err)
+		}
+	}
+	kernelCC := readSysctl(b, bh, "net.ipv4.tcp_congestion_control")
+	socks := startSocks(b, a, srv.Primary, "-status", wanSocksStatus)
 	miredo := StartMiredoClient(b, bh, srv.Primary, MiredoClientOptions{})
 	routeVia(b, l.V6Host, socks.Addr, RelayV6)
 	routeVia(b, l.V6Host, miredo.Addr, secondRelayV6)
@@ -103,8 +122,12 @@ func BenchmarkLabWAN(b *testing.B) {
 				r.ttfb[side] = append(r.ttfb[side], d)
 			}
 		}
+		dirs := os.Getenv("LAB_WAN_DIRECTIONS")
 		for range rounds {
 			for side, s := range sides {
+				if dirs == "upload" {
+					break
+				}
 				rate, err := wanDownload(s.h, f, content, limit, s.extra)
 				if err != nil {
 					b.Fatalf("%s, download on %s: %v", p, s.h.Name, err)
@@ -112,20 +135,24 @@ func BenchmarkLabWAN(b *testing.B) {
 				r.down[side] = append(r.down[side], rate)
 			}
 			for side, s := range sides {
-				rate, err := wanUpload(s.h, up, content, limit, s.extra)
+				if dirs == "download" {
+					break
+				}
+				rate, err := wanUpload(s.h, up, upFile, content, s.extra)
 				if err != nil {
 					b.Fatalf("%s, upload on %s: %v", p, s.h.Name, err)
 				}
 				r.up[side] = append(r.up[side], rate)
 			}
 		}
+		r.tcp = socksTCPCounters(b, a)
 		for i, w := range wans {
 			r.hop[i] = [2]impair.Stats{w.Up.Stats(), w.Down.Stats()}
 		}
 		fmt.Printf("%s done: %s\n", p, r.line())
 		rows = append(rows, r)
 	}
-	printWAN(rows, rounds, samples, size, limit)
+	printWAN(rows, rounds, samples, size, limit, kernelCC)
 	for _, r := range rows {
 		name := strings.NewReplacer("%", "pct", ".", "_").Replace(r.profile.Name)
 		b.ReportMetric(median(r.down[0])/median(r.down[1]), name+"-down-ratio")
@@ -140,17 +167,18 @@ type wanRow struct {
 	ttfb     [2][]time.Duration
 	down, up [2][]float64       // MB/s
 	hop      [2][2]impair.Stats // per side, Up and Down, cumulative
+	tcp      map[string]uint64  // teredo-socks's TCP counters, cumulative
 }
 
 func (r wanRow) line() string {
-	return fmt.Sprintf("down %.2f vs %.2f MB/s, up %.2f vs %.2f MB/s, first byte %.1f vs %.1f ms",
-		median(r.down[0]), median(r.down[1]), median(r.up[0]), median(r.up[1]), ms(medianDur(r.ttfb[0])), ms(medianDur(r.ttfb[1])))
+	return fmt.Sprintf("teredo-socks TCP %v; down %.2f vs %.2f MB/s, up %.2f vs %.2f MB/s, first byte %.1f vs %.1f ms",
+		r.tcp, median(r.down[0]), median(r.down[1]), median(r.up[0]), median(r.up[1]), ms(medianDur(r.ttfb[0])), ms(medianDur(r.ttfb[1])))
 }
 
-func printWAN(rows []wanRow, rounds, samples int, size int64, limit time.Duration) {
+func printWAN(rows []wanRow, rounds, samples int, size int64, limit time.Duration, kernelCC string) {
 	var sb strings.Builder
 	w := func(format string, args ...any) { fmt.Fprintf(&sb, format, args...) }
-	w("\nWAN profiles; %d round(s) per profile, ours and Miredo alternating; %d MiB or %v per transfer; %s\n", rounds, size>>20, limit, kernelAndCPUs())
+	w("\nWAN profiles; %d round(s) per profile, ours and Miredo alternating; %d MiB or %v per transfer; %s; Miredo's TCP (the kernel's) uses %s\n", rounds, size>>20, limit, kernelAndCPUs(), kernelCC)
 	w("| profile (ping RTT) | direction | ours MB/s | Miredo MB/s | ours/Miredo | rounds (ours; Miredo) |\n|---|---|---|---|---|---|\n")
 	for _, r := range rows {
 		for _, d := range []struct {
@@ -253,47 +281,140 @@ func wanDownload(h *Host, f *FileServer, content []byte, limit time.Duration, ex
 	return mbps(hw.n, d), nil
 }
 
-// wanUpload PUTs the content with curl on h (chunked, from standard input),
-// feeding it for at most limit, and returns the rate in MB/s up to the server's
-// answer, which must name exactly the bytes fed.
-func wanUpload(h *Host, u *UploadServer, content []byte, limit time.Duration, extra []string) (float64, error) {
-	ctx, cancel := context.WithTimeout(context.Background(), limit+time.Minute)
+// wanUploads takes uploads on the IPv6-only host for the WAN benchmark. A
+// transfer ends at the full size or after limit, whichever comes first: then the
+// handler records how much arrived, with its digest, and, if it was cut short,
+// resets the connection, so the sender drops what it still buffers (at a few
+// hundred kB/s megabytes of buffers would otherwise take minutes to drain).
+type wanUploads struct {
+	URL     string
+	size    int64
+	limit   time.Duration
+	results chan wanUploadResult
+}
+
+type wanUploadResult struct {
+	got  Digest
+	took time.Duration // from the request's arrival to the last byte counted
+	err  error
+}
+
+func serveWANUploads(b *testing.B, h *Host, addr netip.AddrPort, size int64, limit time.Duration) *wanUploads {
+	u := &wanUploads{size: size, limit: limit, results: make(chan wanUploadResult, 1)}
+	mux := http.NewServeMux()
+	mux.HandleFunc(UploadPath, func(w http.ResponseWriter, r *http.Request) {
+		start := time.Now()
+		end := start.Add(limit)
+		hw := &countingHash{h: sha256.New()}
+		buf := make([]byte, 256<<10)
+		var err error
+		for hw.n < size && time.Now().Before(end) {
+			rc := http.NewResponseController(w)
+			_ = rc.SetReadDeadline(end)
+			var n int
+			n, err = r.Body.Read(buf[:min(int64(len(buf)), size-hw.n)])
+			hw.Write(buf[:n])
+			if err != nil {
+				break
+			}
+		}
+		res := wanUploadResult{got: digest(hw.h, hw.n), took: time.Since(start)}
+		if err != nil && !errors.Is(err, io.EOF) && !errors.Is(err, os.ErrDeadlineExceeded) {
+			res.err = err
+		}
+		select {
+		case u.results <- res:
+		default:
+		}
+		if hw.n == size {
+			fmt.Fprintf(w, "%d %s\n", res.got.Size, res.got.SHA256)
+			return
+		}
+		if hj, ok := w.(http.Hijacker); ok {
+			if c, _, err := hj.Hijack(); err == nil {
+				if tc, ok := c.(*net.TCPConn); ok {
+					_ = tc.SetLinger(0) // reset: the sender drops its buffers
+				}
+				c.Close()
+			}
+		}
+	})
+	bound := h.serveHTTP(b, h.listenHTTP(b, "upload", addr), mux)
+	u.URL = "http://" + bound.String() + UploadPath
+	return u
+}
+
+// wanUpload PUTs the file at path (the first u.size bytes of content) with curl
+// on h and returns the rate in MB/s that the server measured. What the server
+// received must be exactly the start of the content.
+func wanUpload(h *Host, u *wanUploads, path string, content []byte, extra []string) (float64, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), u.limit+time.Minute)
 	defer cancel()
-	args := append([]string{"--silent", "--show-error", "--fail", "--noproxy", "", "--upload-file", "-"}, extra...)
+	args := append([]string{"--silent", "--show-error", "--noproxy", "", "--upload-file", path, "--max-time", strconv.FormatFloat((u.limit + 30*time.Second).Seconds(), 'f', 3, 64)}, extra...)
 	cmd := h.Command(ctx, "curl", append(args, u.URL)...)
 	cmd.Env = curlEnv()
-	start := time.Now()
-	in := &deadlineReader{b: content, end: start.Add(limit)}
-	var stdout, stderr bytes.Buffer
-	cmd.Stdin, cmd.Stdout, cmd.Stderr = in, &stdout, &stderr
+	var stderr bytes.Buffer
+	cmd.Stdout, cmd.Stderr = io.Discard, &stderr
 	cmd.WaitDelay = time.Second
-	if err := cmd.Run(); err != nil {
-		return 0, fmt.Errorf("curl after feeding %d bytes: %w: %s", in.off, err, strings.TrimSpace(stderr.String()))
+	cerr := cmd.Run() // fails when the server cuts the upload short
+	var res wanUploadResult
+	select {
+	case res = <-u.results:
+	case <-time.After(30 * time.Second):
+		return 0, fmt.Errorf("the server recorded no upload; curl: %v: %s", cerr, strings.TrimSpace(stderr.String()))
 	}
-	d := time.Since(start)
-	got, err := parseUploadAnswer(stdout.String())
+	if res.err != nil {
+		return 0, fmt.Errorf("the server's read after %d bytes: %w (curl: %v)", res.got.Size, res.err, cerr)
+	}
+	if res.got.Size == 0 {
+		return 0, fmt.Errorf("the server received nothing; curl: %v: %s", cerr, strings.TrimSpace(stderr.String()))
+	}
+	if sum := sha256.Sum256(content[:res.got.Size]); res.got.SHA256 != hex.EncodeToString(sum[:]) {
+		return 0, fmt.Errorf("%w: the server received %d bytes sha256 %s, want sha256 %x", ErrDigest, res.got.Size, res.got.SHA256, sum)
+	}
+	return mbps(res.got.Size, res.took), nil
+}
+
+// wanSocksStatus is where teredo-socks serves /status in its namespace.
+const wanSocksStatus = "127.0.0.1:9100"
+
+// socksTCPCounters reads the tcp_ counters of teredo-socks's /status on h.
+func socksTCPCounters(b *testing.B, h *Host) map[string]uint64 {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+wanSocksStatus+"/status", nil)
 	if err != nil {
-		return 0, err
+		b.Fatal(err)
 	}
-	sum := sha256.Sum256(content[:in.off])
-	if want := (Digest{Size: int64(in.off), SHA256: hex.EncodeToString(sum[:])}); got != want {
-		return 0, fmt.Errorf("%w: the server received %d bytes sha256 %s, want %d bytes sha256 %s", ErrDigest, got.Size, got.SHA256, want.Size, want.SHA256)
+	resp, err := h.HTTPClient().Do(req)
+	if err != nil {
+		b.Fatal(err)
 	}
-	return mbps(got.Size, d), nil
+	defer resp.Body.Close()
+	var st struct {
+		Counters struct{ Client map[string]uint64 }
+	}
+	if err := json.NewDecoder(resp.Body).Decode(&st); err != nil {
+		b.Fatal(err)
+	}
+	out := map[string]uint64{}
+	for k, v := range st.Counters.Client {
+		if strings.HasPrefix(k, "tcp_") {
+			out[strings.TrimPrefix(k, "tcp_")] = v
+		}
+	}
+	return out
 }
 
-// deadlineReader reads b until it is used up or end has passed.
-type deadlineReader struct {
-	b   []byte
-	off int
-	end time.Time
-}
-
-func (r *deadlineReader) Read(p []byte) (int, error) {
-	if r.off >= len(r.b) || time.Now().After(r.end) {
-		return 0, io.EOF
+// readSysctl reads a net.* sysctl in h's namespace.
+func readSysctl(b *testing.B, h *Host, key string) string {
+	var v []byte
+	err := inNetns(h.NS, func() (err error) {
+		v, err = os.ReadFile("/proc/sys/" + strings.ReplaceAll(key, ".", "/"))
+		return err
+	})
+	if err != nil {
+		b.Fatal(err)
 	}
-	n := copy(p[:min(len(p), 64<<10)], r.b[r.off:])
-	r.off += n
-	return n, nil
+	return strings.TrimSpace(string(v))
 }
