@@ -4,6 +4,7 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"github.com/teredo-go/teredo/socks5"
 	"io"
 	"net"
 	"net/netip"
@@ -36,8 +37,10 @@ type Config struct {
 	Prefer   string // "ipv4" or "ipv6"
 	Forwards []Forward
 	Status   string
-	Demo     bool
-	Verbose  bool
+	// MaxSessions bounds concurrent SOCKS5 sessions (socks5.Server.MaxConns).
+	MaxSessions int
+	Demo        bool
+	Verbose     bool
 }
 
 type forwardList []Forward
@@ -106,6 +109,7 @@ func parseConfig(args []string, getenv func(string) string, stderr io.Writer) (*
 	fs.StringVar(&c.Prefer, "prefer", "ipv4", "family tried first for names with A and AAAA records: `ipv4` or ipv6")
 	fs.Var(&fwds, "forward", "accept TCP on the Teredo address's `PORT=HOST:PORT` and forward it (repeatable)")
 	fs.StringVar(&c.Status, "status", "", "serve GET /status (JSON) and /metrics (Prometheus) on `address`; no authentication, so keep it on loopback")
+	fs.IntVar(&c.MaxSessions, "max-sessions", socks5.DefaultMaxConns, "most concurrent SOCKS5 sessions; more are closed at once")
 	fs.BoolVar(&c.Demo, "demo", false, "run against a built-in in-process Teredo internet (no root, no network)")
 	fs.BoolVar(&c.Verbose, "v", false, "verbose (debug) logging")
 	fs.Usage = func() {
@@ -163,6 +167,9 @@ func parseConfig(args []string, getenv func(string) string, stderr io.Writer) (*
 			return nil, fmt.Errorf("%s %q: want IPv4:port", name("bind"), bind)
 		}
 		c.Bind = ap
+	}
+	if c.MaxSessions < 1 {
+		return nil, fmt.Errorf("%s %d: want at least 1", name("max-sessions"), c.MaxSessions)
 	}
 	switch c.IPv4 {
 	case "direct", "reject":

@@ -40,6 +40,12 @@ func TestParseConfig(t *testing.T) {
 		{name: "open proxy refused", args: []string{"-listen", "0.0.0.0:1080"}, wantErr: "open proxy"},
 		{name: "open proxy with auth", args: []string{"-listen", "0.0.0.0:1080", "-user", "u", "-pass", "p"}},
 		{name: "user without pass", args: []string{"-user", "u"}, wantErr: "go together"},
+		{name: "max sessions", args: []string{"-max-sessions", "12000"}, check: func(t *testing.T, c *Config) {
+			if c.MaxSessions != 12000 {
+				t.Fatalf("MaxSessions %d", c.MaxSessions)
+			}
+		}},
+		{name: "max sessions zero", args: []string{"-max-sessions", "0"}, wantErr: "at least 1"},
 		{name: "bad ipv4 mode", args: []string{"-ipv4", "maybe"}, wantErr: "direct or reject"},
 		{name: "bad prefer", args: []string{"-prefer", "ipv5"}, wantErr: "ipv4 or ipv6"},
 		{name: "bad bind", args: []string{"-bind", "[::1]:80"}, wantErr: "IPv4:port"},

@@ -224,6 +224,7 @@ func run(ctx context.Context, cfg *Config, e env) (code int) {
 		Resolve:      r.Resolve,
 		Username:     cfg.User,
 		Password:     cfg.Pass,
+		MaxConns:     cfg.MaxSessions,
 		Logger:       e.log,
 	}
 	var forwards []*forwarder

@@ -43,6 +43,9 @@ import (
 // with the table (this machine's default is bbr); LAB_WAN_KERNEL_CC sets it for
 // that namespace (a namespace may choose among reno, bbr and whatever the host
 // allows). LAB_WAN_DIRECTIONS=download or upload measures one direction only.
+// Last, with the WAN hops at no delay, teredo-socks's RSS is read with
+// LAB_WAN_SESSIONS (10000) established idle SOCKS5 CONNECT sessions, next to its
+// RSS idle after qualification and after the transfers.
 // LAB_WAN_ROUNDS (1) sets the transfers per profile, direction and side,
 // LAB_WAN_TTFB (7) the first-byte samples, LAB_WAN_PROFILES a comma-separated
 // subset of profile names (default all). Medians are reported. Run as root:
@@ -57,6 +60,7 @@ func BenchmarkLabWAN(b *testing.B) {
 	limit := time.Duration(envInt(b, "LAB_WAN_SECONDS", 60)) * time.Second
 	size := int64(envInt(b, "LAB_WAN_MB", 100)) << 20
 	samples := envInt(b, "LAB_WAN_TTFB", 7)
+	sessions := envInt(b, "LAB_WAN_SESSIONS", 10000)
 	profiles := wanProfiles(b)
 
 	l := New(b, Options{Clients: []ClientSpec{{"a1", HomeRouter}, {"a2", HomeRouter}}})
@@ -80,7 +84,12 @@ func BenchmarkLabWAN(b *testing.B) {
 		}
 	}
 	kernelCC := readSysctl(b, bh, "net.ipv4.tcp_congestion_control")
-	socks := startSocks(b, a, srv.Primary, "-status", wanSocksStatus)
+	socks := startSocks(b, a, srv.Primary, "-status", wanSocksStatus, "-max-sessions", strconv.Itoa(sessions+100))
+	time.Sleep(2 * time.Second)
+	idle, err := socks.Proc.Memory()
+	if err != nil {
+		b.Fatal(err)
+	}
 	miredo := StartMiredoClient(b, bh, srv.Primary, MiredoClientOptions{})
 	routeVia(b, l.V6Host, socks.Addr, RelayV6)
 	routeVia(b, l.V6Host, miredo.Addr, secondRelayV6)
@@ -152,7 +161,15 @@ func BenchmarkLabWAN(b *testing.B) {
 		fmt.Printf("%s done: %s\n", p, r.line())
 		rows = append(rows, r)
 	}
+	for _, w := range wans {
+		w.SetProfile(impair.Profile{})
+	}
+	with, after, took := heldSessions(b, l.V6Host, socks, 9002, sessions)
 	printWAN(rows, rounds, samples, size, limit, kernelCC)
+	fmt.Printf("teredo-socks RSS: %.1f MB idle after qualification; %.1f MB after the transfers; %.1f MB with %d idle SOCKS5 CONNECT sessions (opened in %v, no WAN delay), %.1f kB per session\n",
+		mb(idle.RSS), mb(after.RSS), mb(with.RSS), sessions, took.Round(time.Millisecond), float64(with.RSS-after.RSS)/float64(sessions)/1e3)
+	b.ReportMetric(mb(idle.RSS), "idle-RSS-MB")
+	b.ReportMetric(mb(with.RSS), "sessions-RSS-MB")
 	for _, r := range rows {
 		name := strings.NewReplacer("%", "pct", ".", "_").Replace(r.profile.Name)
 		b.ReportMetric(median(r.down[0])/median(r.down[1]), name+"-down-ratio")
@@ -418,3 +435,5 @@ func readSysctl(b *testing.B, h *Host, key string) string {
 	}
 	return strings.TrimSpace(string(v))
 }
+
+func mb(n int64) float64 { return float64(n) / 1e6 }
