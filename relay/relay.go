@@ -83,7 +83,7 @@ type BatchWriter interface {
 }
 
 // CountingDevice is a Device that counts its own work, as package
-// relay/tun's offload does; Status and WriteMetrics include its counters.
+// relay/tun's offload does; Status and WritePrometheus include its counters.
 type CountingDevice interface {
 	Device
 	// DeviceCounters returns cumulative counters by snake_case name.

@@ -3,6 +3,7 @@ package server
 import (
 	"encoding/json"
 	"fmt"
+	"io"
 	"net/http"
 	"net/netip"
 
@@ -103,13 +104,20 @@ func StatusHandler(status func() Status) http.Handler {
 		enc.Encode(status())
 	})
 	mux.Handle("GET /metrics", metrics.Handler(func(w *metrics.Writer) {
-		WriteMetrics(w, status().Stats)
+		writeMetrics(w, status().Stats)
 	}))
 	return mux
 }
 
-// WriteMetrics writes s as Prometheus metrics named teredo_server_*.
-func WriteMetrics(w *metrics.Writer, s Stats) {
+// WritePrometheus writes s to w as Prometheus metrics (text exposition
+// format) named teredo_server_*, the same text GET /metrics serves.
+func WritePrometheus(w io.Writer, s Stats) error {
+	mw := metrics.NewWriter(w)
+	writeMetrics(mw, s)
+	return mw.Err()
+}
+
+func writeMetrics(w *metrics.Writer, s Stats) {
 	w.Counter("teredo_server_received_total", "Datagrams received.", s.Received)
 	w.Counter("teredo_server_answered_rs_total", "Router solicitations answered with a router advertisement.", s.AnsweredRS)
 	w.Counter("teredo_server_forwarded_teredo_total", "Bubbles and ICMPv6 messages relayed to Teredo clients over UDP.", s.ForwardedTeredo)
