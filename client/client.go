@@ -71,9 +71,9 @@ type Config struct {
 	Logger *slog.Logger
 	// Rand supplies keys and nonces; defaults to crypto/rand.
 	Rand io.Reader
-	// IsGlobal decides which IPv4 addresses may be servers and mapped
+	// IPv4Filter decides which IPv4 addresses may be servers and mapped
 	// addresses; defaults to proto.IsGlobalUnicastIPv4.
-	IsGlobal proto.IPv4Filter
+	IPv4Filter proto.IPv4Filter
 	// Servers are the primary server IPv4 addresses, tried in order.
 	Servers []netip.Addr
 	// Secondary is the second address of Servers[0]; other servers use
@@ -276,11 +276,11 @@ func New(cfg Config) (*Client, error) {
 	if len(cfg.Servers) == 0 {
 		return nil, errors.New("teredo client: no server")
 	}
-	if cfg.IsGlobal == nil {
-		cfg.IsGlobal = proto.IsGlobalUnicastIPv4
+	if cfg.IPv4Filter == nil {
+		cfg.IPv4Filter = proto.IsGlobalUnicastIPv4
 	}
 	for _, s := range cfg.Servers {
-		if !s.Is4() || !cfg.IsGlobal(s) {
+		if !s.Is4() || !cfg.IPv4Filter(s) {
 			return nil, fmt.Errorf("teredo client: server %v is not a global unicast IPv4 address", s)
 		}
 	}
@@ -308,7 +308,7 @@ func New(cfg Config) (*Client, error) {
 	if cfg.InboundEchoBurst <= 0 {
 		cfg.InboundEchoBurst = DefaultInboundEchoBurst
 	}
-	c := &Client{cfg: cfg, clk: cfg.Clock, log: cfg.Logger, glob: cfg.IsGlobal, port: cfg.ServerPort}
+	c := &Client{cfg: cfg, clk: cfg.Clock, log: cfg.Logger, glob: cfg.IPv4Filter, port: cfg.ServerPort}
 	if _, err := io.ReadFull(cfg.Rand, c.key[:]); err != nil {
 		return nil, fmt.Errorf("teredo client: reading key: %w", err)
 	}

@@ -10,7 +10,7 @@ import (
 // fuzzClient is a qualified client with a trusted peer, a pending peer and
 // local discovery on, so that random input reaches every branch.
 func fuzzClient(t *testing.T) (*harness, netip.Addr) {
-	h := newHarness(t, func(c *Config) { c.LocalDiscovery = true; c.IsGlobal = proto.AnyIPv4 })
+	h := newHarness(t, func(c *Config) { c.LocalDiscovery = true; c.IPv4Filter = proto.AnyIPv4 })
 	us := h.qualify()
 	h.trustPeer(us, peerMapped)
 	h.c.Transmit([][]byte{ipPacket(us, nativeDst, "x")})

@@ -116,7 +116,7 @@ func benchTUN(b *testing.B, batch, gso bool) {
 	if !batch {
 		d = singleDevice{dev}
 	}
-	r, rcv := newBenchRelay(b, dev, d, udpio.Options{GSO: gso}, udpio.Options{GRO: true})
+	r, rcv := newBenchRelay(b, dev, d, udpio.Options{DisableGSO: !gso, DisableGRO: true}, udpio.Options{DisableGSO: true})
 	defer rcv.Close()
 	peerAddr := teredoAddr(serverIP, rcv.LocalAddr())
 	r.table.Update(peerAddr.As16(), true, r.now(), func(p *peer.Peer) { p.Trust(rcv.LocalAddr()) })

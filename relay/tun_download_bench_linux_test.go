@@ -152,7 +152,7 @@ func benchDownload(b *testing.B, offload bool) {
 		dev.Close()
 		b.Fatalf("read offload %v", st.ReadOffload)
 	}
-	sock := udpio.Options{GSO: true, GRO: true}
+	sock := udpio.Options{}
 	r, client := newBenchRelay(b, dev, dev, sock, sock)
 	d := &download{
 		conn:  client,

@@ -130,7 +130,7 @@ func benchUpload(b *testing.B, coalesce bool) {
 	if !coalesce {
 		d = perPacketDevice{dev}
 	}
-	sock := udpio.Options{GSO: true, GRO: true}
+	sock := udpio.Options{}
 	r, client := newBenchRelay(b, dev, d, sock, sock)
 	defer runBenchRelay(b, r)()
 

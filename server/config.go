@@ -98,7 +98,7 @@ func (c Config) withDefaults() (Config, error) {
 	}
 	if c.Listen == nil {
 		c.Listen = func(laddr netip.AddrPort) (udpio.Conn, error) {
-			return udpio.Listen(laddr, udpio.Options{})
+			return udpio.Listen(laddr, udpio.Options{DisableGSO: true, DisableGRO: true})
 		}
 	}
 	return c, nil

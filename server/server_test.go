@@ -285,7 +285,7 @@ func TestServeLifecycle(t *testing.T) {
 
 func TestNewListenError(t *testing.T) {
 	base := loopbackBase()
-	taken, err := udpio.Listen(netip.AddrPortFrom(addrIn(base, 2), proto.Port), udpio.Options{})
+	taken, err := udpio.Listen(netip.AddrPortFrom(addrIn(base, 2), proto.Port), udpio.Options{DisableGSO: true, DisableGRO: true})
 	if err != nil {
 		t.Fatal(err)
 	}

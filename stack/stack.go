@@ -54,16 +54,18 @@ type Config struct {
 	// LocalAddr is the UDP socket's local address; the zero value means
 	// any address and an ephemeral port.
 	LocalAddr netip.AddrPort
-	// Socket tunes the UDP socket opened for LocalAddr.
+	// Socket tunes the UDP socket opened for LocalAddr; its DisableGSO and
+	// DisableGRO turn off the kernel's UDP offloads, which are on otherwise
+	// where the kernel has them.
 	Socket udpio.Options
 	// Conn, if set, is used instead of opening a socket (tests inject an
 	// in-memory one). The Stack closes it on Close either way.
 	Conn udpio.Conn
 
-	// IsGlobal decides which IPv4 addresses may be servers and mapped
+	// IPv4Filter decides which IPv4 addresses may be servers and mapped
 	// addresses; nil means the RFC 4380 rule. Tests on loopback use
 	// proto.AnyIPv4.
-	IsGlobal proto.IPv4Filter
+	IPv4Filter proto.IPv4Filter
 	// MaxPeers bounds the peer list; zero means the client's default.
 	MaxPeers int
 	// ConeProbe adds a cone RS to the background NAT classification.
@@ -86,16 +88,10 @@ type Config struct {
 	// TCPReceiveBufferMax and TCPSendBufferMax bound TCP's auto-tuned
 	// buffers; zero means the defaults above.
 	TCPReceiveBufferMax, TCPSendBufferMax int
-	// DisableGSO turns off gVisor's in-stack segmentation offload.
-	DisableGSO bool
-	// DisableGRO turns off coalescing of received TCP segments (see
-	// link.Options.GRO).
-	DisableGRO bool
-	// DisableUDPGSO and DisableUDPGRO turn off the kernel's UDP
-	// segmentation and receive offloads on the socket the stack opens
-	// (see udpio.Options.GSO and GRO), which are on otherwise where the
-	// kernel has them.
-	DisableUDPGSO, DisableUDPGRO bool
+	// DisableGSO turns off gVisor's in-stack segmentation offload and
+	// DisableGRO the coalescing of received TCP segments (see
+	// link.Options).
+	DisableGSO, DisableGRO bool
 	// TCPRACK turns gVisor's RACK-TLP loss detection back on. It is off by
 	// default: at our gVisor pin (which predates the upstream RACK fix that
 	// Tailscale waited for before re-enabling RACK), a burst of losses,
@@ -175,16 +171,13 @@ func New(ctx context.Context, cfg Config) (*Stack, error) {
 	}
 	s.conn = cfg.Conn
 	if s.conn == nil {
-		sock := cfg.Socket
-		sock.GSO = sock.GSO || !cfg.DisableUDPGSO
-		sock.GRO = sock.GRO || !cfg.DisableUDPGRO
-		c, err := udpio.Listen(cfg.LocalAddr, sock)
+		c, err := udpio.Listen(cfg.LocalAddr, cfg.Socket)
 		if err != nil {
 			return nil, fmt.Errorf("stack: %w", err)
 		}
 		s.conn = c
 	}
-	s.ep = link.New(s.conn, nil, link.Options{GSO: !cfg.DisableGSO, GRO: !cfg.DisableGRO, Logger: cfg.Logger})
+	s.ep = link.New(s.conn, nil, link.Options{Logger: cfg.Logger, DisableGSO: cfg.DisableGSO, DisableGRO: cfg.DisableGRO})
 	var tr client.Transport = s.conn
 	if s.dt = s.newDiscoveryTransport(); s.dt != nil {
 		tr = s.dt
@@ -195,7 +188,7 @@ func New(ctx context.Context, cfg Config) (*Stack, error) {
 		Clock:      cfg.Clock,
 		Logger:     cfg.Logger,
 		Rand:       cfg.Rand,
-		IsGlobal:   cfg.IsGlobal,
+		IPv4Filter: cfg.IPv4Filter,
 		Servers:    cfg.Servers,
 		Secondary:  cfg.Secondary,
 		ServerPort: cfg.ServerPort,

@@ -30,9 +30,9 @@ func ExampleStart() {
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
 	s, err := stack.New(ctx, stack.Config{
-		Servers:   in.Servers(),
-		LocalAddr: netip.MustParseAddrPort("127.0.0.1:0"),
-		IsGlobal:  in.IPv4Filter(),
+		Servers:    in.Servers(),
+		LocalAddr:  netip.MustParseAddrPort("127.0.0.1:0"),
+		IPv4Filter: in.IPv4Filter(),
 	})
 	if err != nil {
 		fmt.Println(err)

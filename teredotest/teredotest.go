@@ -165,7 +165,7 @@ func (in *Internet) listen(o options) error {
 		x, y, z := 1+rand.IntN(254), rand.IntN(256), 4*(1+rand.IntN(62))
 		primary := netip.AddrFrom4([4]byte{127, byte(x), byte(y), byte(z)})
 		relayAP := netip.AddrPortFrom(netip.AddrFrom4([4]byte{127, byte(x), byte(y), byte(z + 2)}), proto.Port)
-		rconn, err := udpio.Listen(relayAP, udpio.Options{GRO: true})
+		rconn, err := udpio.Listen(relayAP, udpio.Options{DisableGSO: true})
 		if err != nil {
 			last = err
 			if errors.Is(err, syscall.EADDRINUSE) {
