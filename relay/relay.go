@@ -103,6 +103,9 @@ const (
 	DefaultMaxPacket      = 8192
 )
 
+// ErrServing is returned by a second call to Serve.
+var ErrServing = errors.New("relay: Serve already called")
+
 // Config configures a Relay.
 type Config struct {
 	// Conn is the Teredo side, usually bound to port 3544. The relay owns it
@@ -226,8 +229,8 @@ func (c *Config) setDefaults() error {
 	return nil
 }
 
-// Relay is a running Teredo relay. Create it with New, run it with Run and
-// stop it with Close or by cancelling Run's context.
+// Relay is a running Teredo relay. Create it with New, run it with Serve and
+// stop it with Close or by cancelling Serve's context.
 type Relay struct {
 	cfg    Config
 	conn   udpio.Conn
@@ -256,7 +259,7 @@ type Relay struct {
 	done      chan struct{}
 }
 
-// New returns a relay for cfg. It does no I/O until Run.
+// New returns a relay for cfg. It does no I/O until Serve.
 func New(cfg Config) (*Relay, error) {
 	if err := cfg.setDefaults(); err != nil {
 		return nil, err
@@ -296,14 +299,21 @@ func New(cfg Config) (*Relay, error) {
 // Addr returns the Teredo side's local address.
 func (r *Relay) Addr() netip.AddrPort { return r.conn.LocalAddr() }
 
-// Run forwards packets until ctx is done or Close is called, then closes the
-// socket and the device. It returns nil after a normal stop, or the error
-// that stopped a reader.
-func (r *Relay) Run(ctx context.Context) error {
+// Serve forwards packets until ctx is done or Close is called, then closes
+// the socket and the device. It returns nil after a normal stop, the error
+// that stopped a reader, ErrServing if called twice, or net.ErrClosed if
+// called after Close (as server.Server.Serve).
+func (r *Relay) Serve(ctx context.Context) error {
 	r.runMu.Lock()
+	select {
+	case <-r.closed:
+		r.runMu.Unlock()
+		return net.ErrClosed
+	default:
+	}
 	if r.running {
 		r.runMu.Unlock()
-		return errors.New("relay: Run called twice")
+		return ErrServing
 	}
 	r.running = true
 	r.runMu.Unlock()
@@ -350,7 +360,7 @@ func (r *Relay) shutdown() {
 func (r *Relay) Close() error {
 	r.runMu.Lock()
 	running := r.running
-	r.running = true // a later Run must not start
+	r.running = true // a later Serve must not start
 	r.runMu.Unlock()
 	r.shutdown()
 	if running {

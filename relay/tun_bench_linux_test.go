@@ -98,7 +98,7 @@ func newBenchRelay(b *testing.B, dev *tun.Device, d Device, relayOpts, clientOpt
 // r and reports an error Run returned.
 func runBenchRelay(b *testing.B, r *Relay) (stop func()) {
 	done := make(chan error, 1)
-	go func() { done <- r.Run(context.Background()) }()
+	go func() { done <- r.Serve(context.Background()) }()
 	return func() {
 		r.Close()
 		if err := <-done; err != nil {

@@ -92,10 +92,17 @@ func (p *Processor) Status() Status {
 	}
 }
 
-// StatusHandler serves GET /status as JSON (see Status) and GET /metrics
-// in the Prometheus text format, from status, which is called per request
-// (Server.Status or Processor.Status).
-func StatusHandler(status func() Status) http.Handler {
+// Handler serves GET /status as JSON (see Status) and GET /metrics in the
+// Prometheus text format, as relay.Relay.Handler does.
+func (s *Server) Handler() http.Handler { return statusHandler(s.Status) }
+
+// Handler serves GET /status and GET /metrics for the processor, as
+// Server.Handler does.
+func (p *Processor) Handler() http.Handler { return statusHandler(p.Status) }
+
+// statusHandler serves the status and metrics from status, called per
+// request.
+func statusHandler(status func() Status) http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /status", func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Content-Type", "application/json")

@@ -137,7 +137,7 @@ func Start(opts ...Option) (*Internet, error) {
 	}()
 	go func() {
 		defer in.wg.Done()
-		if err := in.relay.Run(ctx); err != nil {
+		if err := in.relay.Serve(ctx); err != nil {
 			in.recordErr(fmt.Errorf("teredotest: relay: %w", err))
 		}
 	}()

@@ -199,7 +199,7 @@ func serve(ctx context.Context, o options, log *slog.Logger, stdout io.Writer) e
 	}
 	fmt.Fprintf(stdout, "teredo-relay: ready on %v, tun %s\n", r.Addr(), dev.Name())
 	log.Info("relay running", "addr", r.Addr(), "tun", dev.Name(), "prefix", o.prefix, "host_specific", o.hostSpecific)
-	err = r.Run(ctx)
+	err = r.Serve(ctx)
 	if srv != nil {
 		sctx, scancel := context.WithTimeout(context.Background(), 2*time.Second)
 		srv.Shutdown(sctx)

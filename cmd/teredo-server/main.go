@@ -228,7 +228,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 			log.Error("cannot serve status", "err", err)
 			return 1
 		}
-		hs := &http.Server{Handler: server.StatusHandler(srv.Status), ReadHeaderTimeout: 10 * time.Second}
+		hs := &http.Server{Handler: srv.Handler(), ReadHeaderTimeout: 10 * time.Second}
 		log.Info("status", "addr", ln.Addr().String())
 		done := make(chan struct{})
 		go func() {
