@@ -57,6 +57,10 @@ type Transport interface {
 	WriteTo(b []byte, to netip.AddrPort) error
 }
 
+// DefaultMaxPeers bounds the client's peer list when Config.MaxPeers is
+// zero: an application talks to a few thousand peers at most.
+const DefaultMaxPeers = 4096
+
 // Config configures a Client.
 type Config struct {
 	// Transport sends control traffic (RS, bubbles, echo requests) and
@@ -81,7 +85,7 @@ type Config struct {
 	Secondary netip.Addr
 	// ServerPort defaults to 3544.
 	ServerPort uint16
-	// MaxPeers bounds the peer list (default 4096).
+	// MaxPeers bounds the peer list (default DefaultMaxPeers).
 	MaxPeers int
 	// InboundEchoRate (tests per second, default DefaultInboundEchoRate)
 	// and InboundEchoBurst (default DefaultInboundEchoBurst) bound, for the
@@ -301,6 +305,9 @@ func New(cfg Config) (*Client, error) {
 	}
 	if cfg.ServerPort == 0 {
 		cfg.ServerPort = proto.Port
+	}
+	if cfg.MaxPeers <= 0 {
+		cfg.MaxPeers = DefaultMaxPeers
 	}
 	if !(cfg.InboundEchoRate > 0) { // NaN too
 		cfg.InboundEchoRate = DefaultInboundEchoRate

@@ -45,7 +45,6 @@ type Tunnel interface {
 
 // Defaults for Options fields left zero.
 const (
-	DefaultMTU = proto.MinMTU
 	// DefaultBatchSize matches fifo.BatchSize rounded up, so that one batch
 	// of the fifo queueing discipline fits one sendmmsg.
 	DefaultBatchSize = 64
@@ -82,7 +81,7 @@ type Options struct {
 
 func (o Options) withDefaults() Options {
 	if o.MTU == 0 {
-		o.MTU = DefaultMTU
+		o.MTU = proto.MinMTU
 	}
 	if o.BatchSize <= 0 {
 		o.BatchSize = DefaultBatchSize

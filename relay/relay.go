@@ -92,15 +92,13 @@ type CountingDevice interface {
 
 // Defaults for Config fields left zero.
 const (
-	DefaultMaxPeers       = peer.DefaultRelayMaxPeers
-	DefaultExpiry         = peer.DefaultRelayExpiry
-	DefaultBubbleInterval = 2 * time.Second
-	DefaultBubbleRepeats  = 3
-	DefaultICMPInterval   = 100 * time.Millisecond // Miredo: 10 errors per second
-	DefaultSourceRate     = 100                    // slow-path packets per second per source
-	DefaultSourceBurst    = 200
-	DefaultBatchSize      = 32
-	DefaultMaxPacket      = 8192
+	DefaultMaxPeers     = 65536                  // Miredo's relay
+	DefaultExpiry       = 30 * time.Second       // RFC 4380 §5.4: the peer validity
+	DefaultICMPInterval = 100 * time.Millisecond // Miredo: 10 errors per second
+	DefaultSourceRate   = 100                    // slow-path packets per second per source
+	DefaultSourceBurst  = 200
+	DefaultBatchSize    = 32
+	DefaultMaxPacket    = 8192
 )
 
 // ErrServing is returned by a second call to Serve.
@@ -152,11 +150,11 @@ type Config struct {
 	Expiry   time.Duration
 	// QueuePackets and QueueBytes bound each peer's queue (peer defaults).
 	QueuePackets, QueueBytes int
-	// BubbleInterval and BubbleRepeats set the bubble schedule (default
-	// 2 s and 3 repeats); after the last one goes unanswered for
-	// BubbleInterval, the entry is dropped.
-	BubbleInterval time.Duration
-	BubbleRepeats  int
+	// Bubble is the bubble schedule toward a new peer, as peer.Config.Bubble
+	// (zero Max means peer.DefaultBubbleLimit: one every 2 s, 4 in all).
+	// After the last one goes unanswered for Bubble.Interval, the entry is
+	// dropped.
+	Bubble peer.Limit
 	// ICMPInterval is the minimum spacing of ICMPv6 errors (default 100 ms).
 	ICMPInterval time.Duration
 	// ICMPSource is the source of ICMPv6 errors. The relay owns no address
@@ -204,11 +202,8 @@ func (c *Config) setDefaults() error {
 	if c.Expiry <= 0 {
 		c.Expiry = DefaultExpiry
 	}
-	if c.BubbleInterval <= 0 {
-		c.BubbleInterval = DefaultBubbleInterval
-	}
-	if c.BubbleRepeats <= 0 {
-		c.BubbleRepeats = DefaultBubbleRepeats
+	if c.Bubble.Max <= 0 || c.Bubble.Interval <= 0 {
+		c.Bubble = peer.DefaultBubbleLimit
 	}
 	if c.ICMPInterval <= 0 {
 		c.ICMPInterval = DefaultICMPInterval
@@ -283,16 +278,15 @@ func New(cfg Config) (*Relay, error) {
 		r.rxLimit = newSourceLimiter(4096, cfg.SourceRate, cfg.SourceBurst, key)
 		r.txLimit = newSourceLimiter(4096, cfg.SourceRate, cfg.SourceBurst, ^key)
 	}
-	pc := peer.RelayConfig()
-	pc.MaxPeers = cfg.MaxPeers
-	pc.Expiry = cfg.Expiry
-	pc.QueuePackets = cfg.QueuePackets
-	pc.QueueBytes = cfg.QueueBytes
-	pc.Bubble.Interval = cfg.BubbleInterval
-	pc.Bubble.Max = cfg.BubbleRepeats + 1
-	pc.Clock = cfg.Clock
-	pc.OnTimer = r.onTimer
-	r.table = peer.New(pc)
+	r.table = peer.New(peer.Config{
+		MaxPeers:     cfg.MaxPeers,
+		Expiry:       cfg.Expiry,
+		QueuePackets: cfg.QueuePackets,
+		QueueBytes:   cfg.QueueBytes,
+		Bubble:       cfg.Bubble,
+		Clock:        cfg.Clock,
+		OnTimer:      r.onTimer,
+	})
 	return r, nil
 }
 

@@ -82,7 +82,7 @@ func (r *Relay) transmitSlow(pkt []byte, dst *[16]byte, mapped netip.AddrPort, n
 		if p.Bubbles() == 0 && p.CountBubble() {
 			bubble = true
 			mapping = p.Mapping
-			p.Arm(r.cfg.BubbleInterval)
+			p.Arm(r.cfg.Bubble.Interval)
 		}
 	}
 	if !r.table.Update(*dst, false, now, f) {
@@ -133,7 +133,7 @@ func (r *Relay) sendBubbles(b []byte, dst *[16]byte, mapping netip.AddrPort) []b
 }
 
 // onTimer runs the bubble schedule of one peer: another bubble every
-// BubbleInterval until BubbleRepeats are spent, then one more interval of
+// Bubble.Interval until Bubble.Max are spent, then one more interval of
 // waiting, then the entry goes and its queue is answered with ICMPv6
 // "address unreachable".
 func (r *Relay) onTimer(addr netip.Addr) {
@@ -156,13 +156,13 @@ func (r *Relay) onTimer(addr netip.Addr) {
 		case p.CountBubble():
 			bubble = true
 			mapping = p.Mapping
-			p.Arm(r.cfg.BubbleInterval)
+			p.Arm(r.cfg.Bubble.Interval)
 		case p.BubblesExhausted():
 			giveUp = true
 			p.Unreachable = true
 			pkts = p.TakeQueue(pkts)
 		default:
-			p.Arm(r.cfg.BubbleInterval)
+			p.Arm(r.cfg.Bubble.Interval)
 		}
 	})
 	bp, _ := r.timerPool.Get().(*[]byte)

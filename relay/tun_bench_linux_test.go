@@ -127,8 +127,8 @@ func benchTUN(b *testing.B, batch, gso bool) {
 		b.Fatal(err)
 	}
 	defer src.Close()
-	payload := make([]byte, tun.MTU-proto.IPv6HeaderLen-8)
-	wantLen := tun.MTU
+	payload := make([]byte, proto.MinMTU-proto.IPv6HeaderLen-8)
+	wantLen := proto.MinMTU
 
 	// The receiver counts datagrams of the stream; the sender keeps at most
 	// window packets in flight so that no queue overflows.

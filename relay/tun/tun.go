@@ -33,9 +33,6 @@ import (
 // DefaultName is the interface name the relay uses by default.
 const DefaultName = "teredo"
 
-// MTU is Teredo's link MTU (RFC 4380 §5.1.2).
-const MTU = 1280
-
 // ErrUnsupported is returned by Open on systems other than Linux.
 var ErrUnsupported = errors.New("tun: TUN devices are supported on Linux only")
 
