@@ -1,0 +1,94 @@
+// Command outside is built by TestOutsideModule as a module of its own: it
+// touches the seams of every public package (their configs, constructors and
+// the types they exchange) the way an embedding application would, so that an
+// internal type anywhere in them fails the build.
+package main
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"net/netip"
+	"os"
+	"time"
+
+	"github.com/teredo-go/teredo/client"
+	"github.com/teredo-go/teredo/clock"
+	"github.com/teredo-go/teredo/dialer"
+	"github.com/teredo-go/teredo/link"
+	"github.com/teredo-go/teredo/link/linktest"
+	"github.com/teredo-go/teredo/listener"
+	"github.com/teredo-go/teredo/peer"
+	"github.com/teredo-go/teredo/proto"
+	"github.com/teredo-go/teredo/relay"
+	"github.com/teredo-go/teredo/relay/netstack"
+	"github.com/teredo-go/teredo/relay/tun"
+	"github.com/teredo-go/teredo/server"
+	"github.com/teredo-go/teredo/socks5"
+	"github.com/teredo-go/teredo/stack"
+	"github.com/teredo-go/teredo/teredotest"
+	"github.com/teredo-go/teredo/udpio"
+	"github.com/teredo-go/teredo/udpio/udpiotest"
+)
+
+func main() {
+	if err := run(); err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+}
+
+func run() error {
+	var clk clock.Clock = clock.NewFake(time.Unix(0, 0))
+	nw := udpiotest.NewNetwork()
+
+	// A server on the in-memory network, its metrics and handler.
+	srv, err := server.New(server.Config{
+		Primary:    netip.MustParseAddr("192.0.2.1"),
+		IPv4Filter: proto.AnyIPv4,
+		Clock:      clk,
+		Listen:     nw.Listen,
+	})
+	if err != nil {
+		return err
+	}
+	defer srv.Close()
+	_ = srv.Handler()
+	if err := server.WritePrometheus(io.Discard, srv.Stats()); err != nil {
+		return err
+	}
+
+	// A relay's configuration, with a socket of the in-memory network.
+	conn, err := nw.Listen(netip.MustParseAddrPort("192.0.2.9:3544"))
+	if err != nil {
+		return err
+	}
+	var dev relay.Device = (*netstack.Device)(nil)
+	rcfg := relay.Config{Conn: conn, Device: dev, Clock: clk, Bubble: peer.DefaultBubbleLimit}
+	_ = rcfg
+	var r *relay.Relay
+	_ = func() error { return r.WritePrometheus(io.Discard) }
+	_ = tun.Config{Name: tun.DefaultName}
+
+	// The lower layers.
+	var uc udpio.Conn = conn
+	ep := link.New(uc, nil, link.Options{MTU: proto.MinMTU})
+	_ = ep.Stats()
+	_ = linktest.NewNetwork
+	tab := peer.New(peer.Config{Clock: clk, MaxPeers: client.DefaultMaxPeers})
+	defer tab.Close()
+
+	// The client stack, its dialer, listener and SOCKS5 front end.
+	cfg := stack.Config{Servers: []netip.Addr{netip.MustParseAddr("192.0.2.1")}, Conn: conn, Clock: clk}
+	var s *stack.Stack
+	_ = func() { s, _ = stack.New(context.Background(), cfg) }
+	var n dialer.Network = s
+	d := dialer.New(n)
+	_ = func() (*listener.Listener, error) { return listener.Listen(s, "tcp", ":80") }
+	_ = &socks5.Server{Dial: d.DialContext}
+
+	// The in-process internet for tests.
+	var in *teredotest.Internet
+	_ = func() []netip.Addr { return in.Servers() }
+	return nil
+}
