@@ -24,6 +24,7 @@ import (
 
 	"github.com/teredo-go/teredo/client"
 	"github.com/teredo-go/teredo/clock"
+	"github.com/teredo-go/teredo/dialer"
 	"github.com/teredo-go/teredo/link"
 	"github.com/teredo-go/teredo/peer"
 	"github.com/teredo-go/teredo/proto"
@@ -102,6 +103,11 @@ type Config struct {
 	// BenchmarkTCPStream, six interleaved runs each: median about 1.6
 	// Gbit/s either way.
 	TCPRACK bool
+
+	// Resolver resolves names for Dial, DialContext and HTTPClient; nil
+	// means the host's (net.DefaultResolver). teredotest.Internet.Resolver
+	// knows the test hosts' names.
+	Resolver dialer.Resolver
 
 	// Clock, Logger and Rand default to the real clock, a discarding
 	// logger and crypto/rand.

@@ -89,6 +89,7 @@ type Internet struct {
 
 	mu      sync.Mutex
 	hosts   map[netip.Addr]*Host
+	names   map[string][]netip.Addr // lower-case name -> addresses (AddName)
 	next    uint32
 	closers []io.Closer
 	closed  bool

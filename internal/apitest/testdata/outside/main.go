@@ -87,8 +87,35 @@ func run() error {
 	_ = func() (*listener.Listener, error) { return listener.Listen(s, "tcp", ":80") }
 	_ = &socks5.Server{Dial: d.DialContext}
 
-	// The in-process internet for tests.
+	// The Stack as a network (tsnet style).
+	_ = func() error {
+		c, err := s.DialContext(context.Background(), "tcp", "ipv6.example.net:80")
+		if err != nil {
+			return err
+		}
+		c.Close()
+		ln, err := s.Listen("tcp6", ":8080")
+		if err != nil {
+			return err
+		}
+		ln.Close()
+		pc, err := s.ListenPacket("udp6", ":0")
+		if err != nil {
+			return err
+		}
+		pc.Close()
+		_, err = s.HTTPClient().Get("http://ipv6.example.net/")
+		return err
+	}
+
+	// The in-process internet for tests, and a client configuration for it.
 	var in *teredotest.Internet
-	_ = func() []netip.Addr { return in.Servers() }
+	_ = func() stack.Config {
+		in.AddName("ipv6.example.net", netip.MustParseAddr("2001:db8::80"))
+		var r dialer.Resolver = in.Resolver()
+		cfg := in.ClientConfig()
+		cfg.Resolver = r
+		return cfg
+	}
 	return nil
 }
