@@ -226,12 +226,13 @@ func (c *Client) PeerState(dst netip.Addr) peer.State {
 
 // Client is the Teredo client role. Its methods are safe for concurrent use.
 type Client struct {
-	cfg  Config
-	clk  clock.Clock
-	log  *slog.Logger
-	glob proto.IPv4Filter
-	port uint16
-	key  [32]byte
+	cfg       Config
+	clk       clock.Clock
+	log       *slog.Logger
+	glob      proto.IPv4Filter
+	port      uint16
+	key       [32]byte
+	bubbleKey [32]byte // proto.BubbleSource secret, derived from key
 
 	peers  *peer.Table
 	up     atomic.Pointer[link] // nil unless qualified
@@ -319,6 +320,7 @@ func New(cfg Config) (*Client, error) {
 	if _, err := io.ReadFull(cfg.Rand, c.key[:]); err != nil {
 		return nil, fmt.Errorf("teredo client: reading key: %w", err)
 	}
+	c.bubbleKey = c.mac("bubble")
 	c.peers = peer.New(peer.Config{
 		MaxPeers: cfg.MaxPeers,
 		Clock:    cfg.Clock,

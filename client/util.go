@@ -15,7 +15,7 @@ import (
 )
 
 // mac returns HMAC-SHA256 under the client's secret key of a label and
-// parts. Bubble sources and echo nonces come from it, so that replies can be
+// parts. The bubble-source secret and echo nonces come from it, so that replies can be
 // checked without keeping per-packet state and cannot be guessed.
 func (c *Client) mac(label string, parts ...[]byte) [32]byte {
 	h := hmac.New(sha256.New, c.key[:])
@@ -28,13 +28,10 @@ func (c *Client) mac(label string, parts ...[]byte) [32]byte {
 	return out
 }
 
-// bubbleSource is the link-local source of our bubbles to peer: an HMAC of
-// the peer's address, so that a reply sent back to it proves the sender saw
-// our bubble, even from a mapping other than the one in its address
-// (a peer behind a symmetric NAT).
+// bubbleSource is the link-local source of our bubbles to peer (see
+// proto.BubbleSource).
 func (c *Client) bubbleSource(peer [16]byte) netip.Addr {
-	m := c.mac("bubble", peer[:])
-	return proto.LinkLocalFromID([8]byte(m[:8]))
+	return proto.BubbleSource(&c.bubbleKey, &peer)
 }
 
 // echoNonce derives the 64-bit nonce of an echo test series towards dst

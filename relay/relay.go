@@ -19,7 +19,6 @@ package relay
 import (
 	"context"
 	"crypto/rand"
-	"crypto/sha256"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -373,16 +372,10 @@ func (r *Relay) inPrefix(a []byte) bool {
 	return a[0] == r.prefix[0] && a[1] == r.prefix[1] && a[2] == r.prefix[2] && a[3] == r.prefix[3]
 }
 
-// bubbleSource is the link-local source of our bubbles to the peer at addr:
-// a keyed hash of the address, so that a bubble in reply, whatever mapping
-// it comes from, proves that its sender saw ours (Miredo's
-// SendBubbleFromDst/CheckBubble).
+// bubbleSource is the link-local source of our bubbles to the peer at addr
+// (see proto.BubbleSource).
 func (r *Relay) bubbleSource(addr *[16]byte) netip.Addr {
-	var in [48]byte
-	copy(in[:32], r.secret[:])
-	copy(in[32:], addr[:])
-	sum := sha256.Sum256(in[:])
-	return proto.LinkLocalFromID([8]byte(sum[:8]))
+	return proto.BubbleSource(&r.secret, addr)
 }
 
 // readTeredo is the receive loop.
