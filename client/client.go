@@ -48,6 +48,7 @@ import (
 	"sync/atomic"
 
 	"github.com/teredo-go/teredo/clock"
+	"github.com/teredo-go/teredo/internal/ratelimit"
 	"github.com/teredo-go/teredo/peer"
 	"github.com/teredo-go/teredo/proto"
 )
@@ -92,8 +93,9 @@ type Config struct {
 	// whole client, the echo tests that received packets from unverified
 	// sources start (RFC 4380 §5.2.3 case 6); a packet over the limit is
 	// dropped as "echo-rate-limit" and creates no peer entry. Echo tests
-	// for the application's own outbound packets are not counted. Zero or
-	// less means the default.
+	// for the application's own outbound packets are not counted. Zero
+	// means the default; a negative rate turns the limit off, as for every
+	// rate limit of this module.
 	InboundEchoRate  float64
 	InboundEchoBurst int
 	// ConeProbe adds a cone RS to the NAT classification (diagnostic only).
@@ -247,9 +249,9 @@ type Client struct {
 
 	evMu sync.Mutex // serializes OnEvent calls
 
-	icmpLimit *bucket // ICMPv6 errors we deliver
-	echoLimit *bucket // echo tests started by inbound packets
-	pingMax   int     // echo requests in a series (the peer table's limit)
+	icmpLimit *ratelimit.Limiter // ICMPv6 errors we deliver
+	echoLimit *ratelimit.Limiter // echo tests started by inbound packets
+	pingMax   int                // echo requests in a series (the peer table's limit)
 
 	replyMu   sync.Mutex
 	seed      maphash.Seed
@@ -310,7 +312,7 @@ func New(cfg Config) (*Client, error) {
 	if cfg.MaxPeers <= 0 {
 		cfg.MaxPeers = DefaultMaxPeers
 	}
-	if !(cfg.InboundEchoRate > 0) { // NaN too
+	if cfg.InboundEchoRate == 0 || cfg.InboundEchoRate != cfg.InboundEchoRate { // zero or NaN
 		cfg.InboundEchoRate = DefaultInboundEchoRate
 	}
 	if cfg.InboundEchoBurst <= 0 {
@@ -326,8 +328,8 @@ func New(cfg Config) (*Client, error) {
 		Clock:    cfg.Clock,
 		OnTimer:  c.onPeerTimer,
 	})
-	c.icmpLimit = newBucket(icmpRate, icmpBurst)
-	c.echoLimit = newBucket(cfg.InboundEchoRate, cfg.InboundEchoBurst)
+	c.icmpLimit = ratelimit.NewLimiter(ratelimit.Rate{PerSecond: icmpRate, Burst: icmpBurst})
+	c.echoLimit = ratelimit.NewLimiter(ratelimit.Rate{PerSecond: cfg.InboundEchoRate, Burst: cfg.InboundEchoBurst})
 	c.pingMax = c.peers.Config().Ping.Max
 	c.seed = maphash.MakeSeed()
 	return c, nil

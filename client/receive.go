@@ -253,7 +253,7 @@ func (c *Client) holdAndTest(ip []byte, src [16]byte, from netip.AddrPort, l *li
 		// A new entry always starts a test: pay first, so that a refused
 		// packet creates no entry. If another goroutine creates it in
 		// between, the token is spent on this packet anyway.
-		if !c.echoLimit.allow(now) {
+		if !c.echoLimit.Allow(now) {
 			c.ctr.drop(dropEchoRate)
 			return
 		}
@@ -269,7 +269,7 @@ func (c *Client) hold(p *peer.Peer, a *action, ip []byte, from netip.AddrPort, l
 		a.dropHeld = true
 		return
 	}
-	if !paid && c.startsEchoTest(p) && !c.echoLimit.allow(now) {
+	if !paid && c.startsEchoTest(p) && !c.echoLimit.Allow(now) {
 		c.ctr.drop(dropEchoRate)
 		return
 	}

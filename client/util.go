@@ -7,7 +7,6 @@ import (
 	"errors"
 	"hash/maphash"
 	"net/netip"
-	"sync"
 	"sync/atomic"
 	"time"
 
@@ -143,47 +142,13 @@ const (
 	icmpBurst = 10
 )
 
-// bucket is a token bucket on the client's clock. It is filled at creation,
-// so a burst is allowed at once.
-type bucket struct {
-	mu     sync.Mutex
-	rate   float64 // tokens per second
-	burst  float64
-	tokens float64
-	last   time.Time
-}
-
-func newBucket(rate float64, burst int) *bucket {
-	return &bucket{rate: rate, burst: float64(burst), tokens: float64(burst)}
-}
-
-// allow takes a token at now if there is one. Callers read the clock before
-// the lock, so times may come slightly out of order: an earlier one than
-// the last adds nothing.
-func (b *bucket) allow(now time.Time) bool {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	switch {
-	case b.last.IsZero():
-		b.last = now
-	case now.After(b.last):
-		b.tokens = min(b.tokens+now.Sub(b.last).Seconds()*b.rate, b.burst)
-		b.last = now
-	}
-	if b.tokens < 1 {
-		return false
-	}
-	b.tokens--
-	return true
-}
-
 // unreachable delivers an ICMPv6 Destination Unreachable, code 0 (no route:
 // one of the two codes gVisor acts on), about the outbound packet pkt.
 func (c *Client) unreachable(pkt []byte, now time.Time) {
 	if len(pkt) < proto.IPv6HeaderLen || !proto.MayReplyWithError(pkt) {
 		return
 	}
-	if !c.icmpLimit.allow(now) {
+	if !c.icmpLimit.Allow(now) {
 		c.ctr.drop(dropICMPRateLimit)
 		return
 	}

@@ -3,6 +3,7 @@ package relay
 import (
 	"net/netip"
 
+	"github.com/teredo-go/teredo/internal/ratelimit"
 	"github.com/teredo-go/teredo/peer"
 	"github.com/teredo-go/teredo/proto"
 )
@@ -52,10 +53,10 @@ func (r *Relay) receive(b []byte, from netip.AddrPort, sc *scratch) {
 		}
 		symmetric = true
 	}
-	var k [16]byte
+	var k ratelimit.Key
 	a4 := from.Addr().As4()
 	copy(k[:4], a4[:])
-	if !r.rxLimit.allow(k, r.ts(now)) {
+	if !r.rxLimit.Allow(k, now) {
 		r.ctr.inc(RxDropRateLimited)
 		return
 	}

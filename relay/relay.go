@@ -19,7 +19,6 @@ package relay
 import (
 	"context"
 	"crypto/rand"
-	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
@@ -31,6 +30,7 @@ import (
 	"time"
 
 	"github.com/teredo-go/teredo/clock"
+	"github.com/teredo-go/teredo/internal/ratelimit"
 	"github.com/teredo-go/teredo/peer"
 	"github.com/teredo-go/teredo/proto"
 	"github.com/teredo-go/teredo/udpio"
@@ -99,6 +99,10 @@ const (
 	DefaultBatchSize    = 32
 	DefaultMaxPacket    = 8192
 )
+
+// sourceTableSize bounds each per-source rate-limit table; sources beyond
+// it that are still limited share one overflow bucket.
+const sourceTableSize = 4096
 
 // ErrServing is returned by a second call to Serve.
 var ErrServing = errors.New("relay: Serve already called")
@@ -238,11 +242,10 @@ type Relay struct {
 	started time.Time
 	ctr     counters
 
-	rxLimit *sourceLimiter // per UDP source IPv4, receive slow path
-	txLimit *sourceLimiter // per IPv6 source /64, new peers
+	rxLimit *ratelimit.Table // per UDP source IPv4, receive slow path
+	txLimit *ratelimit.Table // per IPv6 source /64, new peers
 
-	icmpMu   sync.Mutex
-	icmpRate gcra
+	icmpLimit *ratelimit.Limiter // ICMPv6 errors, one per ICMPInterval
 
 	timerPool sync.Pool // *[]byte scratch for timer callbacks
 
@@ -272,11 +275,10 @@ func New(cfg Config) (*Relay, error) {
 	if _, err := rand.Read(r.secret[:]); err != nil {
 		return nil, fmt.Errorf("relay: nonce secret: %w", err)
 	}
-	key := binary.LittleEndian.Uint64(r.secret[24:])
-	if cfg.SourceRate > 0 {
-		r.rxLimit = newSourceLimiter(4096, cfg.SourceRate, cfg.SourceBurst, key)
-		r.txLimit = newSourceLimiter(4096, cfg.SourceRate, cfg.SourceBurst, ^key)
-	}
+	src := ratelimit.Rate{PerSecond: float64(cfg.SourceRate), Burst: cfg.SourceBurst}
+	r.rxLimit = ratelimit.NewTable(src, sourceTableSize)
+	r.txLimit = ratelimit.NewTable(src, sourceTableSize)
+	r.icmpLimit = ratelimit.NewLimiter(ratelimit.Rate{PerSecond: float64(time.Second) / float64(cfg.ICMPInterval), Burst: 1})
 	r.table = peer.New(peer.Config{
 		MaxPeers:     cfg.MaxPeers,
 		Expiry:       cfg.Expiry,
@@ -363,9 +365,6 @@ func (r *Relay) Close() error {
 }
 
 func (r *Relay) now() time.Time { return r.cfg.Clock.Now() }
-
-// ts is a clock reading in nanoseconds since New, for the rate limiters.
-func (r *Relay) ts(now time.Time) int64 { return int64(now.Sub(r.epoch)) }
 
 // inPrefix reports whether the 16-byte address a is in the Teredo prefix.
 func (r *Relay) inPrefix(a []byte) bool {

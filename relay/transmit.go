@@ -5,6 +5,7 @@ import (
 	"net/netip"
 	"time"
 
+	"github.com/teredo-go/teredo/internal/ratelimit"
 	"github.com/teredo-go/teredo/peer"
 	"github.com/teredo-go/teredo/proto"
 )
@@ -86,9 +87,9 @@ func (r *Relay) transmitSlow(pkt []byte, dst *[16]byte, mapped netip.AddrPort, n
 		}
 	}
 	if !r.table.Update(*dst, false, now, f) {
-		var src [16]byte
+		var src ratelimit.Key
 		copy(src[:8], pkt[8:16]) // per /64: one host, or one site's hosts
-		if !r.txLimit.allow(src, r.ts(now)) {
+		if !r.txLimit.Allow(src, now) {
 			r.ctr.inc(TxDropRateLimited)
 			return netip.AddrPort{}
 		}
@@ -210,11 +211,7 @@ func (r *Relay) unreachable(pkt []byte, sc *scratch) {
 	if !proto.MayReplyWithError(pkt) {
 		return
 	}
-	n := r.ts(r.now())
-	r.icmpMu.Lock()
-	ok := r.icmpRate.allow(n, r.cfg.ICMPInterval, 1)
-	r.icmpMu.Unlock()
-	if !ok {
+	if !r.icmpLimit.Allow(r.now()) {
 		r.ctr.inc(ICMPRateLimited)
 		return
 	}

@@ -9,6 +9,7 @@ import (
 	"sync/atomic"
 
 	"github.com/teredo-go/teredo/clock"
+	"github.com/teredo-go/teredo/internal/ratelimit"
 	"github.com/teredo-go/teredo/proto"
 )
 
@@ -187,7 +188,7 @@ type Processor struct {
 	out                IPv6Output
 	clock              clock.Clock
 	log                *slog.Logger
-	limit              *limiter
+	limit              *ratelimit.Table
 	scratch            sync.Pool
 
 	received   atomic.Uint64
@@ -215,7 +216,7 @@ func NewProcessor(cfg Config) (*Processor, error) {
 		out:       cfg.IPv6Output,
 		clock:     cfg.Clock,
 		log:       cfg.Logger,
-		limit:     newLimiter(cfg.RateLimit, cfg.Clock.Now()),
+		limit:     newLimiter(cfg.RateLimit),
 	}
 	p.scratch.New = func() any { b := make([]byte, 0, maxOut); return &b }
 	return p, nil
@@ -302,7 +303,7 @@ func (p *Processor) process(sock Socket, payload []byte, src netip.AddrPort, tx 
 	if mapped.Port() == 0 || !p.global(mapped.Addr()) {
 		return drop(DropMappedNotGlobal)
 	}
-	if !p.limit.allow(src.Addr(), p.clock.Now()) {
+	if !p.limit.Allow(sourceKey(src.Addr()), p.clock.Now()) {
 		return drop(DropRateLimited)
 	}
 	// The IPv6 packet and its trailer are contiguous at the end of payload.
@@ -327,7 +328,7 @@ func (p *Processor) process(sock Socket, payload []byte, src netip.AddrPort, tx 
 }
 
 func (p *Processor) answerRS(sock Socket, pkt *proto.Packet, src netip.AddrPort, cone bool, tx Sender) Result {
-	if !p.limit.allow(src.Addr(), p.clock.Now()) {
+	if !p.limit.Allow(sourceKey(src.Addr()), p.clock.Now()) {
 		return drop(DropRateLimited)
 	}
 	from := sock
@@ -361,7 +362,7 @@ func (p *Processor) forwardIPv6(ip []byte, src netip.AddrPort) Result {
 	if p.out == nil {
 		return drop(DropNoIPv6Output)
 	}
-	if !p.limit.allow(src.Addr(), p.clock.Now()) {
+	if !p.limit.Allow(sourceKey(src.Addr()), p.clock.Now()) {
 		return drop(DropRateLimited)
 	}
 	if err := p.out.WriteIPv6(ip); err != nil {
@@ -392,7 +393,7 @@ func (p *Processor) Stats() Stats {
 		ForwardedTeredo: p.fwdTeredo.Load(),
 		ForwardedIPv6:   p.fwdIPv6.Load(),
 		SendErrors:      p.sendErrors.Load(),
-		RateSources:     p.limit.sources(),
+		RateSources:     p.limit.Len(),
 	}
 	for i := range p.drops {
 		s.Drops[i] = p.drops[i].Load()
