@@ -56,7 +56,8 @@ type Device interface {
 // BatchDevice is a Device that can return several packets per read, as
 // package relay/tun's does. The relay then routes each batch and sends the
 // packets for Teredo peers with one WriteBatch, so that the socket can
-// coalesce a bulk stream to one peer into few sends (udpio.Options.GSO).
+// coalesce a bulk stream to one peer into few sends (UDP GSO, see
+// udpio.Options.DisableGSO).
 type BatchDevice interface {
 	Device
 	// ReadPackets blocks until at least one packet is available, then
