@@ -58,7 +58,7 @@ func run(ctx context.Context, args []string) error {
 	control := fs.String("control", "127.0.0.1:7900", "control API `address`")
 	qualify := fs.Duration("qualify", 20*time.Second, "qualification timeout")
 	recovery := fs.Int("tcp-recovery", -1, "gVisor TCPRecovery flags (0 turns RACK off; -1 keeps the stack's)")
-	noGSO := fs.Bool("no-gso", false, "turn off gVisor's in-stack segmentation offload")
+	disableGSO := fs.Bool("disable-gso", false, "turn off gVisor's in-stack segmentation offload")
 	verbose := fs.Bool("v", false, "debug logging")
 	if err := fs.Parse(args); err != nil {
 		return err
@@ -69,7 +69,7 @@ func run(ctx context.Context, args []string) error {
 	}
 	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
 
-	cfg := stack.Config{Logger: log, ConeProbe: *coneProbe, DisableGSO: *noGSO}
+	cfg := stack.Config{Logger: log, ConeProbe: *coneProbe, DisableGSO: *disableGSO}
 	var err error
 	srv, err := netip.ParseAddr(*server)
 	if err != nil {
