@@ -166,6 +166,9 @@ func scanFile(f *ast.File, check func(ast.Node, string)) {
 				switch s := s.(type) {
 				case *ast.TypeSpec:
 					if s.Name.IsExported() {
+						if s.TypeParams != nil {
+							check(s.TypeParams, "type "+s.Name.Name)
+						}
 						checkType(s.Type, "type "+s.Name.Name, check)
 					}
 				case *ast.ValueSpec:
@@ -254,6 +257,7 @@ func (c *Config) Into() m.Type     { return "" } // found
 var Default = m.NewWriter(nil) // found
 type Alias = m.Writer          // found
 type Iface interface{ W() *m.Writer } // found
+type Generic[T m.Type] struct{}       // found
 `
 	fset := token.NewFileSet()
 	f, err := parser.ParseFile(fset, "p.go", src, 0)
@@ -273,7 +277,7 @@ type Iface interface{ W() *m.Writer } // found
 	})
 	want := []string{
 		"type Config.Writer", "type Config (embedded)", "func Write",
-		"func Config.Into", "var Default", "type Alias", "type Iface",
+		"func Config.Into", "var Default", "type Alias", "type Iface", "type Generic",
 	}
 	if strings.Join(got, ",") != strings.Join(want, ",") {
 		t.Errorf("found\n%q\nwant\n%q", got, want)
