@@ -94,6 +94,12 @@ type Config struct {
 	InboundEchoBurst int
 	// ConeProbe adds a cone RS to the NAT classification (diagnostic only).
 	ConeProbe bool
+	// BubbleTTL is the IPv4 TTL of the first direct bubbles to a Teredo
+	// peer, which open our NAT but must not reach the peer's (see
+	// hoplimit.go). Zero means DefaultBubbleTTL; negative sends every
+	// bubble with the socket's TTL. It needs a Transport that implements
+	// TTLTransport; others send every bubble with the socket's TTL.
+	BubbleTTL int
 	// FixedRelay, if set, carries every packet to a non-Teredo destination
 	// and is trusted as their source, instead of the echo test.
 	FixedRelay netip.AddrPort
@@ -200,8 +206,10 @@ type Counters struct {
 	RxDelivered, RxHeldDelivered   uint64
 	RS, RA, Bubbles, BubbleReplies uint64
 	EchoRequests, ICMPErrors       uint64
-	PeerTable                      peer.Stats
-	Drops                          map[string]uint64
+	// TTLBubbles counts direct bubbles sent with Config.BubbleTTL.
+	TTLBubbles uint64
+	PeerTable  peer.Stats
+	Drops      map[string]uint64
 }
 
 // PeerState reports what the client knows about reaching dst, for a dialer
@@ -251,6 +259,7 @@ type Client struct {
 	replySeen [replySlots]replySlot
 
 	ctr counters
+	ttl hopLimiter
 }
 
 // link is the immutable snapshot of a qualified client that the data path
@@ -321,6 +330,7 @@ func New(cfg Config) (*Client, error) {
 	c.echoLimit = newBucket(cfg.InboundEchoRate, cfg.InboundEchoBurst)
 	c.pingMax = c.peers.Config().Ping.Max
 	c.seed = maphash.MakeSeed()
+	c.ttl.init(cfg.Transport, cfg.BubbleTTL)
 	return c, nil
 }
 

@@ -68,6 +68,10 @@ type Config struct {
 	MaxPeers int
 	// ConeProbe adds a cone RS to the background NAT classification.
 	ConeProbe bool
+	// BubbleTTL is client.Config.BubbleTTL: the IPv4 TTL of the first
+	// direct bubbles to a Teredo peer (0: client.DefaultBubbleTTL,
+	// negative: the socket's TTL for every bubble).
+	BubbleTTL int
 	// FixedRelay, if set, carries all traffic to non-Teredo destinations.
 	FixedRelay netip.AddrPort
 	// LocalDiscovery turns on RFC 4380 §5.2.8 local discovery: discovery
@@ -205,6 +209,7 @@ func New(ctx context.Context, cfg Config) (*Stack, error) {
 		OnEvent:    s.enqueue,
 
 		LocalDiscovery: cfg.LocalDiscovery,
+		BubbleTTL:      cfg.BubbleTTL,
 	})
 	if err != nil {
 		s.conn.Close()
