@@ -206,10 +206,11 @@ type Counters struct {
 	RxDelivered, RxHeldDelivered   uint64
 	RS, RA, Bubbles, BubbleReplies uint64
 	EchoRequests, ICMPErrors       uint64
+	PeerTable                      peer.Stats
+	Drops                          map[string]uint64
+
 	// TTLBubbles counts direct bubbles sent with Config.BubbleTTL.
 	TTLBubbles uint64
-	PeerTable  peer.Stats
-	Drops      map[string]uint64
 }
 
 // PeerState reports what the client knows about reaching dst, for a dialer

@@ -114,9 +114,9 @@ func (c *counters) snapshot() Counters {
 		RxDelivered: c.rxDelivered.Load(), RxHeldDelivered: c.rxHeldDelivered.Load(),
 		RS: c.rs.Load(), RA: c.ra.Load(), Bubbles: c.bubbles.Load(), BubbleReplies: c.bubbleReplies.Load(),
 		EchoRequests: c.echo.Load(), ICMPErrors: c.icmpErrors.Load(),
-		TTLBubbles: c.ttlBubbles.Load(),
-		Drops:      make(map[string]uint64),
+		Drops: make(map[string]uint64),
 	}
+	s.TTLBubbles = c.ttlBubbles.Load()
 	for i := range c.drops {
 		if n := c.drops[i].Load(); n > 0 {
 			s.Drops[dropNames[i]] = n
