@@ -1,0 +1,95 @@
+package lab
+
+import (
+	"context"
+	"encoding/json"
+	"testing"
+	"time"
+)
+
+// ourServer is the project's Teredo server, which the NAT traversal tests use (the
+// client's behaviour, not the server's, is under test).
+func ourServer(t *testing.T, l *Lab) *TeredoServer {
+	t.Helper()
+	return serverImpls[1].start(t, l)
+}
+
+// natEchoSize is what each TCP check of the NAT traversal tests sends and gets back.
+const natEchoSize = 256 << 10
+
+// ttlBubbles reads the client's count of hop-limited bubbles from its status.
+func ttlBubbles(t *testing.T, p *probeClient) uint64 {
+	t.Helper()
+	var c struct{ TTLBubbles uint64 }
+	if err := json.Unmarshal(p.status(t).Counters, &c); err != nil {
+		t.Fatal(err)
+	}
+	return c.TTLBubbles
+}
+
+// flushAll forgets every NAT's conntrack entries, so a subtest starts afresh.
+func flushAll(t *testing.T, hosts ...*Host) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	for _, h := range hosts {
+		if err := h.NAT.FlushConntrack(ctx); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+// TestClientPoisonedNATs runs TCP echoes between two of our clients behind NATs
+// without an input firewall (plain masquerade), two routed hops apart through the
+// transit router. With hop-limited first bubbles (the default) each side reaches the
+// other, whoever starts, over the direct flow. With them off (-bubble-ttl -1) the
+// first direct bubble reaches the other NAT, which takes it for itself and remaps the
+// peer's answer, and the connection fails: the control that shows the test can fail.
+func TestClientPoisonedNATs(t *testing.T) {
+	requireOurServer(t)
+	l := New(t, Options{
+		Clients:  []ClientSpec{{"b1", OpenMasquerade}, {"b2", OpenMasquerade}},
+		Transit:  []string{"b1", "b2"},
+		NoRelay:  true,
+		NoV6Host: true,
+	})
+	srv := ourServer(t, l)
+	b1, b2 := l.Clients["b1"], l.Clients["b2"]
+	for _, tc := range []struct {
+		name     string
+		from, to *Host
+	}{{"b1-dials-b2", b1, b2}, {"b2-dials-b1", b2, b1}} {
+		t.Run(tc.name, func(t *testing.T) {
+			flushAll(t, b1, b2)
+			from := startProbe(t, tc.from, srv, probeOptions{})
+			to := startProbe(t, tc.to, srv, probeOptions{Control: 7901})
+			addr := to.listen(t, 7000)
+			r, err := from.echo(20*time.Second, addr, natEchoSize)
+			if err != nil {
+				t.Fatalf("%s → %s: %v\nfrom: %+v\nto: %+v", tc.from.Name, tc.to.Name, err, from.status(t), to.status(t))
+			}
+			t.Logf("%s → %s: %d bytes echoed in %d ms", r.Local, r.Remote, r.Received, r.Milliseconds)
+			if n := ttlBubbles(t, from); n == 0 {
+				t.Errorf("%s sent no hop-limited bubble", tc.from.Name)
+			}
+			checkDirect(t, from.Host, from.Teredo.Mapped, to.Teredo.Mapped)
+			checkDirect(t, to.Host, to.Teredo.Mapped, from.Teredo.Mapped)
+		})
+	}
+	t.Run("off", func(t *testing.T) {
+		flushAll(t, b1, b2)
+		off := probeOptions{Extra: []string{"-bubble-ttl", "-1"}}
+		from := startProbe(t, b1, srv, off)
+		off.Control = 7901
+		to := startProbe(t, b2, srv, off)
+		addr := to.listen(t, 7000)
+		r, err := from.echo(12*time.Second, addr, natEchoSize)
+		if err == nil {
+			t.Fatalf("with full-TTL bubbles b1 reached b2 (%d bytes in %d ms): the NATs were not poisoned, so the test proves nothing", r.Received, r.Milliseconds)
+		}
+		t.Logf("as expected without hop-limited bubbles: %v", err)
+		if n := ttlBubbles(t, from); n != 0 {
+			t.Errorf("-bubble-ttl -1 still sent %d hop-limited bubbles", n)
+		}
+	})
+}
