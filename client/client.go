@@ -261,6 +261,8 @@ type Client struct {
 
 	ctr counters
 	ttl hopLimiter
+	// answerLimit bounds, client-wide, the answers to direct bubbles.
+	answerLimit *bucket
 }
 
 // link is the immutable snapshot of a qualified client that the data path
@@ -332,6 +334,7 @@ func New(cfg Config) (*Client, error) {
 	c.pingMax = c.peers.Config().Ping.Max
 	c.seed = maphash.MakeSeed()
 	c.ttl.init(cfg.Transport, cfg.BubbleTTL)
+	c.answerLimit = newBucket(answerRate, answerBurst)
 	return c, nil
 }
 

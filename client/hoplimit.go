@@ -65,6 +65,8 @@ type hopLimiter struct {
 	w    TTLTransport // nil: the transport cannot, or BubbleTTL < 0
 	base int
 	off  atomic.Bool // the transport reported ErrUnsupported
+	// symmetric is set while our NAT is classified symmetric (see forBubble).
+	symmetric atomic.Bool
 }
 
 func (h *hopLimiter) init(t Transport, ttl int) {
@@ -80,8 +82,14 @@ func (h *hopLimiter) init(t Transport, ttl int) {
 
 // forBubble returns the TTL of the n-th direct bubble of a series (1-based),
 // 0 for the socket's.
+//
+// Behind a symmetric NAT the short TTL only costs time: the peer's answer to
+// our indirect bubble goes to the port in our address, which our NAT keeps
+// for the server only, so the one way in is our direct bubble reaching a
+// peer whose NAT lets it through (full cone, port mapping, no NAT), and an
+// answer to it (see symmetric.go). Every bubble then uses the socket's TTL.
 func (h *hopLimiter) forBubble(n int) int {
-	if h.w == nil || h.off.Load() || n < 1 || n > shortBubbles {
+	if h.w == nil || h.off.Load() || h.symmetric.Load() || n < 1 || n > shortBubbles {
 		return 0
 	}
 	return h.base + n - 1

@@ -57,6 +57,10 @@ func (c *Client) receiveSlow(pkt *proto.Packet, from netip.AddrPort, l *link) []
 		c.ctr.drop(dropMulticast)
 		return nil
 	case isLinkLocal(&src):
+		if bubble && dst == l.addr {
+			c.directBubble(src, from, l, now)
+			return nil
+		}
 		// Keeps RAs and other link-local traffic out of the stack.
 		c.ctr.drop(dropLinkLocalSource)
 		return nil
@@ -265,6 +269,10 @@ func (c *Client) holdAndTest(ip []byte, src [16]byte, from netip.AddrPort, l *li
 // hold queues the inbound packet ip on p and plans its echo test; paid says
 // a token of the echo limit was already taken. Under the peer table's lock.
 func (c *Client) hold(p *peer.Peer, a *action, ip []byte, from netip.AddrPort, l *link, now time.Time, paid bool) {
+	if k := p.Addr().As16(); proto.IsTeredoBytes(k[:]) {
+		c.holdTeredo(p, a, ip, from, now, paid)
+		return
+	}
 	if p.Unreachable && p.PingsExhausted() {
 		a.dropHeld = true
 		return

@@ -85,6 +85,7 @@ const (
 	dropBadLength
 	dropIndication
 	dropEchoRate
+	dropAnswerRate
 	numDropReasons
 )
 
@@ -94,7 +95,7 @@ var dropNames = [numDropReasons]string{
 	"ra-invalid", "ra-nonce", "unverified-bubble", "unverified-source",
 	"server-packet", "send-error", "icmp-rate-limit", "bad-source", "closed",
 	"discovery", "truncated", "not-ipv6", "bad-length", "bad-indication",
-	"echo-rate-limit",
+	"echo-rate-limit", "answer-rate-limit",
 }
 
 type counters struct {

@@ -153,3 +153,38 @@ func TestClientSameNAT(t *testing.T) {
 		}
 	})
 }
+
+// TestClientSymmetricNAT runs TCP echoes both ways between our client behind the
+// symmetric NAT (c, a new random port per destination) and our client behind the
+// full-cone NAT (d). c's packets to d come from a port its server never saw: d
+// answers c's direct bubble where it came from (symmetric.go), and holds c's first
+// data packet until c answers an indirect bubble from that same port.
+//
+// c and a home router (a1) cannot reach each other at all, so that pair is not here
+// (see DESIGN.md, "NAT matrix"): a1's NAT lets in only the exact port it sent to, and
+// nobody can know the port c's NAT will pick towards a1.
+func TestClientSymmetricNAT(t *testing.T) {
+	requireOurServer(t)
+	l := New(t, Options{
+		Clients:  []ClientSpec{{"c", Symmetric}, {"d", FullCone}},
+		NoRelay:  true,
+		NoV6Host: true,
+	})
+	srv := ourServer(t, l)
+	pc := startProbe(t, l.Clients["c"], srv, probeOptions{})
+	pd := startProbe(t, l.Clients["d"], srv, probeOptions{Control: 7902})
+	if st := pc.waitNAT(t, 10*time.Second); st.NAT != "symmetric" {
+		t.Fatalf("c classified its NAT as %q, want symmetric", st.NAT)
+	}
+	for i, dir := range [][2]*probeClient{{pc, pd}, {pd, pc}} {
+		from, to := dir[0], dir[1]
+		t.Run(from.Host.Name+"-to-"+to.Host.Name, func(t *testing.T) {
+			addr := to.listen(t, uint16(7000+i))
+			r, err := from.echo(12*time.Second, addr, natEchoSize)
+			if err != nil {
+				t.Fatalf("%s → %s: %v\nfrom: %+v\nto: %+v", from.Host.Name, to.Host.Name, err, from.status(t), to.status(t))
+			}
+			t.Logf("%s %s → %s %s: %d bytes echoed in %d ms", from.Host.Name, r.Local, to.Host.Name, r.Remote, r.Received, r.Milliseconds)
+		})
+	}
+}
