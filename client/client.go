@@ -108,6 +108,11 @@ type Config struct {
 	// passes datagrams received on its discovery socket (joined to
 	// 224.0.0.253, port 3544) to ReceiveDiscovery.
 	LocalDiscovery bool
+	// LocalAddrs, if set, returns the client's local UDP endpoints (at
+	// most proto.MaxAltAddresses are used) for RFC 6081's hairpinning
+	// extension: indirect bubbles to a peer behind the same public IPv4
+	// carry them in an Alternate Address trailer (see hairpin.go).
+	LocalAddrs func() []netip.AddrPort
 	// OnEvent receives state changes, in order, without locks held. It must
 	// not call Receive or Transmit synchronously.
 	OnEvent func(Event)

@@ -132,7 +132,9 @@ func (c *Client) indirectBubble(pkt *proto.Packet, from netip.AddrPort, l *link,
 		return
 	}
 	c.ctr.bubbleReplies.Add(1)
-	c.write(proto.AppendBubble(nil, l.ip, proto.Src(ip), 0), to)
+	answer := proto.AppendBubble(nil, l.ip, proto.Src(ip), 0)
+	c.write(answer, to)
+	c.answerAlternates(pkt, to, answer, l, now)
 }
 
 // echoProof is RFC 4380 §5.2.3 case 2: an echo reply carrying the nonce of
@@ -191,7 +193,7 @@ func (c *Client) fromTeredo(ip []byte, src, dst [16]byte, from netip.AddrPort, d
 	// sender got it, so its actual source is its mapping even if it differs
 	// from its address (a peer behind a symmetric NAT).
 	viaNonce := bubble && !dstOurs && netip.AddrFrom16(dst) == c.bubbleSource(src)
-	if (match || viaNonce) && (!c.glob(from.Addr()) || from.Port() == 0) {
+	if (match || viaNonce) && (!c.glob(from.Addr()) || from.Port() == 0) && !(viaNonce && c.sameNATSource(src, from, l)) {
 		c.ctr.drop(dropNonGlobal)
 		return nil
 	}

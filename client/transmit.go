@@ -185,7 +185,7 @@ func (c *Client) act(a *action, dst [16]byte, l *link, now time.Time) {
 			src := c.bubbleSource(dst)
 			b := proto.AppendBubble(nil, src, peerIP, 0)
 			c.writeTTL(b, a.direct, a.ttl)
-			c.write(b, c.serverAP(proto.ServerBytes(dst[:])))
+			c.write(c.appendAlternates(b, dst, l), c.serverAP(proto.ServerBytes(dst[:])))
 		}
 	}
 	if a.echo {

@@ -86,6 +86,7 @@ const (
 	dropIndication
 	dropEchoRate
 	dropAnswerRate
+	dropBadTrailer
 	numDropReasons
 )
 
@@ -95,7 +96,7 @@ var dropNames = [numDropReasons]string{
 	"ra-invalid", "ra-nonce", "unverified-bubble", "unverified-source",
 	"server-packet", "send-error", "icmp-rate-limit", "bad-source", "closed",
 	"discovery", "truncated", "not-ipv6", "bad-length", "bad-indication",
-	"echo-rate-limit", "answer-rate-limit",
+	"echo-rate-limit", "answer-rate-limit", "bad-trailer",
 }
 
 type counters struct {

@@ -97,10 +97,12 @@ func TestClientPoisonedNATs(t *testing.T) {
 
 // TestClientSameNAT runs TCP echoes both ways between two of our clients on the
 // LAN of one home router, which does not hairpin: their Teredo addresses carry the
-// same public IPv4, and a packet to the other's mapping dies at the router. With
-// local discovery (RFC 4380 §5.2.8) they find each other's LAN address and the data
-// stays on the LAN: the NAT holds no flow from one client to its own WAN address.
-// Without it the dial fails: the control.
+// same public IPv4, and a packet to the other's mapping dies at the router. They
+// find each other's LAN endpoint with local discovery (RFC 4380 §5.2.8), or without
+// it through the Alternate Address trailer of their indirect bubbles (RFC 6081
+// hairpinning, verified by a bubble answer from the LAN endpoint); the data stays on
+// the LAN: the NAT holds no flow from a client to its own WAN address. With neither,
+// the dial fails: the control.
 func TestClientSameNAT(t *testing.T) {
 	requireOurServer(t)
 	l := New(t, Options{
@@ -111,45 +113,53 @@ func TestClientSameNAT(t *testing.T) {
 	})
 	srv := ourServer(t, l)
 	e1, e2 := l.Clients["e1"], l.Clients["e2"]
-	t.Run("local-discovery", func(t *testing.T) {
-		disc := []string{"-local-discovery"}
-		p1 := startProbe(t, e1, srv, probeOptions{Extra: disc})
-		p2 := startProbe(t, e2, srv, probeOptions{Extra: disc, Control: 7901})
-		if p1.Teredo.Mapped.Addr() != p2.Teredo.Mapped.Addr() {
-			t.Fatalf("e1 and e2 are mapped to %v and %v, want one public address", p1.Teredo.Mapped, p2.Teredo.Mapped)
-		}
-		for _, dir := range [][2]*probeClient{{p1, p2}, {p2, p1}} {
-			from, to := dir[0], dir[1]
-			addr := to.listen(t, 7000)
-			r, err := from.echo(20*time.Second, addr, natEchoSize)
-			if err != nil {
-				t.Fatalf("%s → %s: %v\nfrom: %+v\nto: %+v", from.Host.Name, to.Host.Name, err, from.status(t), to.status(t))
+	for _, tc := range []struct {
+		name  string
+		flags []string
+	}{
+		{"local-discovery", []string{"-local-discovery", "-no-hairpin"}},
+		{"alternate-address", nil},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			flushAll(t, e1)
+			p1 := startProbe(t, e1, srv, probeOptions{Extra: tc.flags})
+			p2 := startProbe(t, e2, srv, probeOptions{Extra: tc.flags, Control: 7901})
+			if p1.Teredo.Mapped.Addr() != p2.Teredo.Mapped.Addr() {
+				t.Fatalf("e1 and e2 are mapped to %v and %v, want one public address", p1.Teredo.Mapped, p2.Teredo.Mapped)
 			}
-			t.Logf("%s %s → %s %s: %d bytes echoed in %d ms", from.Host.Name, r.Local, to.Host.Name, r.Remote, r.Received, r.Milliseconds)
-		}
-		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-		defer cancel()
-		for _, h := range []*Host{e1, e2} {
-			flows, err := h.NAT.ClientFlows(ctx, netip.AddrPortFrom(h.IPv4[0], 0), netip.AddrPortFrom(h.NAT.WAN, 0))
-			if err != nil {
-				t.Fatal(err)
+			for i, dir := range [][2]*probeClient{{p1, p2}, {p2, p1}} {
+				from, to := dir[0], dir[1]
+				addr := to.listen(t, uint16(7000+i))
+				r, err := from.echo(20*time.Second, addr, natEchoSize)
+				if err != nil {
+					t.Fatalf("%s → %s: %v\nfrom: %+v\nto: %+v", from.Host.Name, to.Host.Name, err, from.status(t), to.status(t))
+				}
+				t.Logf("%s %s → %s %s: %d bytes echoed in %d ms", from.Host.Name, r.Local, to.Host.Name, r.Remote, r.Received, r.Milliseconds)
 			}
-			for _, f := range flows {
-				if f.OrigPackets > 4 {
-					t.Errorf("%s sent %d packets to the NAT's own address: %+v", h.Name, f.OrigPackets, f)
+			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+			defer cancel()
+			for _, h := range []*Host{e1, e2} {
+				flows, err := h.NAT.ClientFlows(ctx, netip.AddrPortFrom(h.IPv4[0], 0), netip.AddrPortFrom(h.NAT.WAN, 0))
+				if err != nil {
+					t.Fatal(err)
+				}
+				for _, f := range flows {
+					if f.OrigPackets > 4 {
+						t.Errorf("%s sent %d packets to the NAT's own address: %+v", h.Name, f.OrigPackets, f)
+					}
 				}
 			}
-		}
-	})
+		})
+	}
 	t.Run("off", func(t *testing.T) {
 		flushAll(t, e1)
-		p1 := startProbe(t, e1, srv, probeOptions{})
-		p2 := startProbe(t, e2, srv, probeOptions{Control: 7901})
+		p1 := startProbe(t, e1, srv, probeOptions{Extra: []string{"-no-hairpin"}})
+		p2 := startProbe(t, e2, srv, probeOptions{Extra: []string{"-no-hairpin"}, Control: 7901})
 		addr := p2.listen(t, 7000)
 		if r, err := p1.echo(12*time.Second, addr, natEchoSize); err == nil {
-			t.Fatalf("without local discovery e1 reached e2 (%d bytes in %d ms): the NAT hairpins, so the test proves nothing", r.Received, r.Milliseconds)
+			t.Fatalf("without local discovery and alternate addresses e1 reached e2 (%d bytes in %d ms): the NAT hairpins, so the test proves nothing", r.Received, r.Milliseconds)
 		} else {
-			t.Logf("as expected without local discovery: %v", err)
+			t.Logf("as expected without local discovery and alternate addresses: %v", err)
 		}
 	})
 }
