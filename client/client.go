@@ -100,6 +100,12 @@ type Config struct {
 	InboundEchoBurst int
 	// ConeProbe adds a cone RS to the NAT classification (diagnostic only).
 	ConeProbe bool
+	// BubbleTTL is the IPv4 TTL of the first direct bubbles to a Teredo
+	// peer, which open our NAT but must not reach the peer's (see
+	// hoplimit.go). Zero means DefaultBubbleTTL; negative sends every
+	// bubble with the socket's TTL. It needs a Transport that implements
+	// TTLTransport; others send every bubble with the socket's TTL.
+	BubbleTTL int
 	// FixedRelay, if set, carries every packet to a non-Teredo destination
 	// and is trusted as their source, instead of the echo test.
 	FixedRelay netip.AddrPort
@@ -108,6 +114,11 @@ type Config struct {
 	// passes datagrams received on its discovery socket (joined to
 	// 224.0.0.253, port 3544) to ReceiveDiscovery.
 	LocalDiscovery bool
+	// LocalAddrs, if set, returns the client's local UDP endpoints (at
+	// most proto.MaxAltAddresses are used) for RFC 6081's hairpinning
+	// extension: indirect bubbles to a peer behind the same public IPv4
+	// carry them in an Alternate Address trailer (see hairpin.go).
+	LocalAddrs func() []netip.AddrPort
 	// OnEvent receives state changes, in order, without locks held. It must
 	// not call Receive or Transmit synchronously.
 	OnEvent func(Event)
@@ -208,6 +219,9 @@ type Counters struct {
 	EchoRequests, ICMPErrors       uint64
 	PeerTable                      peer.Stats
 	Drops                          map[string]uint64
+
+	// TTLBubbles counts direct bubbles sent with Config.BubbleTTL.
+	TTLBubbles uint64
 }
 
 // PeerState reports what the client knows about reaching dst, for a dialer
@@ -258,6 +272,9 @@ type Client struct {
 	replySeen [replySlots]replySlot
 
 	ctr counters
+	ttl hopLimiter
+	// answerLimit bounds, client-wide, the answers to direct bubbles.
+	answerLimit *ratelimit.Limiter
 }
 
 // link is the immutable snapshot of a qualified client that the data path
@@ -332,6 +349,8 @@ func New(cfg Config) (*Client, error) {
 	c.echoLimit = ratelimit.NewLimiter(ratelimit.Rate{PerSecond: cfg.InboundEchoRate, Burst: cfg.InboundEchoBurst})
 	c.pingMax = c.peers.Config().Ping.Max
 	c.seed = maphash.MakeSeed()
+	c.ttl.init(cfg.Transport, cfg.BubbleTTL)
+	c.answerLimit = ratelimit.NewLimiter(ratelimit.Rate{PerSecond: answerRate, Burst: answerBurst})
 	return c, nil
 }
 

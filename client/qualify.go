@@ -348,6 +348,7 @@ func (c *Client) stopNAT() {
 func (c *Client) finishNAT(t NATType) {
 	c.stopNAT()
 	c.nat.result = t
+	c.ttl.symmetric.Store(t == NATSymmetric)
 	c.log.Info("teredo client: NAT classified", "type", t)
 	c.emit(NATClassified{Type: t})
 }

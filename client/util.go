@@ -81,6 +81,8 @@ const (
 	dropBadLength
 	dropIndication
 	dropEchoRate
+	dropAnswerRate
+	dropBadTrailer
 	numDropReasons
 )
 
@@ -90,7 +92,7 @@ var dropNames = [numDropReasons]string{
 	"ra-invalid", "ra-nonce", "unverified-bubble", "unverified-source",
 	"server-packet", "send-error", "icmp-rate-limit", "bad-source", "closed",
 	"discovery", "truncated", "not-ipv6", "bad-length", "bad-indication",
-	"echo-rate-limit",
+	"echo-rate-limit", "answer-rate-limit", "bad-trailer",
 }
 
 type counters struct {
@@ -98,6 +100,7 @@ type counters struct {
 	rxDelivered, rxHeldDelivered   atomic.Uint64
 	rs, ra, bubbles, bubbleReplies atomic.Uint64
 	echo, icmpErrors               atomic.Uint64
+	ttlBubbles                     atomic.Uint64
 	drops                          [numDropReasons]atomic.Uint64
 }
 
@@ -111,6 +114,7 @@ func (c *counters) snapshot() Counters {
 		EchoRequests: c.echo.Load(), ICMPErrors: c.icmpErrors.Load(),
 		Drops: make(map[string]uint64),
 	}
+	s.TTLBubbles = c.ttlBubbles.Load()
 	for i := range c.drops {
 		if n := c.drops[i].Load(); n > 0 {
 			s.Drops[dropNames[i]] = n

@@ -71,6 +71,16 @@ type Config struct {
 	MaxPeers int
 	// ConeProbe adds a cone RS to the background NAT classification.
 	ConeProbe bool
+	// NoHairpinning keeps the client's local endpoints out of its bubbles
+	// (RFC 6081's Alternate Address trailer, client.Config.LocalAddrs),
+	// which lets two clients behind one NAT that does not hairpin find each
+	// other without local discovery. The trailer only goes to peers behind
+	// the client's own public IPv4.
+	NoHairpinning bool
+	// BubbleTTL is client.Config.BubbleTTL: the IPv4 TTL of the first
+	// direct bubbles to a Teredo peer (0: client.DefaultBubbleTTL,
+	// negative: the socket's TTL for every bubble).
+	BubbleTTL int
 	// FixedRelay, if set, carries all traffic to non-Teredo destinations.
 	FixedRelay netip.AddrPort
 	// LocalDiscovery turns on RFC 4380 §5.2.8 local discovery: discovery
@@ -204,6 +214,8 @@ func New(ctx context.Context, cfg Config) (*Stack, error) {
 		OnEvent:    s.enqueue,
 
 		LocalDiscovery: cfg.LocalDiscovery,
+		BubbleTTL:      cfg.BubbleTTL,
+		LocalAddrs:     s.localAddrs(),
 	})
 	if err != nil {
 		s.conn.Close()
