@@ -79,6 +79,12 @@ type Config struct {
 	// Secondary is the second address of Servers[0]; other servers use
 	// their address + 1, as Windows and Miredo assume.
 	Secondary netip.Addr
+	// SecondaryPort is the port of Servers[0]'s secondary; zero means
+	// ServerPort. A single-address server (a teredo-gateway with
+	// -secondary-port) offers its secondary role on another port of its
+	// primary address: set SecondaryPort to that port (Secondary zero
+	// then means Servers[0]). Other servers use ServerPort.
+	SecondaryPort uint16
 	// ServerPort defaults to 3544.
 	ServerPort uint16
 	// MaxPeers bounds the peer list (default 4096).
@@ -283,6 +289,9 @@ func New(cfg Config) (*Client, error) {
 		if !s.Is4() || !cfg.IsGlobal(s) {
 			return nil, fmt.Errorf("teredo client: server %v is not a global unicast IPv4 address", s)
 		}
+	}
+	if cfg.SecondaryPort != 0 && !cfg.Secondary.IsValid() {
+		cfg.Secondary = cfg.Servers[0]
 	}
 	if cfg.Secondary.IsValid() && !cfg.Secondary.Is4() {
 		return nil, fmt.Errorf("teredo client: secondary %v is not IPv4", cfg.Secondary)

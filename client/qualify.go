@@ -100,12 +100,22 @@ func (c *Client) stopTimers() {
 
 func (c *Client) serverAP(s netip.Addr) netip.AddrPort { return netip.AddrPortFrom(s, c.port) }
 
-// secondary returns the second address of the current server.
-func (c *Client) secondary() netip.Addr {
+// isServerPort reports whether RAs may come from port: the servers' port,
+// or the configured secondary port of a single-address server.
+func (c *Client) isServerPort(port uint16) bool {
+	return port == c.port || (port == c.cfg.SecondaryPort && port != 0)
+}
+
+// secondary returns the secondary address and port of the current server.
+func (c *Client) secondary() netip.AddrPort {
 	if c.q.idx == 0 && c.cfg.Secondary.IsValid() {
-		return c.cfg.Secondary
+		port := c.port
+		if c.cfg.SecondaryPort != 0 {
+			port = c.cfg.SecondaryPort
+		}
+		return netip.AddrPortFrom(c.cfg.Secondary, port)
 	}
-	return c.q.srv.Next()
+	return c.serverAP(c.q.srv.Next())
 }
 
 // startRound begins qualification with server idx.
@@ -331,7 +341,7 @@ func (c *Client) sendNATProbe(fresh bool) {
 	n.tries++
 	c.ctr.rs.Add(1)
 	if n.phase == natSecondary {
-		c.queue(proto.AppendRS(nil, n.nonce, false), c.serverAP(c.secondary()))
+		c.queue(proto.AppendRS(nil, n.nonce, false), c.secondary())
 	} else {
 		c.queue(proto.AppendRS(nil, n.nonce, true), c.serverAP(c.q.srv))
 	}
@@ -371,10 +381,10 @@ func (c *Client) onNATTimer() {
 
 func (c *Client) natSecondaryRA(ra *proto.RA, from netip.AddrPort) error {
 	sec := c.secondary()
-	if err := c.checkRA(ra, from, c.serverAP(sec), proto.RSSourceRestricted); err != nil {
+	if err := c.checkRA(ra, from, sec, proto.RSSourceRestricted); err != nil {
 		return err
 	}
-	if ra.Server != c.q.srv && ra.Server != sec {
+	if ra.Server != c.q.srv && ra.Server != sec.Addr() {
 		return errRAServer
 	}
 	c.ctr.ra.Add(1)
@@ -400,7 +410,7 @@ func (c *Client) natSecondaryRA(ra *proto.RA, from netip.AddrPort) error {
 func (c *Client) natConeRA(ra *proto.RA, from netip.AddrPort) error {
 	// The server answers a cone RS from its other address; only that proves
 	// the NAT lets in traffic from an endpoint it never saw.
-	if err := c.checkRA(ra, from, c.serverAP(c.secondary()), proto.RSSourceCone); err != nil {
+	if err := c.checkRA(ra, from, c.secondary(), proto.RSSourceCone); err != nil {
 		return err
 	}
 	c.ctr.ra.Add(1)

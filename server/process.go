@@ -122,6 +122,9 @@ const (
 	DropSendError
 	// DropIPv6OutputError: the IPv6 output failed.
 	DropIPv6OutputError
+	// DropNoSecondary: a cone RS to a single-address server, which has no
+	// other address or port to answer it from.
+	DropNoSecondary
 
 	// NumDropReasons is the number of drop reasons (including NotDropped).
 	NumDropReasons
@@ -143,6 +146,7 @@ var dropNames = [NumDropReasons]string{
 	DropRateLimited:       "rate_limited",
 	DropSendError:         "send_error",
 	DropIPv6OutputError:   "ipv6_output_error",
+	DropNoSecondary:       "no_secondary",
 }
 
 // String returns the reason's metric label, such as "malformed".
@@ -208,7 +212,7 @@ func NewProcessor(cfg Config) (*Processor, error) {
 	}
 	p := &Processor{
 		primary:   netip.AddrPortFrom(cfg.Primary, cfg.Port),
-		secondary: netip.AddrPortFrom(cfg.Secondary, cfg.Port),
+		secondary: cfg.secondaryAddrPort(),
 		llAddr:    proto.ServerLinkLocal(cfg.Primary),
 		mtu:       cfg.MTU,
 		global:    cfg.IPv4Filter,
@@ -331,6 +335,9 @@ func (p *Processor) answerRS(sock Socket, pkt *proto.Packet, src netip.AddrPort,
 		return drop(DropRateLimited)
 	}
 	from := sock
+	if cone && !p.secondary.IsValid() {
+		return drop(DropNoSecondary)
+	}
 	if cone {
 		// §5.3.2: a cone RS is answered from the other address, so that
 		// only a cone NAT lets the RA through.

@@ -48,6 +48,10 @@ type Config struct {
 	// Secondary is the second address of Servers[0]; zero means its
 	// address + 1.
 	Secondary netip.Addr
+	// SecondaryPort, for a single-address server (teredo-gateway
+	// -secondary-port), is the port of the secondary on Secondary (or, if
+	// Secondary is zero, on Servers[0]); zero means ServerPort.
+	SecondaryPort uint16
 	// ServerPort defaults to 3544.
 	ServerPort uint16
 
@@ -190,19 +194,20 @@ func New(ctx context.Context, cfg Config) (*Stack, error) {
 		tr = s.dt
 	}
 	cl, err := client.New(client.Config{
-		Transport:  tr,
-		Deliver:    s.ep.Deliver,
-		Clock:      cfg.Clock,
-		Logger:     cfg.Logger,
-		Rand:       cfg.Rand,
-		IsGlobal:   cfg.IsGlobal,
-		Servers:    cfg.Servers,
-		Secondary:  cfg.Secondary,
-		ServerPort: cfg.ServerPort,
-		MaxPeers:   cfg.MaxPeers,
-		ConeProbe:  cfg.ConeProbe,
-		FixedRelay: cfg.FixedRelay,
-		OnEvent:    s.enqueue,
+		Transport:     tr,
+		Deliver:       s.ep.Deliver,
+		Clock:         cfg.Clock,
+		Logger:        cfg.Logger,
+		Rand:          cfg.Rand,
+		IsGlobal:      cfg.IsGlobal,
+		Servers:       cfg.Servers,
+		Secondary:     cfg.Secondary,
+		ServerPort:    cfg.ServerPort,
+		SecondaryPort: cfg.SecondaryPort,
+		MaxPeers:      cfg.MaxPeers,
+		ConeProbe:     cfg.ConeProbe,
+		FixedRelay:    cfg.FixedRelay,
+		OnEvent:       s.enqueue,
 
 		LocalDiscovery: cfg.LocalDiscovery,
 	})

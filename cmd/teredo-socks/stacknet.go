@@ -203,9 +203,10 @@ func (r realStart) start(ctx context.Context, onEvent func(stackEvent)) (teredoN
 	qctx, cancel := context.WithTimeout(ctx, r.perServer*time.Duration(len(servers.addrs)))
 	defer cancel()
 	sc := stack.Config{
-		Servers:   servers.addrs,
-		LocalAddr: r.cfg.Bind,
-		Logger:    r.log,
+		Servers:       servers.addrs,
+		SecondaryPort: r.cfg.SecondaryPort,
+		LocalAddr:     r.cfg.Bind,
+		Logger:        r.log,
 	}
 	if r.tune != nil {
 		r.tune(&sc)
