@@ -35,6 +35,10 @@ type Config struct {
 	// maps each destination port apart; a port-restricted cone NAT blocks
 	// the cone RA from it while an address-restricted one lets it in.
 	SecondaryPort uint16
+	// PublicPrefix, if valid, is the /64 a gateway maps its clients'
+	// Teredo addresses to; RAs then carry it in a proto.OptPublicPrefix
+	// option, from which clients compute their public address.
+	PublicPrefix netip.Prefix
 	// MTU is the link MTU advertised in RAs; zero means proto.MinMTU
 	// (1280). It must be at least 1280.
 	MTU uint32
@@ -115,6 +119,9 @@ func (c Config) withDefaults() (Config, error) {
 	}
 	if c.RateLimit.PerSecond != c.RateLimit.PerSecond { // NaN
 		return c, fmt.Errorf("%w: rate limit is NaN", ErrConfig)
+	}
+	if c.PublicPrefix.IsValid() && (!c.PublicPrefix.Addr().Is6() || c.PublicPrefix.Bits() != 64) {
+		return c, fmt.Errorf("%w: public prefix %v is not an IPv6 /64", ErrConfig, c.PublicPrefix)
 	}
 	if c.Clock == nil {
 		c.Clock = clock.Real{}

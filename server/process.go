@@ -187,6 +187,7 @@ type Processor struct {
 	primary, secondary netip.AddrPort
 	llAddr             netip.Addr // the server's link-local address
 	mtu                uint32
+	public             netip.Prefix
 	global             proto.IPv4Filter
 	out                IPv6Output
 	clock              clock.Clock
@@ -215,6 +216,7 @@ func NewProcessor(cfg Config) (*Processor, error) {
 		secondary: cfg.secondaryAddrPort(),
 		llAddr:    proto.ServerLinkLocal(cfg.Primary),
 		mtu:       cfg.MTU,
+		public:    cfg.PublicPrefix,
 		global:    cfg.IPv4Filter,
 		out:       cfg.IPv6Output,
 		clock:     cfg.Clock,
@@ -349,6 +351,7 @@ func (p *Processor) answerRS(sock Socket, pkt *proto.Packet, src netip.AddrPort,
 		Client: src,
 		Dst:    proto.Src(pkt.IPv6),
 		MTU:    p.mtu,
+		Public: p.public,
 	}
 	bp := p.scratch.Get().(*[]byte)
 	b := proto.AppendRA((*bp)[:0], &ra)
