@@ -124,6 +124,9 @@ type Qualified struct {
 	Server netip.Addr
 	Mapped netip.AddrPort
 	MTU    int
+	// Public is the address the IPv6 internet sees, if the server is a
+	// teredo-gateway that announced its public prefix; zero otherwise.
+	Public netip.Addr
 }
 
 // AddressChanged reports that, while qualified, the NAT mapping and so the
@@ -185,14 +188,19 @@ func (n NATType) String() string {
 
 // Status is a snapshot of the client.
 type Status struct {
-	State    State
-	NAT      NATType
-	Server   netip.Addr
-	Addr     netip.Addr
-	Mapped   netip.AddrPort
-	MTU      int
-	Peers    int
-	Counters Counters
+	State  State
+	NAT    NATType
+	Server netip.Addr
+	Addr   netip.Addr
+	// PublicAddr is the address the IPv6 internet sees, when the server
+	// is a teredo-gateway: Addr's interface identifier in the public /64
+	// the gateway announced in its RA (proto.OptPublicPrefix). Zero for
+	// other servers, whose clients are seen at Addr.
+	PublicAddr netip.Addr
+	Mapped     netip.AddrPort
+	MTU        int
+	Peers      int
+	Counters   Counters
 }
 
 // Counters are cumulative packet counts. TxFast counts packets handed back
@@ -269,6 +277,7 @@ type link struct {
 	serverAP netip.AddrPort
 	mtu      int
 	errSrc   netip.Addr // source of the ICMPv6 errors we generate
+	public   netip.Addr // see Status.PublicAddr
 }
 
 // New validates cfg and returns a client; Start begins qualification.
@@ -387,7 +396,7 @@ func (c *Client) Status() Status {
 	}
 	c.mu.Unlock()
 	if l := c.up.Load(); l != nil {
-		s.Addr, s.Mapped, s.MTU = l.ip, l.mapped, l.mtu
+		s.Addr, s.Mapped, s.MTU, s.PublicAddr = l.ip, l.mapped, l.mtu, l.public
 	}
 	s.Counters = c.ctr.snapshot()
 	s.Counters.PeerTable = c.peers.Stats()

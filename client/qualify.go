@@ -272,7 +272,7 @@ func (c *Client) acceptRA(ra *proto.RA, from netip.AddrPort) error {
 	}
 	old := c.up.Load()
 	wasUp := q.state == StateQualified && old != nil
-	if wasUp && old.mapped == ra.Mapped && old.mtu == mtu {
+	if wasUp && old.mapped == ra.Mapped && old.mtu == mtu && old.public == publicAddr(ra.Public, old.ip) {
 		c.scheduleRefresh()
 		return nil
 	}
@@ -291,6 +291,7 @@ func (c *Client) acceptRA(ra *proto.RA, from netip.AddrPort) error {
 		serverAP: c.serverAP(q.srv),
 		mtu:      mtu,
 		errSrc:   proto.ServerLinkLocal(q.srv),
+		public:   publicAddr(ra.Public, a),
 	}
 	c.up.Store(l)
 	q.state = StateQualified
@@ -302,11 +303,11 @@ func (c *Client) acceptRA(ra *proto.RA, from netip.AddrPort) error {
 		c.emit(AddressChanged{Old: old.ip, New: a})
 		c.startNAT()
 	case wasUp:
-		c.emit(Qualified{Addr: a, Server: q.srv, Mapped: ra.Mapped, MTU: mtu})
+		c.emit(Qualified{Addr: a, Server: q.srv, Mapped: ra.Mapped, MTU: mtu, Public: l.public})
 	default:
-		c.log.Info("teredo client: qualified", "addr", a, "server", q.srv, "mapped", ra.Mapped, "mtu", mtu)
+		c.log.Info("teredo client: qualified", "addr", a, "server", q.srv, "mapped", ra.Mapped, "mtu", mtu, "public", l.public)
 		c.peers.Flush()
-		c.emit(Qualified{Addr: a, Server: q.srv, Mapped: ra.Mapped, MTU: mtu})
+		c.emit(Qualified{Addr: a, Server: q.srv, Mapped: ra.Mapped, MTU: mtu, Public: l.public})
 		c.startNAT()
 		if c.cfg.LocalDiscovery {
 			c.schedule(&c.disc, c.randomDuration(0, time.Second), c.onDiscoveryTimer)
@@ -314,6 +315,18 @@ func (c *Client) acceptRA(ra *proto.RA, from netip.AddrPort) error {
 	}
 	c.scheduleRefresh()
 	return nil
+}
+
+// publicAddr is the address a gateway's client with Teredo address a has
+// in the public /64 pfx: a's interface identifier in pfx (the zero Addr
+// without a prefix).
+func publicAddr(pfx netip.Prefix, a netip.Addr) netip.Addr {
+	if !pfx.IsValid() || pfx.Bits() != 64 || !a.Is6() {
+		return netip.Addr{}
+	}
+	p, b := pfx.Addr().As16(), a.As16()
+	copy(b[:8], p[:8])
+	return netip.AddrFrom16(b)
 }
 
 func (c *Client) scheduleRefresh() {

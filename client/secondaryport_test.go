@@ -1,6 +1,7 @@
 package client
 
 import (
+	"github.com/teredo-go/teredo/proto"
 	"net/netip"
 	"testing"
 )
@@ -39,5 +40,38 @@ func TestSecondaryPort(t *testing.T) {
 				t.Fatalf("status %+v, want NAT %v", st, tt.want)
 			}
 		})
+	}
+}
+
+// TestPublicAddr qualifies with a gateway that announces its public
+// prefix: the client reports its public address, and a refresh that
+// drops the prefix clears it.
+func TestPublicAddr(t *testing.T) {
+	pub := netip.MustParsePrefix("2001:db8:2::/64")
+	h := newHarness(t, nil)
+	h.c.Start()
+	r := h.takeRS()
+	h.c.Receive(proto.AppendRA(nil, &proto.RAParams{Nonce: r[0].nonce, Server: server1, Client: mappedUs, Dst: r[0].src, Public: pub}), ap(server1))
+	st := h.c.Status()
+	if st.State != StateQualified {
+		t.Fatalf("status %+v", st)
+	}
+	a, p := st.Addr.As16(), st.PublicAddr.As16()
+	if !pub.Contains(st.PublicAddr) || [8]byte(a[8:]) != [8]byte(p[8:]) {
+		t.Fatalf("public address %v for %v, want %v with its interface identifier", st.PublicAddr, st.Addr, pub)
+	}
+	ev := h.takeEvents()
+	if len(ev) != 1 || ev[0].(Qualified).Public != st.PublicAddr {
+		t.Fatalf("events %v", ev)
+	}
+	h.takeRS() // the NAT probe
+	h.advance(RefreshInterval)
+	r = h.takeRS()
+	if len(r) == 0 {
+		t.Fatal("no refresh RS")
+	}
+	h.c.Receive(ra(r[len(r)-1], server1, mappedUs, 0), ap(server1))
+	if st := h.c.Status(); st.PublicAddr.IsValid() || st.State != StateQualified {
+		t.Fatalf("after an RA without the prefix: %+v", st)
 	}
 }

@@ -82,6 +82,7 @@ func (n *stackNet) Status() teredoStatus {
 	out := teredoStatus{
 		State:  c.State.String(),
 		Addr:   c.Addr,
+		Public: c.PublicAddr,
 		Server: c.Server,
 		Mapped: c.Mapped,
 		NAT:    c.NAT.String(),

@@ -15,8 +15,11 @@ import (
 // teredoStatus is a snapshot of the Teredo side, in the command's terms, so
 // that the status page does not follow every change of the stack's API.
 type teredoStatus struct {
-	State  string // "qualifying", "qualified", "offline", "closed"
-	Addr   netip.Addr
+	State string // "qualifying", "qualified", "offline", "closed"
+	Addr  netip.Addr
+	// Public is the address the IPv6 internet sees behind a
+	// teredo-gateway (client.Status.PublicAddr); zero otherwise.
+	Public netip.Addr
 	Server netip.Addr
 	Mapped netip.AddrPort
 	NAT    string // "unknown", "restricted", "symmetric", "cone"
@@ -42,6 +45,7 @@ type statusSource struct {
 type statusJSON struct {
 	State      string       `json:"state"`
 	Address    string       `json:"address"`
+	Public     string       `json:"public_address,omitempty"`
 	Server     string       `json:"server"`
 	ServerName string       `json:"server_name,omitempty"`
 	Mapped     string       `json:"mapped"`
@@ -114,6 +118,7 @@ func (s *statusSource) snapshot() statusJSON {
 	out := statusJSON{
 		State:   t.State,
 		Address: addrString(t.Addr),
+		Public:  addrString(t.Public),
 		Server:  addrString(t.Server),
 		Mapped:  addrString(t.Mapped),
 		NAT:     t.NAT,
