@@ -52,8 +52,12 @@ type Config struct {
 	// The gateway owns it and closes it.
 	Device relay.Device
 
-	// Conn is the socket on Addr:Port; nil opens one with Listen. The
-	// gateway owns it.
+	// Bind is where the socket listens; the zero value means Addr:Port.
+	// A VPS whose provider maps a public IPv4 1:1 to a private one binds
+	// the private address (or 0.0.0.0) while Addr is the public one.
+	Bind netip.AddrPort
+	// Conn is the socket on Bind; nil opens one with Listen. The gateway
+	// owns it.
 	Conn udpio.Conn
 	// Listen opens sockets; nil means udpio.Listen with GSO and GRO.
 	Listen func(netip.AddrPort) (udpio.Conn, error)
@@ -149,14 +153,18 @@ func New(cfg Config) (*Gateway, error) {
 		nat:    nat,
 		filter: cfg.IPv4Filter,
 	}
+	bind := cfg.Bind
+	if !bind.IsValid() {
+		bind = g.addr
+	}
 	g.conn = cfg.Conn
 	if g.conn == nil {
-		if g.conn, err = cfg.Listen(g.addr); err != nil {
-			return nil, fmt.Errorf("gateway: listen on %v: %w", g.addr, err)
+		if g.conn, err = cfg.Listen(bind); err != nil {
+			return nil, fmt.Errorf("gateway: listen on %v: %w", bind, err)
 		}
 	}
 	if cfg.SecondaryPort != 0 {
-		ap := netip.AddrPortFrom(cfg.Addr, cfg.SecondaryPort)
+		ap := netip.AddrPortFrom(bind.Addr(), cfg.SecondaryPort)
 		if g.sec, err = cfg.Listen(ap); err != nil {
 			g.conn.Close()
 			return nil, fmt.Errorf("gateway: listen on %v: %w", ap, err)
