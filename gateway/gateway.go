@@ -204,6 +204,27 @@ func (g *Gateway) PublicPrefix() netip.Prefix { return g.nat.Outside() }
 // Teredo address a.
 func (g *Gateway) PublicAddr(a netip.Addr) (netip.Addr, bool) { return g.nat.ToOutside(a) }
 
+// MayBeClient reports whether a, an address in the public prefix, can
+// belong to a client: its Teredo counterpart embeds a global IPv4 mapping
+// with a non-zero port. Proxy NDP answers only for such addresses, so
+// that the provider's router and the host's own addresses in the same
+// /64 (such as ::1) are never claimed.
+func (g *Gateway) MayBeClient(a netip.Addr) bool {
+	t, ok := g.nat.ToInside(a)
+	if !ok {
+		return false
+	}
+	ta, ok := proto.ParseAddress(t)
+	if !ok || ta.Mapped.Port() == 0 {
+		return false
+	}
+	// Low interface identifiers (::1, ::2, what routers and hosts use)
+	// decode to 255.255.x.x; no mapping is ever multicast or reserved,
+	// whatever the filter (tests accept everything else).
+	m := ta.Mapped.Addr().As4()
+	return m[0] != 0 && m[0] < 224 && g.filter(ta.Mapped.Addr())
+}
+
 // Run serves until ctx is done or Close is called. It returns nil after a
 // normal stop, or the error that stopped the relay.
 func (g *Gateway) Run(ctx context.Context) error {

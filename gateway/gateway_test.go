@@ -188,3 +188,22 @@ func TestConfigErrors(t *testing.T) {
 		}
 	}
 }
+
+func TestMayBeClient(t *testing.T) {
+	in, s := start(t)
+	g := in.Gateway()
+	pub, _ := g.PublicAddr(s.Addr())
+	for _, tt := range []struct {
+		a    netip.Addr
+		want bool
+	}{
+		{pub, true},
+		{netip.MustParseAddr("2001:db8:2::1"), false}, // a router's or the host's own
+		{netip.MustParseAddr("2001:db8:3::1"), false}, // another prefix
+		{s.Addr(), false},                             // the Teredo address itself
+	} {
+		if got := g.MayBeClient(tt.a); got != tt.want {
+			t.Errorf("MayBeClient(%v) = %v, want %v", tt.a, got, tt.want)
+		}
+	}
+}

@@ -173,7 +173,7 @@ func serve(ctx context.Context, o options, log *slog.Logger, stdout io.Writer) e
 	defer cancel()
 
 	if o.ndpProxy != "" {
-		p, err := ndproxy.Open(o.ndpProxy, o.prefix6, log)
+		p, err := ndproxy.Open(o.ndpProxy, g.MayBeClient, log)
 		if err != nil {
 			return fmt.Errorf("-ndp-proxy %s: %w", o.ndpProxy, err)
 		}

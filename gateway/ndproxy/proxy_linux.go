@@ -20,7 +20,7 @@ const pollInterval = 500 * time.Millisecond
 // Stats counts what a Proxy did.
 type Stats struct {
 	Answered  uint64 // advertisements sent
-	OtherDest uint64 // solicitations for targets outside the prefix
+	OtherDest uint64 // solicitations for targets not wanted
 	DAD       uint64 // duplicate address detection probes, not answered
 	Malformed uint64 // malformed solicitations
 	SendErrs  uint64
@@ -29,18 +29,19 @@ type Stats struct {
 // Proxy answers neighbor solicitations for a prefix on one interface.
 // It needs CAP_NET_RAW.
 type Proxy struct {
-	fd     int
-	ifi    *net.Interface
-	prefix netip.Prefix
-	log    *slog.Logger
+	fd   int
+	ifi  *net.Interface
+	want func(netip.Addr) bool
+	log  *slog.Logger
 
 	answered, other, dad, malformed, sendErrs atomic.Uint64
 }
 
 // Open starts listening on the Ethernet interface ifname for solicitations
-// of addresses in prefix. The interface is put in all-multicast mode while
-// the proxy is open.
-func Open(ifname string, prefix netip.Prefix, log *slog.Logger) (*Proxy, error) {
+// of the addresses for which want reports true. The interface is put in
+// all-multicast mode while the proxy is open. Run must be called: it
+// closes the socket when it returns.
+func Open(ifname string, want func(netip.Addr) bool, log *slog.Logger) (*Proxy, error) {
 	ifi, err := net.InterfaceByName(ifname)
 	if err != nil {
 		return nil, err
@@ -53,7 +54,7 @@ func Open(ifname string, prefix netip.Prefix, log *slog.Logger) (*Proxy, error) 
 	if err != nil {
 		return nil, fmt.Errorf("ndproxy: packet socket: %w", err)
 	}
-	p := &Proxy{fd: fd, ifi: ifi, prefix: prefix.Masked(), log: log}
+	p := &Proxy{fd: fd, ifi: ifi, want: want, log: log}
 	if err := unix.Bind(fd, &unix.SockaddrLinklayer{Protocol: htons(unix.ETH_P_IPV6), Ifindex: ifi.Index}); err != nil {
 		unix.Close(fd)
 		return nil, fmt.Errorf("ndproxy: bind to %s: %w", ifname, err)
@@ -98,7 +99,7 @@ func (p *Proxy) Run(ctx context.Context) error {
 		case err != nil:
 			p.malformed.Add(1)
 			continue
-		case !p.prefix.Contains(ns.Target):
+		case !p.want(ns.Target):
 			p.other.Add(1)
 			continue
 		}

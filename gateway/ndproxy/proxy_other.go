@@ -21,7 +21,7 @@ type Proxy struct{}
 var ErrUnsupported = errors.New("ndproxy: supported on Linux only")
 
 // Open returns ErrUnsupported.
-func Open(string, netip.Prefix, *slog.Logger) (*Proxy, error) { return nil, ErrUnsupported }
+func Open(string, func(netip.Addr) bool, *slog.Logger) (*Proxy, error) { return nil, ErrUnsupported }
 
 // Run returns ErrUnsupported.
 func (p *Proxy) Run(context.Context) error { return ErrUnsupported }
