@@ -200,7 +200,7 @@ func TestMayBeClient(t *testing.T) {
 		{pub, true},
 		{netip.MustParseAddr("2001:db8:2::1"), false}, // a router's or the host's own
 		{netip.MustParseAddr("2001:db8:3::1"), false}, // another prefix
-		{s.Addr(), false},                             // the Teredo address itself
+		{s.Addr(), false}, // the Teredo address itself
 	} {
 		if got := g.MayBeClient(tt.a); got != tt.want {
 			t.Errorf("MayBeClient(%v) = %v, want %v", tt.a, got, tt.want)
