@@ -290,8 +290,10 @@ func (s sender) SendFrom(sock server.Socket, b []byte, dst netip.AddrPort) error
 	case sock == server.Secondary && s.g.sec != nil:
 		return s.g.sec.WriteTo(b, dst)
 	}
-	return fmt.Errorf("gateway: no socket %v", sock)
+	return errNoSocket
 }
+
+var errNoSocket = errors.New("gateway: no such socket")
 
 // relayConn is the relay's view of the shared socket: its bubbles to the
 // gateway's own clients go through their server, which is this process.
@@ -315,6 +317,12 @@ func (c *relayConn) Offload() (gso, gro bool) {
 	return false, false
 }
 
+// Errors of the relay's bubbles to the gateway's own address.
+var (
+	errNotBubble     = errors.New("gateway: not a bubble")
+	errForeignBubble = errors.New("gateway: bubble to a client of another server")
+)
+
 // localBubble relays the relay's indirect bubble b to one of the
 // gateway's clients as the server would (RFC 4380 §5.3.1): with an origin
 // indication of the relay's endpoint, to the client's mapped endpoint.
@@ -322,13 +330,13 @@ func (g *Gateway) localBubble(b []byte) error {
 	var pkt proto.Packet
 	if pkt.Parse(b) != nil || !proto.IsBubble(pkt.IPv6) || pkt.HasAuth || pkt.HasOrigin {
 		g.ctr.localDrops.Add(1)
-		return errors.New("gateway: not a bubble")
+		return errNotBubble
 	}
 	dst := pkt.IPv6[24:40]
 	mapped := proto.MappedBytes(dst)
 	if !proto.IsTeredoBytes(dst) || proto.ServerBytes(dst) != g.addr.Addr() || mapped.Port() == 0 || !g.filter(mapped.Addr()) {
 		g.ctr.localDrops.Add(1)
-		return errors.New("gateway: bubble to a client of another server")
+		return errForeignBubble
 	}
 	var buf [proto.MaxIndicationsLen + proto.IPv6HeaderLen + 64]byte
 	out := proto.AppendOrigin(buf[:0], g.addr)
