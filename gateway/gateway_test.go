@@ -207,3 +207,49 @@ func TestMayBeClient(t *testing.T) {
 		}
 	}
 }
+
+// TestClientToClient connects two clients of the gateway by their Teredo
+// addresses: their bubbles go through the server half of the shared
+// socket.
+func TestClientToClient(t *testing.T) {
+	in, a := start(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	b, err := stack.New(ctx, stack.Config{
+		Servers:   in.Servers(),
+		LocalAddr: netip.MustParseAddrPort("127.0.0.1:0"),
+		IsGlobal:  in.IPv4Filter(),
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.Close()
+	l, err := listener.Listen(a, "tcp", ":7000")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	go func() {
+		c, err := l.Accept()
+		if err != nil {
+			return
+		}
+		defer c.Close()
+		io.Copy(c, c)
+	}()
+	c, err := dialer.New(b).DialContext(ctx, "tcp", netip.AddrPortFrom(a.Addr(), 7000).String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(10 * time.Second))
+	msg := []byte("between two clients of one gateway")
+	c.Write(msg)
+	got := make([]byte, len(msg))
+	if _, err := io.ReadFull(c, got); err != nil || !bytes.Equal(got, msg) {
+		t.Fatalf("echo %q: %v", got, err)
+	}
+	if st := in.Gateway().Status(); st.Server.Stats.ForwardedTeredo == 0 {
+		t.Fatalf("no bubble went through the server: %+v", st.Server.Stats)
+	}
+}
