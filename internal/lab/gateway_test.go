@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"net/http"
 	"net/netip"
+	"path/filepath"
 	"regexp"
 	"slices"
 	"sync"
@@ -203,6 +204,26 @@ func TestGateway(t *testing.T) {
 			t.Logf("%s (%v, public %v): %d bytes in %v (%.1f MB/s)", s.Host.Name, s.Addr, pub, size, took.Round(time.Millisecond), size/took.Seconds()/1e6)
 		})
 	}
+	t.Run("upload-a1", func(t *testing.T) {
+		up := l.V6Host.ServeUpload(t, netip.AddrPortFrom(V6HostAddr, 8082))
+		file := filepath.Join(t.TempDir(), "upload.bin")
+		want, err := WriteFile(file, size)
+		if err != nil {
+			t.Fatal(err)
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+		defer cancel()
+		start := time.Now()
+		got, err := sa.Host.CurlUpload(ctx, up.URL, file, "--socks5-hostname", socksListen)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got != want {
+			t.Fatalf("the host received %d bytes sha256 %s, want %d bytes sha256 %s", got.Size, got.SHA256, want.Size, want.SHA256)
+		}
+		took := time.Since(start)
+		t.Logf("upload from a1: %d bytes in %v (%.1f MB/s)", got.Size, took.Round(time.Millisecond), mbps(size, took))
+	})
 	t.Run("symmetric-detected", func(t *testing.T) {
 		// The secondary port lets our client behind the symmetric NAT see
 		// a second mapping (the extension -secondary-port enables).
