@@ -194,22 +194,22 @@ func New(ctx context.Context, cfg Config) (*Stack, error) {
 		tr = s.dt
 	}
 	cl, err := client.New(client.Config{
-		Transport:     tr,
-		Deliver:       s.ep.Deliver,
-		Clock:         cfg.Clock,
-		Logger:        cfg.Logger,
-		Rand:          cfg.Rand,
-		IsGlobal:      cfg.IsGlobal,
-		Servers:       cfg.Servers,
-		Secondary:     cfg.Secondary,
-		ServerPort:    cfg.ServerPort,
-		SecondaryPort: cfg.SecondaryPort,
-		MaxPeers:      cfg.MaxPeers,
-		ConeProbe:     cfg.ConeProbe,
-		FixedRelay:    cfg.FixedRelay,
-		OnEvent:       s.enqueue,
+		Transport:  tr,
+		Deliver:    s.ep.Deliver,
+		Clock:      cfg.Clock,
+		Logger:     cfg.Logger,
+		Rand:       cfg.Rand,
+		IsGlobal:   cfg.IsGlobal,
+		Servers:    cfg.Servers,
+		Secondary:  cfg.Secondary,
+		ServerPort: cfg.ServerPort,
+		MaxPeers:   cfg.MaxPeers,
+		ConeProbe:  cfg.ConeProbe,
+		FixedRelay: cfg.FixedRelay,
+		OnEvent:    s.enqueue,
 
 		LocalDiscovery: cfg.LocalDiscovery,
+		SecondaryPort:  cfg.SecondaryPort,
 	})
 	if err != nil {
 		s.conn.Close()
