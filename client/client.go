@@ -188,19 +188,20 @@ func (n NATType) String() string {
 
 // Status is a snapshot of the client.
 type Status struct {
-	State  State
-	NAT    NATType
-	Server netip.Addr
-	Addr   netip.Addr
+	State    State
+	NAT      NATType
+	Server   netip.Addr
+	Addr     netip.Addr
+	Mapped   netip.AddrPort
+	MTU      int
+	Peers    int
+	Counters Counters
+
 	// PublicAddr is the address the IPv6 internet sees, when the server
 	// is a teredo-gateway: Addr's interface identifier in the public /64
 	// the gateway announced in its RA (proto.OptPublicPrefix). Zero for
 	// other servers, whose clients are seen at Addr.
 	PublicAddr netip.Addr
-	Mapped     netip.AddrPort
-	MTU        int
-	Peers      int
-	Counters   Counters
 }
 
 // Counters are cumulative packet counts. TxFast counts packets handed back

@@ -35,12 +35,13 @@ type Config struct {
 	IPv4     string // "direct" or "reject"
 	Prefer   string // "ipv4" or "ipv6"
 	Forwards []Forward
+	Status   string
+	Demo     bool
+	Verbose  bool
+
 	// SecondaryPort is the secondary port of a single-address server
 	// (teredo-gateway -secondary-port); zero: none.
 	SecondaryPort uint16
-	Status        string
-	Demo          bool
-	Verbose       bool
 }
 
 type forwardList []Forward

@@ -204,11 +204,11 @@ func (r realStart) start(ctx context.Context, onEvent func(stackEvent)) (teredoN
 	qctx, cancel := context.WithTimeout(ctx, r.perServer*time.Duration(len(servers.addrs)))
 	defer cancel()
 	sc := stack.Config{
-		Servers:       servers.addrs,
-		SecondaryPort: r.cfg.SecondaryPort,
-		LocalAddr:     r.cfg.Bind,
-		Logger:        r.log,
+		Servers:   servers.addrs,
+		LocalAddr: r.cfg.Bind,
+		Logger:    r.log,
 	}
+	sc.SecondaryPort = r.cfg.SecondaryPort
 	if r.tune != nil {
 		r.tune(&sc)
 	}

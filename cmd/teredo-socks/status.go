@@ -15,11 +15,9 @@ import (
 // teredoStatus is a snapshot of the Teredo side, in the command's terms, so
 // that the status page does not follow every change of the stack's API.
 type teredoStatus struct {
-	State string // "qualifying", "qualified", "offline", "closed"
-	Addr  netip.Addr
-	// Public is the address the IPv6 internet sees behind a
-	// teredo-gateway (client.Status.PublicAddr); zero otherwise.
-	Public netip.Addr
+	State  string // "qualifying", "qualified", "offline", "closed"
+	Addr   netip.Addr
+	Public netip.Addr // seen by the IPv6 internet behind a teredo-gateway; zero otherwise
 	Server netip.Addr
 	Mapped netip.AddrPort
 	NAT    string // "unknown", "restricted", "symmetric", "cone"
