@@ -84,6 +84,12 @@ type Config struct {
 	// Secondary is the second address of Servers[0]; other servers use
 	// their address + 1, as Windows and Miredo assume.
 	Secondary netip.Addr
+	// SecondaryPort is the port of Servers[0]'s secondary; zero means
+	// ServerPort. A single-address server (a teredo-gateway with
+	// -secondary-port) offers its secondary role on another port of its
+	// primary address: set SecondaryPort to that port (Secondary zero
+	// then means Servers[0]). Other servers use ServerPort.
+	SecondaryPort uint16
 	// ServerPort defaults to 3544.
 	ServerPort uint16
 	// MaxPeers bounds the peer list (default DefaultMaxPeers).
@@ -135,6 +141,9 @@ type Qualified struct {
 	Server netip.Addr
 	Mapped netip.AddrPort
 	MTU    int
+	// Public is the address the IPv6 internet sees, if the server is a
+	// teredo-gateway that announced its public prefix; zero otherwise.
+	Public netip.Addr
 }
 
 // AddressChanged reports that, while qualified, the NAT mapping and so the
@@ -204,6 +213,12 @@ type Status struct {
 	MTU      int
 	Peers    int
 	Counters Counters
+
+	// PublicAddr is the address the IPv6 internet sees, when the server
+	// is a teredo-gateway: Addr's interface identifier in the public /64
+	// the gateway announced in its RA (proto.OptPublicPrefix). Zero for
+	// other servers, whose clients are seen at Addr.
+	PublicAddr netip.Addr
 }
 
 // Counters are cumulative packet counts. TxFast counts packets handed back
@@ -287,6 +302,7 @@ type link struct {
 	serverAP netip.AddrPort
 	mtu      int
 	errSrc   netip.Addr // source of the ICMPv6 errors we generate
+	public   netip.Addr // see Status.PublicAddr
 }
 
 // New validates cfg and returns a client; Start begins qualification.
@@ -307,6 +323,9 @@ func New(cfg Config) (*Client, error) {
 		if !s.Is4() || !cfg.IPv4Filter(s) {
 			return nil, fmt.Errorf("teredo client: server %v is not a global unicast IPv4 address", s)
 		}
+	}
+	if cfg.SecondaryPort != 0 && !cfg.Secondary.IsValid() {
+		cfg.Secondary = cfg.Servers[0]
 	}
 	if cfg.Secondary.IsValid() && !cfg.Secondary.Is4() {
 		return nil, fmt.Errorf("teredo client: secondary %v is not IPv4", cfg.Secondary)
@@ -408,7 +427,7 @@ func (c *Client) Status() Status {
 	}
 	c.mu.Unlock()
 	if l := c.up.Load(); l != nil {
-		s.Addr, s.Mapped, s.MTU = l.ip, l.mapped, l.mtu
+		s.Addr, s.Mapped, s.MTU, s.PublicAddr = l.ip, l.mapped, l.mtu, l.public
 	}
 	s.Counters = c.ctr.snapshot()
 	s.Counters.PeerTable = c.peers.Stats()

@@ -19,7 +19,7 @@ func (c *Client) Receive(b []byte, from netip.AddrPort) []byte {
 		return nil
 	}
 	ip := pkt.IPv6
-	if from.Port() == c.port && len(ip) > proto.IPv6HeaderLen && ip[6] == proto.ProtoICMPv6 && ip[proto.IPv6HeaderLen] == proto.ICMPRouterAdvert {
+	if c.isServerPort(from.Port()) && len(ip) > proto.IPv6HeaderLen && ip[6] == proto.ProtoICMPv6 && ip[proto.IPv6HeaderLen] == proto.ICMPRouterAdvert {
 		c.handleRA(&pkt, from)
 		return nil
 	}

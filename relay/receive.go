@@ -15,12 +15,16 @@ func (r *Relay) receive(b []byte, from netip.AddrPort, sc *scratch) {
 		r.ctr.inc(RxDropMalformed)
 		return
 	}
+	ip := p.IPv6
+	if r.cfg.Other != nil && (p.HasAuth || p.HasOrigin || !r.inPrefix(ip[8:24]) || r.inPrefix(ip[24:40])) {
+		r.cfg.Other(b, from)
+		return
+	}
 	if p.HasAuth || p.HasOrigin {
 		// Router advertisements and server-relayed bubbles are for clients.
 		r.ctr.inc(RxDropIndication)
 		return
 	}
-	ip := p.IPv6
 	src := [16]byte(ip[8:24])
 	if !r.inPrefix(src[:]) {
 		r.ctr.inc(RxDropSrcNotTeredo)

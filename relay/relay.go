@@ -136,6 +136,14 @@ type Config struct {
 	HostSpecific bool
 	IsLocal      func(netip.Addr) bool
 
+	// Other, if set, receives the datagrams a relay does not forward
+	// itself: those with an authentication or origin indication (router
+	// solicitations), those from non-Teredo sources and those to Teredo
+	// destinations, which the relay would drop. A Teredo gateway hands
+	// them to the server that shares the relay's socket. It runs on the
+	// receive goroutine; b and its bytes are valid only during the call.
+	Other func(b []byte, from netip.AddrPort)
+
 	// DropUnknownPeers drops data from Teredo clients that have no table
 	// entry even when their mapping checks out, as Miredo does. By default
 	// such a packet creates a trusted entry: RFC 4380 §5.4.2 allows either,

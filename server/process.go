@@ -123,6 +123,9 @@ const (
 	DropSendError
 	// DropIPv6OutputError: the IPv6 output failed.
 	DropIPv6OutputError
+	// DropNoSecondary: a cone RS to a single-address server, which has no
+	// other address or port to answer it from.
+	DropNoSecondary
 
 	// NumDropReasons is the number of drop reasons (including NotDropped).
 	NumDropReasons
@@ -144,6 +147,7 @@ var dropNames = [NumDropReasons]string{
 	DropRateLimited:       "rate_limited",
 	DropSendError:         "send_error",
 	DropIPv6OutputError:   "ipv6_output_error",
+	DropNoSecondary:       "no_secondary",
 }
 
 // String returns the reason's metric label, such as "malformed".
@@ -184,6 +188,7 @@ type Processor struct {
 	primary, secondary netip.AddrPort
 	llAddr             netip.Addr // the server's link-local address
 	mtu                uint32
+	public             netip.Prefix
 	global             proto.IPv4Filter
 	out                IPv6Output
 	clock              clock.Clock
@@ -209,9 +214,10 @@ func NewProcessor(cfg Config) (*Processor, error) {
 	}
 	p := &Processor{
 		primary:   netip.AddrPortFrom(cfg.Primary, cfg.Port),
-		secondary: netip.AddrPortFrom(cfg.Secondary, cfg.Port),
+		secondary: cfg.secondaryAddrPort(),
 		llAddr:    proto.ServerLinkLocal(cfg.Primary),
 		mtu:       cfg.MTU,
+		public:    cfg.PublicPrefix,
 		global:    cfg.IPv4Filter,
 		out:       cfg.IPv6Output,
 		clock:     cfg.Clock,
@@ -332,6 +338,9 @@ func (p *Processor) answerRS(sock Socket, pkt *proto.Packet, src netip.AddrPort,
 		return drop(DropRateLimited)
 	}
 	from := sock
+	if cone && !p.secondary.IsValid() {
+		return drop(DropNoSecondary)
+	}
 	if cone {
 		// §5.3.2: a cone RS is answered from the other address, so that
 		// only a cone NAT lets the RA through.
@@ -343,6 +352,7 @@ func (p *Processor) answerRS(sock Socket, pkt *proto.Packet, src netip.AddrPort,
 		Client: src,
 		Dst:    proto.Src(pkt.IPv6),
 		MTU:    p.mtu,
+		Public: p.public,
 	}
 	bp := p.scratch.Get().(*[]byte)
 	b := proto.AppendRA((*bp)[:0], &ra)

@@ -467,7 +467,7 @@ func TestStrings(t *testing.T) {
 		}
 		seen[s] = true
 	}
-	if NumDropReasons.String() != "reason(15)" || Action(9).String() != "action(9)" || Socket(2).String() != "socket(2)" {
+	if NumDropReasons.String() != "reason(16)" || Action(9).String() != "action(9)" || Socket(2).String() != "socket(2)" {
 		t.Error("out-of-range names")
 	}
 }

@@ -49,6 +49,10 @@ type Config struct {
 	// Secondary is the second address of Servers[0]; zero means its
 	// address + 1.
 	Secondary netip.Addr
+	// SecondaryPort, for a single-address server (teredo-gateway
+	// -secondary-port), is the port of the secondary on Secondary (or, if
+	// Secondary is zero, on Servers[0]); zero means ServerPort.
+	SecondaryPort uint16
 	// ServerPort defaults to 3544.
 	ServerPort uint16
 
@@ -216,6 +220,7 @@ func New(ctx context.Context, cfg Config) (*Stack, error) {
 		LocalDiscovery: cfg.LocalDiscovery,
 		BubbleTTL:      cfg.BubbleTTL,
 		LocalAddrs:     s.localAddrs(),
+		SecondaryPort:  cfg.SecondaryPort,
 	})
 	if err != nil {
 		s.conn.Close()

@@ -82,6 +82,7 @@ func (n *stackNet) Status() teredoStatus {
 	out := teredoStatus{
 		State:  c.State.String(),
 		Addr:   c.Addr,
+		Public: c.PublicAddr,
 		Server: c.Server,
 		Mapped: c.Mapped,
 		NAT:    c.NAT.String(),
@@ -208,6 +209,7 @@ func (r realStart) start(ctx context.Context, onEvent func(stackEvent)) (teredoN
 		LocalAddr: r.cfg.Bind,
 		Logger:    r.log,
 	}
+	sc.SecondaryPort = r.cfg.SecondaryPort
 	if r.tune != nil {
 		r.tune(&sc)
 	}

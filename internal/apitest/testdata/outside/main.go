@@ -15,10 +15,13 @@ import (
 	"github.com/teredo-go/teredo/client"
 	"github.com/teredo-go/teredo/clock"
 	"github.com/teredo-go/teredo/dialer"
+	"github.com/teredo-go/teredo/gateway"
+	"github.com/teredo-go/teredo/gateway/ndproxy"
 	"github.com/teredo-go/teredo/link"
 	"github.com/teredo-go/teredo/link/linktest"
 	"github.com/teredo-go/teredo/listener"
 	"github.com/teredo-go/teredo/peer"
+	"github.com/teredo-go/teredo/nptv6"
 	"github.com/teredo-go/teredo/proto"
 	"github.com/teredo-go/teredo/relay"
 	"github.com/teredo-go/teredo/relay/netstack"
@@ -69,6 +72,21 @@ func run() error {
 	var r *relay.Relay
 	_ = func() error { return r.WritePrometheus(io.Discard) }
 	_ = tun.Config{Name: tun.DefaultName}
+
+	// A gateway's configuration and its prefix translator.
+	gcfg := gateway.Config{Addr: netip.MustParseAddr("192.0.2.7"), Prefix6: netip.MustParsePrefix("2001:db8:2::/64"),
+		Device: dev, Conn: conn, Clock: clk, Relay: func(*relay.Config) {}}
+	_ = gcfg
+	var g *gateway.Gateway
+	_ = func() error { return g.WritePrometheus(io.Discard) }
+	nat, err := nptv6.New(proto.ServerPrefix(gcfg.Addr), gcfg.Prefix6)
+	if err != nil {
+		return err
+	}
+	if _, ok := nat.ToOutside(netip.MustParseAddr("2001:0:c000:207::1")); !ok {
+		return fmt.Errorf("nptv6: a Teredo address of the gateway is not mapped")
+	}
+	_ = ndproxy.SolicitedNode(gcfg.Prefix6.Addr())
 
 	// The lower layers.
 	var uc udpio.Conn = conn
