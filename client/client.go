@@ -194,12 +194,14 @@ type Status struct {
 // TxFlushed those later sent from a queue; RxHeldDelivered counts inbound
 // packets released by an echo test. Drops is keyed by reason
 // ("malformed", "not-our-address", "queue-full", "unreachable",
-// "echo-rate-limit", ...).
+// "echo-rate-limit", ...). RelayFailovers counts native peers whose relay
+// went silent and was forgotten for a new echo test (see failover.go).
 type Counters struct {
 	TxFast, TxQueued, TxFlushed    uint64
 	RxDelivered, RxHeldDelivered   uint64
 	RS, RA, Bubbles, BubbleReplies uint64
 	EchoRequests, ICMPErrors       uint64
+	RelayFailovers                 uint64
 	PeerTable                      peer.Stats
 	Drops                          map[string]uint64
 }

@@ -92,7 +92,7 @@ func (n *stackNet) Status() teredoStatus {
 			"rx_delivered": c.Counters.RxDelivered, "rx_held_delivered": c.Counters.RxHeldDelivered,
 			"router_solicitations": c.Counters.RS, "router_advertisements": c.Counters.RA,
 			"bubbles": c.Counters.Bubbles, "bubble_replies": c.Counters.BubbleReplies,
-			"echo_requests": c.Counters.EchoRequests, "icmp_errors": c.Counters.ICMPErrors,
+			"echo_requests": c.Counters.EchoRequests, "icmp_errors": c.Counters.ICMPErrors, "relay_failovers": c.Counters.RelayFailovers,
 			"peers_created": c.Counters.PeerTable.Created, "peers_evicted": c.Counters.PeerTable.Evicted,
 			"peers_expired": c.Counters.PeerTable.Expired, "peer_queue_drops": c.Counters.PeerTable.QueueDrops,
 			"peer_queued_dropped": c.Counters.PeerTable.Dropped,
