@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net/http"
 	"net/netip"
+	"runtime"
 	"slices"
 	"time"
 
@@ -40,16 +41,19 @@ type statusSource struct {
 
 // statusJSON is the body of GET /status.
 type statusJSON struct {
-	State      string       `json:"state"`
-	Address    string       `json:"address"`
-	Server     string       `json:"server"`
-	ServerName string       `json:"server_name,omitempty"`
-	Mapped     string       `json:"mapped"`
-	NAT        string       `json:"nat"`
-	Peers      int          `json:"peers"`
-	MTU        int          `json:"mtu"`
-	Listen     string       `json:"listen"`
-	Uptime     float64      `json:"uptime_seconds"`
+	State      string  `json:"state"`
+	Address    string  `json:"address"`
+	Server     string  `json:"server"`
+	ServerName string  `json:"server_name,omitempty"`
+	Mapped     string  `json:"mapped"`
+	NAT        string  `json:"nat"`
+	Peers      int     `json:"peers"`
+	MTU        int     `json:"mtu"`
+	Listen     string  `json:"listen"`
+	Uptime     float64 `json:"uptime_seconds"`
+	// Goroutines is the process's goroutine count: flat under a steady
+	// load unless sessions leak (the lab's soak test watches it).
+	Goroutines int          `json:"goroutines"`
 	Counters   countersJSON `json:"counters"`
 }
 
@@ -112,15 +116,16 @@ func (s *statusSource) snapshot() statusJSON {
 	t := s.teredo()
 	st := s.socks()
 	out := statusJSON{
-		State:   t.State,
-		Address: addrString(t.Addr),
-		Server:  addrString(t.Server),
-		Mapped:  addrString(t.Mapped),
-		NAT:     t.NAT,
-		Peers:   t.Peers,
-		MTU:     t.MTU,
-		Listen:  s.listen,
-		Uptime:  s.now().Sub(s.started).Seconds(),
+		State:      t.State,
+		Address:    addrString(t.Addr),
+		Server:     addrString(t.Server),
+		Mapped:     addrString(t.Mapped),
+		NAT:        t.NAT,
+		Peers:      t.Peers,
+		MTU:        t.MTU,
+		Listen:     s.listen,
+		Uptime:     s.now().Sub(s.started).Seconds(),
+		Goroutines: runtime.NumGoroutine(),
 	}
 	if s.serverName != nil && t.Server.IsValid() {
 		if n := s.serverName(t.Server); n != t.Server.String() {
@@ -185,6 +190,7 @@ func (s *statusSource) writeMetrics(w *metrics.Writer) {
 	w.Sample("teredo_socks_info", 1, "state", st.State, "address", st.Address, "server", st.Server, "mapped", st.Mapped, "nat", st.NAT)
 	w.Gauge("teredo_socks_peers", "Entries in the Teredo peer list.", float64(st.Peers))
 	w.Gauge("teredo_socks_uptime_seconds", "Seconds since the proxy started.", st.Uptime)
+	w.Gauge("go_goroutines", "Goroutines in the proxy process.", float64(st.Goroutines))
 
 	for _, k := range sortedKeys(st.Counters.Client) {
 		name := "teredo_socks_client_" + metricSafe(k) + "_total"
