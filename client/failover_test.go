@@ -291,3 +291,27 @@ func BenchmarkTransmitNativeTCP(b *testing.B) {
 		c.Receive(in, relayAP) // the answers that keep the relay trusted
 	}
 }
+
+// FuzzAwaitsAnswer reads TCP headers from any gather list that Transmit may
+// be given (a first element of at least 40 bytes), split anywhere.
+func FuzzAwaitsAnswer(f *testing.F) {
+	us := netip.MustParseAddr("2001:0:c612:2::1")
+	f.Add(tcpPacket(us, nativeDst, tcpSYN, ""), 45, 52)
+	f.Add(tcpPacket(us, nativeDst, tcpACK, "data"), 40, 60)
+	f.Add(ipPacket(us, nativeDst, "udp"), 41, 0)
+	f.Fuzz(func(t *testing.T, b []byte, s1, s2 int) {
+		if len(b) < proto.IPv6HeaderLen {
+			return
+		}
+		bufs := [][]byte{b}
+		if s1 >= proto.IPv6HeaderLen && s1 < len(b) {
+			bufs = [][]byte{b[:s1], b[s1:]}
+			if s2 > s1 && s2 < len(b) {
+				bufs = [][]byte{b[:s1], b[s1:s2], b[s2:]}
+			}
+		}
+		if got, whole := awaitsAnswer(bufs), awaitsAnswer([][]byte{b}); got != whole {
+			t.Fatalf("split %v, whole %v", got, whole)
+		}
+	})
+}
