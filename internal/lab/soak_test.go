@@ -199,6 +199,7 @@ func TestSoak(t *testing.T) {
 				continue
 			}
 			seed++
+			seed := seed
 			inner.Go(func() {
 				defer func() { <-sem }()
 				short.add(shortOnce(seed))
@@ -326,6 +327,7 @@ func TestSoak(t *testing.T) {
 	t.Logf("totals: short connections %v (ok, failed; %d not started: %d in flight), downloads %v, UDP round trips %v, corrupted %d",
 		short.load(), skipped.Load(), soakShortInFlight, downloads.load(), udp.load(), corrupt.Load())
 	t.Logf("figures:\n%s", soakTable(samples))
+	t.Logf("client relay_failovers: %d", socksClientCounter(t, s, "relay_failovers"))
 
 	if !s.Proc.Running() {
 		t.Fatalf("teredo-socks exited:\n%s", tail(s.Proc.Output()))
