@@ -124,23 +124,26 @@ func waitRelayCounter(t *testing.T, r *ourRelay, name string, min uint64, timeou
 // 6, Miredo's stricter form).
 func TestRelayFailover(t *testing.T) {
 	const (
-		rate      = "4M"        // curl --limit-rate, in bytes a second
-		killAfter = 3 << 20     // bytes through relay 1 before it dies, and
-		killAt    = time.Second // time since the start
+		rate      = "4M"    // curl --limit-rate, in bytes a second
+		killAfter = 3 << 20 // bytes through relay 1 before it dies
 		// failoverBound: the client notices at the retransmission 3 or
 		// 6.2 s after the failure (see client/failover.go), and the echo
 		// test and relay 2's bubbles take a few round trips.
 		failoverBound = 10 * time.Second
 	)
 	for _, tc := range []struct {
-		name    string
-		size    int64  // the download fills buffers of several MB at once
+		name string
+		size int64 // the download fills buffers of several MB at once
+		// killAt is the earliest kill, after the start: the upload is
+		// killed in its steady state; the download at once, as within a
+		// second the proxy's receive buffers have taken most of the file.
+		killAt  time.Duration
 		counter string // the relays' counter of the transfer's packets
 		// prepare sets up the servers and returns the transfer, which
 		// runs on another goroutine.
 		prepare func(t *testing.T, f *failoverLab, size int64) func(ctx context.Context) error
 	}{
-		{"download", 24 << 20, "tx_forwarded", func(t *testing.T, f *failoverLab, size int64) func(ctx context.Context) error {
+		{"download", 24 << 20, 0, "tx_forwarded", func(t *testing.T, f *failoverLab, size int64) func(ctx context.Context) error {
 			fs := f.l.V6Host.ServeFile(t, netip.AddrPortFrom(V6HostAddr, 8080), size)
 			return func(ctx context.Context) error {
 				got, err := f.s.Host.Curl(ctx, fs.URL, "--socks5-hostname", socksListen, "--limit-rate", rate)
@@ -150,7 +153,7 @@ func TestRelayFailover(t *testing.T) {
 				return fs.Verify(got)
 			}
 		}},
-		{"upload", 12 << 20, "rx_forwarded", func(t *testing.T, f *failoverLab, size int64) func(ctx context.Context) error {
+		{"upload", 12 << 20, time.Second, "rx_forwarded", func(t *testing.T, f *failoverLab, size int64) func(ctx context.Context) error {
 			up := f.l.V6Host.ServeUpload(t, netip.AddrPortFrom(V6HostAddr, 8081))
 			file := filepath.Join(t.TempDir(), "upload.bin")
 			want, err := WriteFile(file, size)
@@ -187,9 +190,9 @@ func TestRelayFailover(t *testing.T) {
 				t.Fatalf("%v (transfer: %v)", werr, err)
 			}
 			select {
-			case <-time.After(killAt - time.Since(start)):
+			case <-time.After(tc.killAt - time.Since(start)):
 			case <-done:
-				t.Fatalf("the transfer ended within %v (transfer: %v)", killAt, err)
+				t.Fatalf("the transfer ended within %v (transfer: %v)", tc.killAt, err)
 			}
 			before := f.r2.status(t).Counters[tc.counter]
 			// What relay 1 carried; the rest (a download fills buffers of
