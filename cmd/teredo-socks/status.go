@@ -42,21 +42,21 @@ type statusSource struct {
 
 // statusJSON is the body of GET /status.
 type statusJSON struct {
-	State      string  `json:"state"`
-	Address    string  `json:"address"`
-	Public     string  `json:"public_address,omitempty"`
-	Server     string  `json:"server"`
-	ServerName string  `json:"server_name,omitempty"`
-	Mapped     string  `json:"mapped"`
-	NAT        string  `json:"nat"`
-	Peers      int     `json:"peers"`
-	MTU        int     `json:"mtu"`
-	Listen     string  `json:"listen"`
-	Uptime     float64 `json:"uptime_seconds"`
+	State      string       `json:"state"`
+	Address    string       `json:"address"`
+	Public     string       `json:"public_address,omitempty"`
+	Server     string       `json:"server"`
+	ServerName string       `json:"server_name,omitempty"`
+	Mapped     string       `json:"mapped"`
+	NAT        string       `json:"nat"`
+	Peers      int          `json:"peers"`
+	MTU        int          `json:"mtu"`
+	Listen     string       `json:"listen"`
+	Uptime     float64      `json:"uptime_seconds"`
+	Counters   countersJSON `json:"counters"`
 	// Goroutines is the process's goroutine count: flat under a steady
 	// load unless sessions leak (the lab's soak test watches it).
-	Goroutines int          `json:"goroutines"`
-	Counters   countersJSON `json:"counters"`
+	Goroutines int `json:"goroutines"`
 }
 
 type countersJSON struct {
@@ -118,18 +118,18 @@ func (s *statusSource) snapshot() statusJSON {
 	t := s.teredo()
 	st := s.socks()
 	out := statusJSON{
-		State:      t.State,
-		Address:    addrString(t.Addr),
-		Public:     addrString(t.Public),
-		Server:     addrString(t.Server),
-		Mapped:     addrString(t.Mapped),
-		NAT:        t.NAT,
-		Peers:      t.Peers,
-		MTU:        t.MTU,
-		Listen:     s.listen,
-		Uptime:     s.now().Sub(s.started).Seconds(),
-		Goroutines: runtime.NumGoroutine(),
+		State:   t.State,
+		Address: addrString(t.Addr),
+		Public:  addrString(t.Public),
+		Server:  addrString(t.Server),
+		Mapped:  addrString(t.Mapped),
+		NAT:     t.NAT,
+		Peers:   t.Peers,
+		MTU:     t.MTU,
+		Listen:  s.listen,
+		Uptime:  s.now().Sub(s.started).Seconds(),
 	}
+	out.Goroutines = runtime.NumGoroutine()
 	if s.serverName != nil && t.Server.IsValid() {
 		if n := s.serverName(t.Server); n != t.Server.String() {
 			out.ServerName = n
