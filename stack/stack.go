@@ -26,6 +26,7 @@ import (
 	"github.com/teredo-go/teredo/clock"
 	"github.com/teredo-go/teredo/link"
 	"github.com/teredo-go/teredo/peer"
+	"github.com/teredo-go/teredo/portmap"
 	"github.com/teredo-go/teredo/proto"
 	"github.com/teredo-go/teredo/udpio"
 )
@@ -107,6 +108,13 @@ type Config struct {
 	// Gbit/s either way.
 	TCPRACK bool
 
+	// PortMapping asks the NAT for a mapping of the client's UDP port
+	// (PCP, NAT-PMP, UPnP-IGD) before qualifying, keeps it renewed and
+	// deletes it on Close; see package portmap. PortMap sets its gateway,
+	// sockets, ports and timeouts; the stack fills in the port and peers.
+	PortMapping bool
+	PortMap     portmap.Config
+
 	// Clock, Logger and Rand default to the real clock, a discarding
 	// logger and crypto/rand.
 	Clock  clock.Clock
@@ -127,6 +135,8 @@ type Status struct {
 	Link link.Stats
 	// Discovery counts local discovery's work per interface.
 	Discovery DiscoveryStats
+	// PortMap is the port mapping's state; nil when Config.PortMapping is off.
+	PortMap *PortMapStatus `json:",omitempty"`
 }
 
 // Stack is a Teredo IPv6 host. Its methods are safe for concurrent use.
@@ -139,6 +149,7 @@ type Stack struct {
 	ns   *gstack.Stack
 	disc *discoverySocket    // nil unless local discovery runs
 	dt   *discoveryTransport // nil unless discovery runs on every interface
+	pm   *portmap.Mapper     // nil unless Config.PortMapping
 
 	// Events from the client are queued here and applied, in order, by
 	// the event goroutine (or by New while it waits for qualification).
@@ -183,6 +194,9 @@ func New(ctx context.Context, cfg Config) (*Stack, error) {
 			return nil, fmt.Errorf("stack: %w", err)
 		}
 		s.conn = c
+	}
+	if cfg.PortMapping {
+		s.startPortMap(ctx)
 	}
 	s.ep = link.New(s.conn, nil, link.Options{GSO: !cfg.DisableGSO, GRO: !cfg.DisableGRO, Logger: cfg.Logger})
 	var tr client.Transport = s.conn
@@ -233,6 +247,7 @@ func New(ctx context.Context, cfg Config) (*Stack, error) {
 
 // abort undoes a New that failed before the network stack existed.
 func (s *Stack) abort() {
+	s.closePortMap()
 	s.stopDiscovery()
 	s.cl.Close()
 	s.ep.Close()
@@ -456,7 +471,9 @@ func (s *Stack) Addr() netip.Addr {
 
 // Status returns a snapshot of the client and link.
 func (s *Stack) Status() Status {
-	return Status{Client: s.cl.Status(), Link: s.ep.Stats(), Discovery: s.discoveryStats()}
+	st := Status{Client: s.cl.Status(), Link: s.ep.Stats(), Discovery: s.discoveryStats()}
+	st.PortMap = s.portMapStatus(st.Client.Addr)
+	return st
 }
 
 // Netstack returns the gVisor stack, for code that needs more than
@@ -502,5 +519,6 @@ func (s *Stack) Close() error {
 	// Destroy detaches the link (stopping its reader), closes the queueing
 	// discipline and waits for the protocol goroutines.
 	s.ns.Destroy()
+	s.closePortMap()
 	return s.conn.Close()
 }

@@ -1,0 +1,85 @@
+package stack
+
+import (
+	"context"
+	"net/netip"
+
+	"github.com/teredo-go/teredo/portmap"
+	"github.com/teredo-go/teredo/proto"
+)
+
+// PortMapStatus is what the stack's port mapping did: the mapping held (if
+// any), what each protocol answered, and whether the Teredo address
+// carries the mapped port.
+type PortMapStatus struct {
+	portmap.Status
+	// InAddress reports that the qualified Teredo address carries the
+	// mapped external address and port: the server saw the client's
+	// packets come from the mapping, so peers reach it there.
+	InAddress bool
+}
+
+// startPortMap asks the NAT for a mapping of the client's socket before the
+// client qualifies, so that the first router solicitation already leaves
+// through it (RFC 6081 §4, the UPnP-enabled symmetric NAT extension, does
+// the same with UPnP). PCP also pins the packets to the servers to the
+// mapped port (PEER), which on a symmetric NAT makes the server's origin
+// indication, and so the Teredo address, carry the mapped port; the NAT's
+// inbound forwarding of that port is what lets peers reach the client.
+// NAT-PMP and UPnP cannot pin outbound packets: on a NAT that keeps the
+// internal port (most home routers), asking for external = internal
+// port gives the same result; on a truly symmetric one the mapping is
+// reported but the address carries what the server saw.
+//
+// A failure is not fatal: the client qualifies as it would without.
+// A later change of the mapping shows in the address at the client's next
+// refresh (at most 30 s), when the server sees the new port.
+func (s *Stack) startPortMap(ctx context.Context) {
+	cfg := s.cfg.PortMap
+	cfg.InternalPort = s.conn.LocalAddr().Port()
+	port := s.cfg.ServerPort
+	if port == 0 {
+		port = proto.Port
+	}
+	cfg.Peers = nil
+	for _, srv := range s.cfg.Servers {
+		if len(cfg.Peers) < 4 {
+			cfg.Peers = append(cfg.Peers, netip.AddrPortFrom(srv, port))
+		}
+	}
+	if cfg.Clock == nil {
+		cfg.Clock = s.cfg.Clock
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = s.log
+	}
+	m, err := portmap.New(cfg)
+	if err != nil {
+		s.log.Warn("portmap: not started", "err", err)
+		return
+	}
+	s.pm = m
+	if _, err := m.Start(ctx); err != nil {
+		s.log.Info("portmap: no mapping; qualifying without", "err", err)
+	}
+}
+
+func (s *Stack) portMapStatus(addr netip.Addr) *PortMapStatus {
+	if s.pm == nil {
+		return nil
+	}
+	st := &PortMapStatus{Status: s.pm.Status()}
+	if a, ok := proto.ParseAddress(addr); ok && st.Mapping.External.IsValid() {
+		st.InAddress = a.Mapped == st.Mapping.External
+	}
+	return st
+}
+
+func (s *Stack) closePortMap() {
+	if s.pm == nil {
+		return
+	}
+	if err := s.pm.Close(); err != nil {
+		s.log.Warn("portmap: close", "err", err)
+	}
+}

@@ -1,0 +1,94 @@
+package stack_test
+
+import (
+	"context"
+	"net/netip"
+	"slices"
+	"testing"
+	"time"
+
+	"github.com/teredo-go/teredo/portmap"
+	"github.com/teredo-go/teredo/portmap/portmaptest"
+	"github.com/teredo-go/teredo/proto"
+	"github.com/teredo-go/teredo/stack"
+	"github.com/teredo-go/teredo/teredotest"
+)
+
+// TestPortMapping: with PortMapping on, the stack maps its socket's port
+// (PCP MAP, and PEER towards the server) before qualifying, reports it in
+// Status, and deletes it on Close. On loopback there is no NAT: the
+// responder reports the loopback address as its external one, so the
+// server's view and the mapping agree, as they do behind a NAT that
+// honours PEER, and the status says the address carries the mapping.
+func TestPortMapping(t *testing.T) {
+	in := teredotest.New(t)
+	gw, err := portmaptest.NewServer("127.0.0.1:0", netip.MustParseAddr("127.0.0.1"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer gw.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	s, err := stack.New(ctx, stack.Config{
+		Servers:     in.Servers(),
+		LocalAddr:   netip.MustParseAddrPort("127.0.0.1:0"),
+		IsGlobal:    in.IPv4Filter(),
+		PortMapping: true,
+		PortMap: portmap.Config{
+			Gateway:   func() (netip.Addr, error) { return netip.MustParseAddr("127.0.0.1"), nil },
+			PCPPort:   gw.Addr().Port(),
+			Protocols: []portmap.Protocol{portmap.PCP},
+		},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	port := s.LocalAddr().Port()
+	st := s.Status().PortMap
+	if st == nil || st.Mapping.Protocol != portmap.PCP || st.Mapping.External.Port() != port || !st.InAddress {
+		t.Fatalf("port map status %+v", st)
+	}
+	a, _ := proto.ParseAddress(s.Addr())
+	if a.Mapped != st.Mapping.External {
+		t.Fatalf("address carries %v, mapping %v", a.Mapped, st.Mapping.External)
+	}
+	server := netip.AddrPortFrom(in.ServerAddr(), proto.Port)
+	ms := gw.Mappings()
+	if len(ms) != 1 || ms[0].Internal.Port() != port || !slices.Equal(ms[0].Peers, []netip.AddrPort{server}) {
+		t.Fatalf("gateway table %+v, want port %d pinned towards %v", ms, port, server)
+	}
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if ms := gw.Mappings(); len(ms) != 0 {
+		t.Fatalf("mapping left after Close: %+v", ms)
+	}
+}
+
+// TestPortMappingUnavailable: nothing answers; the stack qualifies anyway
+// and its status tells what was tried.
+func TestPortMappingUnavailable(t *testing.T) {
+	in := teredotest.New(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	s, err := stack.New(ctx, stack.Config{
+		Servers:     in.Servers(),
+		LocalAddr:   netip.MustParseAddrPort("127.0.0.1:0"),
+		IsGlobal:    in.IPv4Filter(),
+		PortMapping: true,
+		PortMap: portmap.Config{
+			Gateway: func() (netip.Addr, error) { return netip.MustParseAddr("127.0.0.1"), nil },
+			PCPPort: 9, SSDPPort: 9,
+			Protocols: []portmap.Protocol{portmap.PCP, portmap.UPnP},
+		},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	st := s.Status().PortMap
+	if st == nil || st.Mapping.External.IsValid() || len(st.Attempts) != 2 || st.LastError == "" || st.InAddress {
+		t.Fatalf("port map status %+v", st)
+	}
+}
