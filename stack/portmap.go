@@ -3,6 +3,7 @@ package stack
 import (
 	"context"
 	"net/netip"
+	"time"
 
 	"github.com/teredo-go/teredo/portmap"
 	"github.com/teredo-go/teredo/proto"
@@ -34,6 +35,9 @@ type PortMapStatus struct {
 // A failure is not fatal: the client qualifies as it would without.
 // A later change of the mapping shows in the address at the client's next
 // refresh (at most 30 s), when the server sees the new port.
+// portMapBudget bounds the port mapping attempts before qualification.
+const portMapBudget = 5 * time.Second
+
 func (s *Stack) startPortMap(ctx context.Context) {
 	cfg := s.cfg.PortMap
 	cfg.InternalPort = s.conn.LocalAddr().Port()
@@ -58,6 +62,10 @@ func (s *Stack) startPortMap(ctx context.Context) {
 		s.log.Warn("portmap: not started", "err", err)
 		return
 	}
+	// Bounded so that a gateway that drops everything costs seconds,
+	// not the qualification budget.
+	ctx, cancel := context.WithTimeout(ctx, portMapBudget)
+	defer cancel()
 	s.pm = m
 	if _, err := m.Start(ctx); err != nil {
 		s.log.Info("portmap: no mapping; qualifying without", "err", err)

@@ -26,6 +26,8 @@ type teredoStatus struct {
 	// the client's discarded packets by reason.
 	Counters map[string]uint64
 	Drops    map[string]uint64
+	// PortMap is the port mapping's state; nil when it is off.
+	PortMap *portMapJSON
 }
 
 // statusSource gathers what /status and /metrics show.
@@ -51,6 +53,7 @@ type statusJSON struct {
 	Listen     string       `json:"listen"`
 	Uptime     float64      `json:"uptime_seconds"`
 	Counters   countersJSON `json:"counters"`
+	PortMap    *portMapJSON `json:"portmap,omitempty"`
 }
 
 type countersJSON struct {
@@ -122,6 +125,7 @@ func (s *statusSource) snapshot() statusJSON {
 		Listen:  s.listen,
 		Uptime:  s.now().Sub(s.started).Seconds(),
 	}
+	out.PortMap = t.PortMap
 	if s.serverName != nil && t.Server.IsValid() {
 		if n := s.serverName(t.Server); n != t.Server.String() {
 			out.ServerName = n
