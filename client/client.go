@@ -102,6 +102,19 @@ type Config struct {
 	// passes datagrams received on its discovery socket (joined to
 	// 224.0.0.253, port 3544) to ReceiveDiscovery.
 	LocalDiscovery bool
+	// MappedEndpoint, if set, gives the public endpoint the Teredo address
+	// carries, given the one the server saw (the RA's origin indication).
+	// A NAT port mapping (package portmap) sets it: on a symmetric NAT the
+	// server sees a random port, while peers reach the client at the mapped
+	// one (RFC 6081's UPnP-enabled symmetric NAT case).
+	MappedEndpoint func(serverSaw netip.AddrPort) netip.AddrPort
+	// AnswerDirectBubbles makes the client answer the first direct bubble of
+	// a peer it did not trust with a direct bubble. Behind a port mapping a
+	// peer's direct bubble arrives through the mapping, while the bubble
+	// our server relays to the mapped port can be dropped by the NAT: a
+	// Linux NAT already holds our own flow to the server under another
+	// external port, and the relayed bubble's reply tuple clashes with it.
+	AnswerDirectBubbles bool
 	// OnEvent receives state changes, in order, without locks held. It must
 	// not call Receive or Transmit synchronously.
 	OnEvent func(Event)

@@ -193,10 +193,12 @@ func (c *Client) fromTeredo(ip []byte, src, dst [16]byte, from netip.AddrPort, d
 	}
 	var a action
 	accepted := false
+	answer := false
 	c.peers.Update(src, match || viaNonce, now, func(p *peer.Peer) {
 		if !(match || viaNonce || (p.Local && p.Mapping == from)) {
 			return
 		}
+		answer = c.cfg.AnswerDirectBubbles && bubble && dstOurs && match && !p.Trusted
 		accepted = true
 		p.Trust(from)
 		p.Disarm()
@@ -205,6 +207,10 @@ func (c *Client) fromTeredo(ip []byte, src, dst [16]byte, from netip.AddrPort, d
 	})
 	if accepted {
 		c.act(&a, src, l, now)
+		if answer && c.allowReply(from, now) {
+			c.ctr.bubbleReplies.Add(1)
+			c.write(proto.AppendBubble(nil, l.ip, netip.AddrFrom16(src), 0), from)
+		}
 		if bubble || !dstOurs {
 			return nil
 		}

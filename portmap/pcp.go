@@ -173,21 +173,22 @@ func (c *pcpClient) peer(ctx context.Context, remote netip.AddrPort, lifetime ti
 }
 
 func (c *pcpClient) remove(ctx context.Context) error {
-	var errs []error
 	for _, p := range c.peers {
 		req := &pcpRequest{Opcode: pcpOpPeer, Nonce: c.nonce, Internal: c.m.cfg.InternalPort,
 			SuggestedExternal: c.ext, Remote: p}
 		if _, _, err := c.exchange(ctx, req); err != nil {
-			errs = append(errs, fmt.Errorf("PEER %v: %w", p, err))
+			// Not fatal: the PEER mapping only pins outbound packets of a
+			// host that is going away, and has a lifetime. miniupnpd 2.3.1
+			// (nftables) answers every PEER delete with NO_RESOURCES: it
+			// cannot find its own PEER rules again.
+			c.m.log.Warn("portmap: PCP PEER delete failed", "peer", p, "err", err)
 		}
 	}
 	// Lifetime 0 deletes (RFC 6887 §15); the suggested external fields
 	// are ignored but sent as held.
 	req := &pcpRequest{Opcode: pcpOpMap, Nonce: c.nonce, Internal: c.m.cfg.InternalPort, SuggestedExternal: c.ext}
-	if _, _, err := c.exchange(ctx, req); err != nil {
-		errs = append(errs, err)
-	}
-	return errors.Join(errs...)
+	_, _, err := c.exchange(ctx, req)
+	return err
 }
 
 func seconds(d time.Duration) uint32 {

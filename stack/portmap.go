@@ -3,6 +3,7 @@ package stack
 import (
 	"context"
 	"net/netip"
+	"sync/atomic"
 	"time"
 
 	"github.com/teredo-go/teredo/portmap"
@@ -18,6 +19,9 @@ type PortMapStatus struct {
 	// mapped external address and port: the server saw the client's
 	// packets come from the mapping, so peers reach it there.
 	InAddress bool
+	// ServerSaw is the endpoint the server last reported (the RA's origin
+	// indication); it differs from the mapping on a symmetric NAT.
+	ServerSaw netip.AddrPort
 }
 
 // startPortMap asks the NAT for a mapping of the client's socket before the
@@ -37,6 +41,12 @@ type PortMapStatus struct {
 // refresh (at most 30 s), when the server sees the new port.
 // portMapBudget bounds the port mapping attempts before qualification.
 const portMapBudget = 5 * time.Second
+
+// portMap is the stack's port mapping.
+type portMap struct {
+	*portmap.Mapper
+	saw atomic.Pointer[netip.AddrPort] // the server's last view, for Status
+}
 
 func (s *Stack) startPortMap(ctx context.Context) {
 	cfg := s.cfg.PortMap
@@ -66,7 +76,7 @@ func (s *Stack) startPortMap(ctx context.Context) {
 	// not the qualification budget.
 	ctx, cancel := context.WithTimeout(ctx, portMapBudget)
 	defer cancel()
-	s.pm = m
+	s.pm = &portMap{Mapper: m}
 	if _, err := m.Start(ctx); err != nil {
 		s.log.Info("portmap: no mapping; qualifying without", "err", err)
 	}
@@ -77,6 +87,9 @@ func (s *Stack) portMapStatus(addr netip.Addr) *PortMapStatus {
 		return nil
 	}
 	st := &PortMapStatus{Status: s.pm.Status()}
+	if saw := s.pm.saw.Load(); saw != nil {
+		st.ServerSaw = *saw
+	}
 	if a, ok := proto.ParseAddress(addr); ok && st.Mapping.External.IsValid() {
 		st.InAddress = a.Mapped == st.Mapping.External
 	}
@@ -90,4 +103,36 @@ func (s *Stack) closePortMap() {
 	if err := s.pm.Close(); err != nil {
 		s.log.Warn("portmap: close", "err", err)
 	}
+}
+
+// mappedEndpointFunc returns the client's MappedEndpoint hook: the Teredo
+// address carries the port mapping's external endpoint when the server saw
+// the same public address (the mapping is on the NAT the server sees, not
+// on an inner one of a double NAT). On a symmetric NAT the server sees a
+// new random port, while peers reach the client at the mapped one (RFC
+// 6081 §4, UPnP-enabled symmetric NAT).
+func (s *Stack) mappedEndpointFunc() func(netip.AddrPort) netip.AddrPort {
+	if s.pm == nil {
+		return nil
+	}
+	return func(saw netip.AddrPort) netip.AddrPort {
+		s.pm.saw.Store(&saw)
+		mp, ok := s.pm.Mapping()
+		if !ok || mp.External.Addr() != saw.Addr() {
+			return saw
+		}
+		if mp.External != saw {
+			s.log.Debug("portmap: address carries the mapped port", "server_saw", saw, "mapped", mp.External)
+		}
+		return mp.External
+	}
+}
+
+// hasPortMapping reports whether a mapping is held now.
+func (s *Stack) hasPortMapping() bool {
+	if s.pm == nil {
+		return false
+	}
+	_, ok := s.pm.Mapping()
+	return ok
 }

@@ -2,6 +2,7 @@ package stack_test
 
 import (
 	"context"
+	"net"
 	"net/netip"
 	"slices"
 	"testing"
@@ -90,5 +91,47 @@ func TestPortMappingUnavailable(t *testing.T) {
 	st := s.Status().PortMap
 	if st == nil || st.Mapping.External.IsValid() || len(st.Attempts) != 2 || st.LastError == "" || st.InAddress {
 		t.Fatalf("port map status %+v", st)
+	}
+}
+
+// TestPortMappingOtherPort: the NAT maps the client to another port than
+// the one the server sees (a symmetric NAT whose outbound packets are not
+// translated to the mapping): the Teredo address carries the mapped port,
+// which is where peers reach the client, and Status shows both.
+func TestPortMappingOtherPort(t *testing.T) {
+	in := teredotest.New(t)
+	gw, err := portmaptest.NewServer("127.0.0.1:0", netip.MustParseAddr("127.0.0.1"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer gw.Close()
+	pc, err := net.ListenPacket("udp4", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	local := pc.LocalAddr().(*net.UDPAddr).AddrPort()
+	pc.Close()
+	gw.Reserve(local.Port())
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	s, err := stack.New(ctx, stack.Config{
+		Servers:     in.Servers(),
+		LocalAddr:   local,
+		IsGlobal:    in.IPv4Filter(),
+		PortMapping: true,
+		PortMap: portmap.Config{
+			Gateway:   func() (netip.Addr, error) { return netip.MustParseAddr("127.0.0.1"), nil },
+			PCPPort:   gw.Addr().Port(),
+			Protocols: []portmap.Protocol{portmap.PCP},
+		},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	st := s.Status().PortMap
+	a, _ := proto.ParseAddress(s.Addr())
+	if st.Mapping.External.Port() == local.Port() || a.Mapped != st.Mapping.External || !st.InAddress || st.ServerSaw != local {
+		t.Fatalf("address carries %v; port map status %+v; local %v", a.Mapped, st, local)
 	}
 }

@@ -149,7 +149,7 @@ type Stack struct {
 	ns   *gstack.Stack
 	disc *discoverySocket    // nil unless local discovery runs
 	dt   *discoveryTransport // nil unless discovery runs on every interface
-	pm   *portmap.Mapper     // nil unless Config.PortMapping
+	pm   *portMap            // nil unless Config.PortMapping
 
 	// Events from the client are queued here and applied, in order, by
 	// the event goroutine (or by New while it waits for qualification).
@@ -219,6 +219,9 @@ func New(ctx context.Context, cfg Config) (*Stack, error) {
 		OnEvent:    s.enqueue,
 
 		LocalDiscovery: cfg.LocalDiscovery,
+
+		MappedEndpoint:      s.mappedEndpointFunc(),
+		AnswerDirectBubbles: s.hasPortMapping(),
 	})
 	if err != nil {
 		s.conn.Close()

@@ -15,6 +15,7 @@ type portMapJSON struct {
 	Lifetime  float64           `json:"lifetime_seconds"`
 	Expires   string            `json:"expires,omitempty"` // RFC 3339
 	InAddress bool              `json:"in_address"`
+	ServerSaw string            `json:"server_saw,omitempty"` // the endpoint the server reported
 	Renewals  uint64            `json:"renewals"`
 	LastError string            `json:"last_error,omitempty"`
 	Tried     map[string]string `json:"tried"` // protocol → "ok" or the error
@@ -29,6 +30,7 @@ func portMapJSONOf(st *stack.PortMapStatus) *portMapJSON {
 		External:  addrString(st.Mapping.External),
 		Lifetime:  st.Mapping.Lifetime.Seconds(),
 		InAddress: st.InAddress,
+		ServerSaw: addrString(st.ServerSaw),
 		Renewals:  st.Renewals,
 		LastError: st.LastError,
 		Tried:     map[string]string{},

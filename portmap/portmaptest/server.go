@@ -333,3 +333,12 @@ func removePeer(ps []netip.AddrPort, p netip.AddrPort) []netip.AddrPort {
 	}
 	return out
 }
+
+// Reserve gives external port to another host, so that a client asking for
+// it gets another one.
+func (s *Server) Reserve(port uint16) {
+	s.mu.Lock()
+	key := netip.AddrPortFrom(netip.MustParseAddr("192.0.2.1"), port)
+	s.mappings[key] = &Mapping{Internal: key, External: port, Lifetime: 1 << 31}
+	s.mu.Unlock()
+}
