@@ -66,3 +66,38 @@ func TestAnswerDirectBubbles(t *testing.T) {
 		}
 	}
 }
+
+// TestAnswerDirectBubbleLinkLocal: a direct bubble from the link-local
+// source a peer derives for its bubbles is answered to where it came from,
+// addressed to that source; without the option it is dropped.
+func TestAnswerDirectBubbleLinkLocal(t *testing.T) {
+	ll := proto.LinkLocalFromID([8]byte{7, 7, 7})
+	for _, on := range []bool{false, true} {
+		h := newHarness(t, func(c *Config) { c.AnswerDirectBubbles = on })
+		us := h.qualify()
+		h.c.Receive(proto.AppendBubble(nil, ll, us, 0), peerMapped)
+		bub, _ := bubbles(h.net.take())
+		if !on {
+			if len(bub) != 0 || h.drops("link-local-source") != 1 {
+				t.Fatalf("off: answered %+v", bub)
+			}
+			continue
+		}
+		if len(bub) != 1 || bub[0].to != peerMapped {
+			t.Fatalf("answer %+v", bub)
+		}
+		if src, dst, _ := bubbleInfo(t, bub[0]); src != us || dst != ll {
+			t.Fatalf("answer %v -> %v", src, dst)
+		}
+		// Rate limited per destination.
+		h.c.Receive(proto.AppendBubble(nil, ll, us, 0), peerMapped)
+		if bub, _ := bubbles(h.net.take()); len(bub) != 0 {
+			t.Fatalf("answer not rate limited: %+v", bub)
+		}
+		// A non-global source gets nothing.
+		h.c.Receive(proto.AppendBubble(nil, ll, us, 0), netip.MustParseAddrPort("10.0.0.1:5000"))
+		if bub, _ := bubbles(h.net.take()); len(bub) != 0 {
+			t.Fatalf("answered a non-global source: %+v", bub)
+		}
+	}
+}

@@ -56,6 +56,9 @@ func (c *Client) receiveSlow(pkt *proto.Packet, from netip.AddrPort, l *link) []
 	case dst[0] == 0xff || src[0] == 0xff:
 		c.ctr.drop(dropMulticast)
 		return nil
+	case bubble && isLinkLocal(&src) && dst == l.addr && c.cfg.AnswerDirectBubbles:
+		c.directBubble(src, from, l, now)
+		return nil
 	case isLinkLocal(&src):
 		// Keeps RAs and other link-local traffic out of the stack.
 		c.ctr.drop(dropLinkLocalSource)

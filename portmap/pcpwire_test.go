@@ -35,6 +35,13 @@ const (
 	// epoch 7, external 198.18.0.12:40000.
 	mapResponseHex = `02 81 00 00 00000078 00000007 000000000000000000000000
 		0102030405060708090a0b0c 11 000000 0dd8 9c40 00000000000000000000ffffc612000c`
+	// Captured from miniupnpd 2.3.1 in the lab (TestMiniUPnPd/pcp-wire): the
+	// answer to a MAP from 192.168.1.2 for UDP 3544, lifetime 3600,
+	// suggesting port 3544: granted 198.18.0.10:3544, epoch 0.
+	miniupnpdRequestHex = `0201000000000e1000000000000000000000ffffc0a80102
+		0102030405060708090a0b0c110000000dd80dd800000000000000000000ffff00000000`
+	miniupnpdResponseHex = `0281000000000e10000000000000000000000000000000000102030405060708090a0b0c
+		110000000dd80dd800000000000000000000ffffc612000a`
 	// NAT-PMP's answer to a version 2 request: version 0, UNSUPP_VERSION.
 	natpmpUnsuppHex = `00 81 0001 00000007`
 )
@@ -112,6 +119,7 @@ func TestPCPResponseErrors(t *testing.T) {
 func FuzzPCPResponse(f *testing.F) {
 	f.Add(unhex(f, mapResponseHex))
 	f.Add(unhex(f, natpmpUnsuppHex))
+	f.Add(unhex(f, miniupnpdResponseHex))
 	f.Fuzz(func(t *testing.T, b []byte) {
 		r, err := parsePCPResponse(b)
 		if err != nil {
@@ -203,4 +211,22 @@ func FuzzSSDPResponse(f *testing.F) {
 			t.Fatalf("location %v", loc)
 		}
 	})
+}
+
+func TestPCPMiniUPnPdVector(t *testing.T) {
+	req := pcpRequest{Opcode: pcpOpMap, Lifetime: 3600, Client: netip.MustParseAddr("192.168.1.2"), Nonce: testNonce,
+		Internal: 3544, SuggestedExternal: netip.AddrPortFrom(netip.IPv4Unspecified(), 3544)}
+	got, err := appendPCPRequest(nil, &req)
+	if err != nil || !bytes.Equal(got, unhex(t, miniupnpdRequestHex)) {
+		t.Fatalf("request %x (%v)", got, err)
+	}
+	r, err := parsePCPResponse(unhex(t, miniupnpdResponseHex))
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := pcpResponse{Opcode: pcpOpMap, Lifetime: 3600, Nonce: testNonce, Protocol: protocolUDP,
+		Internal: 3544, External: netip.MustParseAddrPort("198.18.0.10:3544")}
+	if *r != want {
+		t.Fatalf("got %+v, want %+v", *r, want)
+	}
 }

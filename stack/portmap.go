@@ -24,21 +24,6 @@ type PortMapStatus struct {
 	ServerSaw netip.AddrPort
 }
 
-// startPortMap asks the NAT for a mapping of the client's socket before the
-// client qualifies, so that the first router solicitation already leaves
-// through it (RFC 6081 §4, the UPnP-enabled symmetric NAT extension, does
-// the same with UPnP). PCP also pins the packets to the servers to the
-// mapped port (PEER), which on a symmetric NAT makes the server's origin
-// indication, and so the Teredo address, carry the mapped port; the NAT's
-// inbound forwarding of that port is what lets peers reach the client.
-// NAT-PMP and UPnP cannot pin outbound packets: on a NAT that keeps the
-// internal port (most home routers), asking for external = internal
-// port gives the same result; on a truly symmetric one the mapping is
-// reported but the address carries what the server saw.
-//
-// A failure is not fatal: the client qualifies as it would without.
-// A later change of the mapping shows in the address at the client's next
-// refresh (at most 30 s), when the server sees the new port.
 // portMapBudget bounds the port mapping attempts before qualification.
 const portMapBudget = 5 * time.Second
 
@@ -48,19 +33,28 @@ type portMap struct {
 	saw atomic.Pointer[netip.AddrPort] // the server's last view, for Status
 }
 
+// startPortMap asks the NAT for a mapping of the client's socket before the
+// client qualifies, so that the address is built with it from the first
+// router advertisement on. RFC 6081 §4 (UPnP-enabled symmetric NAT): on a
+// symmetric NAT the server sees a new random port, but the mapping forwards
+// the mapped port to the client from anywhere, so the Teredo address
+// carries the mapped endpoint (mappedEndpointFunc) and peers reach the
+// client there. The client's answers to them leave from the mapped port
+// too: the NAT sends them through the connection the peer's packet opened.
+// On a NAT that keeps ports (most home routers) the mapped port is the
+// internal one and nothing changes.
+//
+// A failure is not fatal: the client qualifies as it would without. A
+// later change of the mapping shows in the address at the next refresh
+// (at most 30 s).
 func (s *Stack) startPortMap(ctx context.Context) {
 	cfg := s.cfg.PortMap
 	cfg.InternalPort = s.conn.LocalAddr().Port()
-	port := s.cfg.ServerPort
-	if port == 0 {
-		port = proto.Port
-	}
+	// No PCP PEER towards the servers: miniupnpd 2.3.1 (nftables) installs
+	// its PEER snat rule for the reverse direction, which rewrites the
+	// server's packets to us instead of ours to it. The address carries
+	// the mapping anyway (mappedEndpointFunc).
 	cfg.Peers = nil
-	for _, srv := range s.cfg.Servers {
-		if len(cfg.Peers) < 4 {
-			cfg.Peers = append(cfg.Peers, netip.AddrPortFrom(srv, port))
-		}
-	}
 	if cfg.Clock == nil {
 		cfg.Clock = s.cfg.Clock
 	}
