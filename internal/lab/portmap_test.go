@@ -32,7 +32,8 @@ type socksPortMap struct {
 // default), and its Teredo address carries the mapped port although the server sees
 // a random one; a client of the project behind a home router (a1) then reaches the
 // -forward service of the symmetric NAT's client, a TCP echo of 1 MiB, directly
-// through the mapping. When teredo-socks stops, the mapping is gone from the NAT.
+// through the mapping. When teredo-socks stops, the mapping is gone from the NAT; run
+// again with -portmap=false, the same client is out of a1's reach (the control).
 func TestPortMapSymmetric(t *testing.T) {
 	impl := serverImpls[1] // the project's server
 	impl.require(t)
@@ -101,6 +102,14 @@ func TestPortMapSymmetric(t *testing.T) {
 	s.Proc.Stop(5 * time.Second)
 	if rs, err := mu.Ruleset(ctx); err != nil || strings.Contains(rs, dnat) {
 		t.Errorf("mapping left after teredo-socks stopped (%v):\n%s", err, rs)
+	}
+
+	// The control: without port mapping the same client is out of a1's reach.
+	off := startSocks(t, c, srv.Primary, "-forward", "8000=127.0.0.1:9000", "-portmap=false")
+	if _, err := p.echo(8*time.Second, netip.AddrPortFrom(off.Addr, 8000), 1<<10); err == nil {
+		t.Errorf("a1 reached %v behind the symmetric NAT without port mapping", off.Addr)
+	} else {
+		t.Logf("without port mapping: %v", err)
 	}
 }
 
