@@ -121,12 +121,3 @@ func (s *Stack) mappedEndpointFunc() func(netip.AddrPort) netip.AddrPort {
 		return mp.External
 	}
 }
-
-// hasPortMapping reports whether a mapping is held now.
-func (s *Stack) hasPortMapping() bool {
-	if s.pm == nil {
-		return false
-	}
-	_, ok := s.pm.Mapping()
-	return ok
-}

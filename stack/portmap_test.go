@@ -31,7 +31,7 @@ func TestPortMapping(t *testing.T) {
 	s, err := stack.New(ctx, stack.Config{
 		Servers:     in.Servers(),
 		LocalAddr:   netip.MustParseAddrPort("127.0.0.1:0"),
-		IsGlobal:    in.IPv4Filter(),
+		IPv4Filter:  in.IPv4Filter(),
 		PortMapping: true,
 		PortMap: portmap.Config{
 			Gateway:   func() (netip.Addr, error) { return netip.MustParseAddr("127.0.0.1"), nil },
@@ -73,7 +73,7 @@ func TestPortMappingUnavailable(t *testing.T) {
 	s, err := stack.New(ctx, stack.Config{
 		Servers:     in.Servers(),
 		LocalAddr:   netip.MustParseAddrPort("127.0.0.1:0"),
-		IsGlobal:    in.IPv4Filter(),
+		IPv4Filter:  in.IPv4Filter(),
 		PortMapping: true,
 		PortMap: portmap.Config{
 			Gateway: func() (netip.Addr, error) { return netip.MustParseAddr("127.0.0.1"), nil },
@@ -114,7 +114,7 @@ func TestPortMappingOtherPort(t *testing.T) {
 	s, err := stack.New(ctx, stack.Config{
 		Servers:     in.Servers(),
 		LocalAddr:   local,
-		IsGlobal:    in.IPv4Filter(),
+		IPv4Filter:  in.IPv4Filter(),
 		PortMapping: true,
 		PortMap: portmap.Config{
 			Gateway:   func() (netip.Addr, error) { return netip.MustParseAddr("127.0.0.1"), nil },

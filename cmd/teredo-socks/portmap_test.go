@@ -60,7 +60,7 @@ func TestRealStartClientOptions(t *testing.T) {
 			// Nothing leaves loopback: no port mapping, no discovery, a
 			// server port nobody listens on.
 			c.PortMapping, c.LocalDiscovery = false, false
-			c.ServerPort, c.IsGlobal = 9, proto.AnyIPv4
+			c.ServerPort, c.IPv4Filter = 9, proto.AnyIPv4
 			c.LocalAddr = netip.MustParseAddrPort("127.0.0.1:0")
 		},
 	}

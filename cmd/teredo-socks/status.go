@@ -17,6 +17,7 @@ import (
 type teredoStatus struct {
 	State  string // "qualifying", "qualified", "offline", "closed"
 	Addr   netip.Addr
+	Public netip.Addr // seen by the IPv6 internet behind a teredo-gateway; zero otherwise
 	Server netip.Addr
 	Mapped netip.AddrPort
 	NAT    string // "unknown", "restricted", "symmetric", "cone"
@@ -44,6 +45,7 @@ type statusSource struct {
 type statusJSON struct {
 	State      string       `json:"state"`
 	Address    string       `json:"address"`
+	Public     string       `json:"public_address,omitempty"`
 	Server     string       `json:"server"`
 	ServerName string       `json:"server_name,omitempty"`
 	Mapped     string       `json:"mapped"`
@@ -117,6 +119,7 @@ func (s *statusSource) snapshot() statusJSON {
 	out := statusJSON{
 		State:   t.State,
 		Address: addrString(t.Addr),
+		Public:  addrString(t.Public),
 		Server:  addrString(t.Server),
 		Mapped:  addrString(t.Mapped),
 		NAT:     t.NAT,
