@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"github.com/teredo-go/teredo/internal/metrics"
 	"math/rand/v2"
 	"net"
 	"net/http"
@@ -214,19 +215,20 @@ func TestStatusHandler(t *testing.T) {
 		t.Fatalf("/status: %d %v", rec.Code, rec.Header())
 	}
 	var got struct {
-		Primary string
-		Stats   struct {
-			Received   uint64
-			AnsweredRS uint64 `json:"answered_rs"`
-			Drops      map[string]uint64
-		}
-		IPv6Output bool `json:"ipv6_output"`
+		State         string
+		Version       string
+		UptimeSeconds *float64 `json:"uptime_seconds"`
+		Counters      map[string]uint64
+		Drops         map[string]uint64
+		Primary       string
+		IPv6Output    bool `json:"ipv6_output"`
 	}
 	if err := json.Unmarshal(rec.Body.Bytes(), &got); err != nil {
 		t.Fatal(err)
 	}
-	if got.Primary != primary.String() || got.Stats.Received != 2 || got.Stats.AnsweredRS != 1 ||
-		got.Stats.Drops["malformed"] != 1 || len(got.Stats.Drops) != int(NumDropReasons)-1 || got.IPv6Output {
+	if got.State != "running" || got.Version == "" || got.UptimeSeconds == nil ||
+		got.Primary != primary.String() || got.Counters["rx_received"] != 2 || got.Counters["tx_router_advertisements"] != 1 ||
+		got.Drops["malformed"] != 1 || len(got.Drops) != int(NumDropReasons)-1 || got.IPv6Output {
 		t.Fatalf("/status: %s", rec.Body)
 	}
 
@@ -234,8 +236,8 @@ func TestStatusHandler(t *testing.T) {
 	h.ServeHTTP(rec, httptest.NewRequest(http.MethodGet, "/metrics", nil))
 	body := rec.Body.String()
 	for _, want := range []string{
-		"# TYPE teredo_server_received_total counter\nteredo_server_received_total 2\n",
-		"teredo_server_answered_rs_total 1\n",
+		"# TYPE teredo_server_packets_total counter\nteredo_server_packets_total{direction=\"rx\",result=\"received\"} 2\n",
+		`teredo_server_packets_total{direction="tx",result="router_advertisements"} 1` + "\n",
 		`teredo_server_dropped_total{reason="malformed"} 1` + "\n",
 		`teredo_server_dropped_total{reason="loop"} 0` + "\n",
 		"# TYPE teredo_server_rate_limit_sources gauge\nteredo_server_rate_limit_sources 1\n",
@@ -243,6 +245,13 @@ func TestStatusHandler(t *testing.T) {
 		if !strings.Contains(body, want) {
 			t.Errorf("/metrics lacks %q:\n%s", want, body)
 		}
+	}
+	if probs, err := metrics.Lint(strings.NewReader(body)); err != nil || len(probs) > 0 {
+		t.Errorf("/metrics lint: %v %v\n%s", err, probs, body)
+	}
+	s.Close()
+	if st := s.Status(); st.State != "closed" {
+		t.Errorf("state after Close = %q", st.State)
 	}
 	rec = httptest.NewRecorder()
 	h.ServeHTTP(rec, httptest.NewRequest(http.MethodPost, "/status", nil))

@@ -276,7 +276,7 @@ func TestRun(t *testing.T) {
 	}
 	body, _ := io.ReadAll(resp.Body)
 	resp.Body.Close()
-	if !strings.Contains(string(body), "teredo_server_answered_rs_total 1\n") {
+	if !strings.Contains(string(body), `teredo_server_packets_total{direction="tx",result="router_advertisements"} 1`+"\n") {
 		t.Fatalf("/metrics:\n%s", body)
 	}
 	if !strings.Contains(stderr.String(), "no IPv6 output") {
