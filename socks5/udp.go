@@ -207,12 +207,14 @@ func (a *association) up() {
 			ua.IP = ipBuf[:]
 		}
 		ua.Port, ua.Zone = int(dst.port), ip.Zone()
+		// Counted before the write, so that whoever sees the datagram
+		// arrive (or its answer) also sees it counted.
+		s.c.udpUp.Add(1)
 		if _, err := a.out.WriteTo(payload, ua); err != nil {
 			s.c.drop.send.Add(1)
 			s.log.Debug("socks5: UDP send failed", "dst", dst, "err", err)
 			continue
 		}
-		s.c.udpUp.Add(1)
 		a.touch()
 	}
 }
@@ -302,11 +304,11 @@ func (a *association) down() {
 		h := appendUDPHeader(hdr[:0], addrFromAddrPort(src))
 		start := udpHeadroom - len(h)
 		copy(buf[start:], h)
+		s.c.udpDown.Add(1) // before the write, as in up
 		if _, err := a.relay.WriteToUDPAddrPort(buf[start:udpHeadroom+n], *client); err != nil {
 			s.c.drop.reply.Add(1)
 			continue
 		}
-		s.c.udpDown.Add(1)
 		a.touch()
 	}
 }
