@@ -51,11 +51,11 @@ const name = "teredo-relay"
 
 // options are the parsed command line.
 type options struct {
-	bind          netip.AddrPort
-	tun           string
-	prefix        netip.Prefix
-	hostSpecific  bool
-	status        string
+	bind         netip.AddrPort
+	tun          string
+	prefix       netip.Prefix
+	hostSpecific bool
+	status       string
 	cli.Common
 	anyIPv4       bool
 	directBubbles bool

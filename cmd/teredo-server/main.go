@@ -68,9 +68,9 @@ type options struct {
 	status             string
 	raw                rawMode
 	cli.Common
-	anyIPv4            bool
-	rate               float64 // per second; 0 means no limit
-	burst              int
+	anyIPv4 bool
+	rate    float64 // per second; 0 means no limit
+	burst   int
 }
 
 // Bounds of -rate and -burst: beyond them the values are typos rather
