@@ -9,15 +9,20 @@ import (
 	"net/netip"
 	"strconv"
 	"strings"
+
+	"github.com/teredo-go/teredo/internal/cli"
 )
 
 // DefaultServer is Miredo's default Teredo server. Public servers come and
 // go; when it does not answer, the user is told to pick one with -server.
 const DefaultServer = "teredo.remlab.net"
 
+// name is the command's name in messages and environment variables.
+const name = "teredo-socks"
+
 // envPrefix prefixes the environment variable of every flag:
-// -listen is also TEREDO_SOCKS_LISTEN.
-const envPrefix = "TEREDO_SOCKS_"
+// -listen is also TEREDO_SOCKS_LISTEN (see cli.EnvName).
+var envPrefix = cli.EnvPrefix(name)
 
 // Forward exposes a local TCP service on a port of the Teredo address.
 type Forward struct {
@@ -37,7 +42,7 @@ type Config struct {
 	Forwards []Forward
 	Status   string
 	Demo     bool
-	Verbose  bool
+	cli.Common
 }
 
 type forwardList []Forward
@@ -89,7 +94,7 @@ func parseForward(s string) (Forward, error) {
 // parseConfig parses args, with each flag's environment variable as its
 // default. Errors are meant for the user, as they are.
 func parseConfig(args []string, getenv func(string) string, stderr io.Writer) (*Config, error) {
-	fs := flag.NewFlagSet("teredo-socks", flag.ContinueOnError)
+	fs := flag.NewFlagSet(name, flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	var (
 		c       Config
@@ -107,31 +112,25 @@ func parseConfig(args []string, getenv func(string) string, stderr io.Writer) (*
 	fs.Var(&fwds, "forward", "accept TCP on the Teredo address's `PORT=HOST:PORT` and forward it (repeatable)")
 	fs.StringVar(&c.Status, "status", "", "serve GET /status (JSON) and /metrics (Prometheus) on `address`; no authentication, so keep it on loopback")
 	fs.BoolVar(&c.Demo, "demo", false, "run against a built-in in-process Teredo internet (no root, no network)")
-	fs.BoolVar(&c.Verbose, "v", false, "verbose (debug) logging")
+	c.Common.Register(fs)
 	fs.Usage = func() {
 		fmt.Fprintf(fs.Output(), "Usage: teredo-socks [flags]\n\nA SOCKS5 proxy that gives any program IPv6 through a user-space Teredo client.\nEvery flag can also be set with the environment variable %s<NAME>, e.g. %sLISTEN.\n\n", envPrefix, envPrefix)
 		fs.PrintDefaults()
 	}
 
 	// Environment first, so that flags given on the command line win.
-	var envErr error
-	fs.VisitAll(func(f *flag.Flag) {
-		name := envPrefix + strings.ToUpper(f.Name)
-		if v := getenv(name); v != "" && envErr == nil {
-			if err := fs.Set(f.Name, v); err != nil {
-				envErr = fmt.Errorf("environment variable %s: %w", name, err)
-			}
-		}
-	})
-	if envErr != nil {
-		return nil, envErr
-	}
-	envForwards := len(fwds)
-	if err := fs.Parse(args); err != nil {
+	if err := cli.SetFromEnv(fs, getenv); err != nil {
 		return nil, err
 	}
-	if fs.NArg() > 0 {
-		return nil, fmt.Errorf("unexpected argument %q", fs.Arg(0))
+	envForwards := len(fwds)
+	if err := cli.ParseArgs(fs, args); err != nil {
+		return nil, err
+	}
+	if c.Version {
+		return &c, nil
+	}
+	if err := c.Common.Check(); err != nil {
+		return nil, err
 	}
 	// Forwards given on the command line replace those from the environment.
 	if len(fwds) > envForwards && envForwards > 0 {
@@ -142,7 +141,7 @@ func parseConfig(args []string, getenv func(string) string, stderr io.Writer) (*
 	// name says where a bad value came from: the flag, or its environment
 	// variable when that is what set it.
 	name := func(flagName string) string {
-		env := envPrefix + strings.ToUpper(flagName)
+		env := cli.EnvName(fs.Name(), flagName)
 		if v := getenv(env); v != "" && fs.Lookup(flagName).Value.String() == v {
 			return env
 		}
