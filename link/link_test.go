@@ -416,12 +416,20 @@ func TestReceive(t *testing.T) {
 	if ep.IsAttached() {
 		t.Fatal("still attached")
 	}
-	time.Sleep(20 * time.Millisecond) // Attach(nil) does not wait for the reader
+	// Attach(nil) does not wait for the reader (see Wait); its done
+	// channel says when it has returned.
+	ep.mu.Lock()
+	done := ep.done
+	ep.mu.Unlock()
+	select {
+	case <-done:
+	case <-time.After(5 * time.Second):
+		t.Fatal("reader still running 5 s after Attach(nil)")
+	}
 	before := ep.Stats().RxDatagrams
 	b.WriteTo(ipv6Packet(5, 8), a.LocalAddr())
-	time.Sleep(20 * time.Millisecond)
 	if got := ep.Stats().RxDatagrams; got != before {
-		t.Errorf("reader still running after Attach(nil): %d datagrams, was %d", got, before)
+		t.Errorf("datagrams counted with no reader: %d, was %d", got, before)
 	}
 
 	// Attaching again restarts the reader, which picks up the queued datagram.
