@@ -11,6 +11,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"net/netip"
+	"runtime"
 	"strings"
 	"testing"
 	"time"
@@ -269,7 +270,19 @@ func TestServeLifecycle(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	errc := make(chan error, 1)
 	go func() { errc <- s.Serve(ctx) }()
-	time.Sleep(10 * time.Millisecond)
+	// The second Serve must come after the first has started.
+	for deadline := time.Now().Add(5 * time.Second); ; {
+		s.mu.Lock()
+		serving := s.serving
+		s.mu.Unlock()
+		if serving {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("Serve did not start in 5 s")
+		}
+		runtime.Gosched()
+	}
 	if err := s.Serve(ctx); !errors.Is(err, ErrServing) && !errors.Is(err, net.ErrClosed) {
 		t.Fatalf("second Serve: %v", err)
 	}
