@@ -32,7 +32,7 @@ type Stats struct {
 
 // DropCounts counts drops indexed by reason. It encodes to JSON as an
 // object keyed by DropReason.String, without NotDropped, and decodes from
-// the same form, so that a Go client of /status can use Status as is.
+// the same form, so that Stats round-trips through JSON.
 type DropCounts [NumDropReasons]uint64
 
 // MarshalJSON implements json.Marshaler.
