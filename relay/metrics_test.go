@@ -14,7 +14,7 @@ func TestMetricsLint(t *testing.T) {
 	h.transmit(udpPacket(native, otherNat, nil))
 	var sb strings.Builder
 	w := metrics.NewWriter(&sb)
-	h.r.WriteMetrics(w)
+	h.r.writeMetrics(w)
 	if err := w.Err(); err != nil {
 		t.Fatal(err)
 	}

@@ -4,7 +4,6 @@ import (
 	"bufio"
 	"context"
 	"fmt"
-	"github.com/teredo-go/teredo/internal/cli"
 	"io"
 	"math/rand/v2"
 	"net"
@@ -19,6 +18,7 @@ import (
 	"go.uber.org/goleak"
 
 	"github.com/teredo-go/teredo/clock"
+	"github.com/teredo-go/teredo/internal/cli"
 	"github.com/teredo-go/teredo/proto"
 	"github.com/teredo-go/teredo/server"
 )

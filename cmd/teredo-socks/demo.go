@@ -117,11 +117,11 @@ func internetStarter(in *teredotest.Internet, bind netip.AddrPort, log *slog.Log
 		qctx, cancel := context.WithTimeout(ctx, qualifyTimeout)
 		defer cancel()
 		s, err := stack.New(qctx, stack.Config{
-			Servers:   in.Servers(),
-			Secondary: in.SecondaryAddr(),
-			LocalAddr: bind,
-			IsGlobal:  in.IPv4Filter(),
-			Logger:    log,
+			Servers:    in.Servers(),
+			Secondary:  in.SecondaryAddr(),
+			LocalAddr:  bind,
+			IPv4Filter: in.IPv4Filter(),
+			Logger:     log,
 		})
 		if err != nil {
 			if ctx.Err() != nil {

@@ -7,7 +7,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"github.com/teredo-go/teredo/internal/metrics"
 	"io"
 	"log/slog"
 	"net"
@@ -19,6 +18,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/teredo-go/teredo/internal/metrics"
 	"github.com/teredo-go/teredo/socks5"
 	"github.com/teredo-go/teredo/teredotest"
 )

@@ -259,11 +259,17 @@ func run(ctx context.Context, cfg *Config, e env) (code int) {
 
 	st := t.Status()
 	say("qualified as %s via %s; SOCKS5 on %s", st.Addr, t.ServerName(st.Server), socksLn.Addr())
+	if st.Public.IsValid() {
+		say("public address %s (the gateway maps %s to it)", st.Public, st.Addr)
+	}
 	if statusLn != nil {
 		say("status on http://%s/status and /metrics", statusLn.Addr())
 	}
 	for _, fw := range cfg.Forwards {
 		say("forwarding [%s]:%d to %s", st.Addr, fw.Port, fw.Target)
+		if st.Public.IsValid() {
+			say("forwarding [%s]:%d to %s", st.Public, fw.Port, fw.Target)
+		}
 	}
 	if e.hint != nil {
 		for _, h := range e.hint(socksLn.Addr().String()) {

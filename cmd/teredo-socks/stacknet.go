@@ -82,6 +82,7 @@ func (n *stackNet) Status() teredoStatus {
 	out := teredoStatus{
 		State:  c.State.String(),
 		Addr:   c.Addr,
+		Public: c.PublicAddr,
 		Server: c.Server,
 		Mapped: c.Mapped,
 		NAT:    c.NAT.String(),
@@ -92,6 +93,7 @@ func (n *stackNet) Status() teredoStatus {
 			"rx_delivered": c.Counters.RxDelivered, "rx_held_delivered": c.Counters.RxHeldDelivered,
 			"router_solicitations": c.Counters.RS, "router_advertisements": c.Counters.RA,
 			"bubbles": c.Counters.Bubbles, "bubble_replies": c.Counters.BubbleReplies,
+			"ttl_bubbles":   c.Counters.TTLBubbles,
 			"echo_requests": c.Counters.EchoRequests, "icmp_errors": c.Counters.ICMPErrors,
 			"peers_created": c.Counters.PeerTable.Created, "peers_evicted": c.Counters.PeerTable.Evicted,
 			"peers_expired": c.Counters.PeerTable.Expired, "peer_queue_drops": c.Counters.PeerTable.QueueDrops,
@@ -207,6 +209,7 @@ func (r realStart) start(ctx context.Context, onEvent func(stackEvent)) (teredoN
 		LocalAddr: r.cfg.Bind,
 		Logger:    r.log,
 	}
+	sc.SecondaryPort = r.cfg.SecondaryPort
 	if r.tune != nil {
 		r.tune(&sc)
 	}

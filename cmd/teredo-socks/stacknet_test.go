@@ -78,7 +78,7 @@ func TestRealStartNoAnswer(t *testing.T) {
 		lookup:    fakeLookup(map[string][]string{"silent.example": {"127.0.0.1"}}),
 		perServer: 300 * time.Millisecond,
 		tune: func(c *stack.Config) {
-			c.ServerPort, c.IsGlobal = port, proto.AnyIPv4
+			c.ServerPort, c.IPv4Filter = port, proto.AnyIPv4
 			c.LocalAddr = netip.MustParseAddrPort("127.0.0.1:0")
 		},
 	}
@@ -104,7 +104,7 @@ func TestRealStartQualifies(t *testing.T) {
 		lookup:    fakeLookup(nil),
 		perServer: qualifyTimeout,
 		tune: func(c *stack.Config) {
-			c.IsGlobal, c.Secondary = in.IPv4Filter(), in.SecondaryAddr()
+			c.IPv4Filter, c.Secondary = in.IPv4Filter(), in.SecondaryAddr()
 			c.LocalAddr = netip.MustParseAddrPort("127.0.0.1:0")
 		},
 	}

@@ -17,6 +17,7 @@ import (
 type teredoStatus struct {
 	State  string // "qualifying", "qualified", "offline", "closed"
 	Addr   netip.Addr
+	Public netip.Addr // seen by the IPv6 internet behind a teredo-gateway; zero otherwise
 	Server netip.Addr
 	Mapped netip.AddrPort
 	NAT    string // "unknown", "restricted", "symmetric", "cone"
@@ -52,6 +53,7 @@ type statusJSON struct {
 	Drops    map[string]uint64 `json:"drops"`
 
 	Address    string     `json:"address"`
+	Public     string     `json:"public_address,omitempty"`
 	Server     string     `json:"server"`
 	ServerName string     `json:"server_name,omitempty"`
 	Mapped     string     `json:"mapped"`
@@ -167,6 +169,7 @@ func (s *statusSource) snapshot() statusJSON {
 		Version: metrics.Build().Version,
 		Uptime:  s.now().Sub(s.started).Seconds(),
 		Address: addrString(t.Addr),
+		Public:  addrString(t.Public),
 		Server:  addrString(t.Server),
 		Mapped:  addrString(t.Mapped),
 		NAT:     t.NAT,

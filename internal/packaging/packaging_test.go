@@ -1,4 +1,4 @@
-package contrib
+package packaging
 
 import (
 	"bufio"
@@ -87,18 +87,18 @@ func buildAsContainerfile(t *testing.T) string {
 	}
 	buildOnce.Do(func() {
 		var b containerBuild
-		if b, buildErr = parseContainerfile("../Containerfile"); buildErr != nil {
+		if b, buildErr = parseContainerfile("../../Containerfile"); buildErr != nil {
 			return
 		}
 		if !strings.Contains(b.cmd, "-o /out/") || !slices.Contains(b.env, "CGO_ENABLED=0") {
 			buildErr = errors.New("the Containerfile must build with CGO_ENABLED=0 into /out/: " + b.cmd)
 			return
 		}
-		if binDir, buildErr = os.MkdirTemp("", "contrib-test-"); buildErr != nil {
+		if binDir, buildErr = os.MkdirTemp("", "packaging-test-"); buildErr != nil {
 			return
 		}
 		cmd := exec.Command("sh", "-c", strings.Replace(b.cmd, "-o /out/", "-o "+binDir+"/", 1))
-		cmd.Dir = ".."
+		cmd.Dir = "../.."
 		cmd.Env = append(os.Environ(), b.env...)
 		cmd.Env = append(cmd.Env, "PATH="+filepath.Dir(goTool)+string(os.PathListSeparator)+os.Getenv("PATH"))
 		if out, err := cmd.CombinedOutput(); err != nil {
@@ -160,7 +160,7 @@ var commonUnitLines = []string{
 // and, where systemd-analyze is installed, that systemd accepts them with
 // ExecStart pointing at the binaries the Containerfile builds.
 func TestSystemdUnits(t *testing.T) {
-	units, err := filepath.Glob("systemd/*.service")
+	units, err := filepath.Glob("../../contrib/systemd/*.service")
 	if err != nil || len(units) != len(unitRules) {
 		t.Fatalf("units %v, %v; want one per entry of unitRules", units, err)
 	}
