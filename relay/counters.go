@@ -174,7 +174,8 @@ func (r *Relay) Status() Status {
 }
 
 // WritePrometheus writes the counters to w in the Prometheus text exposition
-// format, the same text GET /metrics serves.
+// format: what GET /metrics serves but teredo_build_info, which a program
+// that embeds several roles writes once.
 func (r *Relay) WritePrometheus(w io.Writer) error {
 	mw := metrics.NewWriter(w)
 	r.writeMetrics(mw)
@@ -183,7 +184,6 @@ func (r *Relay) WritePrometheus(w io.Writer) error {
 
 func (r *Relay) writeMetrics(w *metrics.Writer) {
 	ts := r.table.Stats()
-	w.BuildInfo(metrics.Build())
 	w.Role("relay", counterKeys[:], r.counterAt)
 	w.Gauge("teredo_relay_peers", "Entries in the peer table.", float64(ts.Peers))
 	w.Counter("teredo_relay_peers_created_total", "Peer entries created.", ts.Created)
@@ -212,6 +212,9 @@ func (r *Relay) Handler() http.Handler {
 		enc.SetIndent("", "  ")
 		_ = enc.Encode(r.Status())
 	})
-	mux.Handle("/metrics", metrics.Handler(r.writeMetrics))
+	mux.Handle("/metrics", metrics.Handler(func(w *metrics.Writer) {
+		w.BuildInfo(metrics.Build())
+		r.writeMetrics(w)
+	}))
 	return mux
 }

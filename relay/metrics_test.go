@@ -1,6 +1,8 @@
 package relay
 
 import (
+	"io"
+	"net/http/httptest"
 	"strings"
 	"testing"
 
@@ -12,12 +14,15 @@ import (
 func TestMetricsLint(t *testing.T) {
 	h := newHarness(t, func(c *Config) { c.Device = countingDevice{newFakeDevice()} })
 	h.transmit(udpPacket(native, otherNat, nil))
-	var sb strings.Builder
-	w := metrics.NewWriter(&sb)
-	h.r.writeMetrics(w)
-	if err := w.Err(); err != nil {
+	srv := httptest.NewServer(h.r.Handler())
+	defer srv.Close()
+	resp, err := srv.Client().Get(srv.URL + "/metrics")
+	if err != nil {
 		t.Fatal(err)
 	}
+	var sb strings.Builder
+	io.Copy(&sb, resp.Body)
+	resp.Body.Close()
 	probs, err := metrics.Lint(strings.NewReader(sb.String()))
 	if err != nil || len(probs) > 0 {
 		t.Fatalf("lint: %v %v\n%s", err, probs, sb.String())

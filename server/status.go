@@ -165,14 +165,16 @@ func statusHandler(status func() Status) http.Handler {
 		enc.Encode(status())
 	})
 	mux.Handle("GET /metrics", metrics.Handler(func(w *metrics.Writer) {
+		w.BuildInfo(metrics.Build())
 		writeMetrics(w, status().Stats)
 	}))
 	return mux
 }
 
 // WritePrometheus writes s to w as Prometheus metrics (text exposition
-// format) named teredo_server_*, and teredo_build_info: the same text GET
-// /metrics serves.
+// format) named teredo_server_*: what GET /metrics serves but
+// teredo_build_info, which a program that embeds several roles writes
+// once.
 func WritePrometheus(w io.Writer, s Stats) error {
 	mw := metrics.NewWriter(w)
 	writeMetrics(mw, s)
@@ -180,7 +182,6 @@ func WritePrometheus(w io.Writer, s Stats) error {
 }
 
 func writeMetrics(w *metrics.Writer, s Stats) {
-	w.BuildInfo(metrics.Build())
 	w.Role("server", statsKeys, s.counter)
 	w.Gauge("teredo_server_rate_limit_sources", "Sources in the rate-limit table.", float64(s.RateSources))
 }

@@ -8,6 +8,7 @@
 //	teredo-gateway -addr 203.0.113.7 -prefix6 2001:db8:2::/64
 //	               [-bind 0.0.0.0:3544] [-secondary-port 3545] [-tun teredo-gw]
 //	               [-ndp-proxy eth0] [-status 127.0.0.1:9546] [-mtu 1280] [-v]
+//	               [-log-format text|json] [-log-level info] [-version]
 //
 // Clients are configured with -addr as their server (teredo-socks
 // -server 203.0.113.7; Miredo ServerAddress). Their Teredo addresses are
@@ -22,12 +23,13 @@
 // for it there. When ready it prints one line to standard output,
 // "teredo-gateway: ready on <addr>:<port>, tun <name>, <teredo /64> -> <prefix6>";
 // logs go to standard error. SIGINT or SIGTERM stops it. Bad flags exit
-// with status 2.
+// with status 2, failures with status 1. Every flag can also be set with
+// the environment variable TEREDO_GATEWAY_<FLAG>, e.g. TEREDO_GATEWAY_ADDR;
+// flags on the command line win.
 package main
 
 import (
 	"context"
-	"errors"
 	"flag"
 	"fmt"
 	"io"
@@ -36,8 +38,6 @@ import (
 	"net/http"
 	"net/netip"
 	"os"
-	"os/signal"
-	"syscall"
 	"time"
 
 	"github.com/teredo-go/teredo/gateway"
@@ -48,11 +48,13 @@ import (
 )
 
 func main() {
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	code := run(ctx, os.Args[1:], os.Stdout, os.Stderr)
+	ctx, stop := cli.SignalContext()
+	code := run(ctx, os.Args[1:], os.Getenv, os.Stdout, os.Stderr)
 	stop()
 	os.Exit(code)
 }
+
+const name = "teredo-gateway"
 
 // options are the parsed command line.
 type options struct {
@@ -64,13 +66,13 @@ type options struct {
 	ndpProxy      string
 	status        string
 	mtu           uint
-	verbose       bool
 	anyIPv4       bool
+	cli.Common
 }
 
-func parseFlags(args []string, stderr io.Writer) (options, error) {
+func parseFlags(args []string, getenv func(string) string, stderr io.Writer) (options, error) {
 	var o options
-	fs := flag.NewFlagSet("teredo-gateway", flag.ContinueOnError)
+	fs := flag.NewFlagSet(name, flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	addr := fs.String("addr", "", "the gateway's public IPv4 `address`: the Teredo server address clients use (required)")
 	bind := fs.String("bind", "", "UDP `address:port` to listen on (default: -addr:3544; use the private address where the provider maps the public one 1:1)")
@@ -80,13 +82,20 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 	fs.StringVar(&o.ndpProxy, "ndp-proxy", "", "answer neighbor solicitations for -prefix6 on this `interface` (when the /64 is on-link there rather than routed to the host)")
 	fs.StringVar(&o.status, "status", "", "serve GET /status (JSON) and /metrics (Prometheus) on this TCP `address`; no authentication, keep it on loopback")
 	fs.UintVar(&o.mtu, "mtu", proto.MinMTU, "link MTU advertised to clients")
-	fs.BoolVar(&o.verbose, "v", false, "debug logging")
 	fs.BoolVar(&o.anyIPv4, "any-ipv4", false, "treat every IPv4 address as global unicast\n(for tests on private networks only)")
-	if err := fs.Parse(args); err != nil {
+	o.Common.Register(fs)
+	fs.Usage = func() {
+		fmt.Fprintf(fs.Output(), "Usage: %s -addr IPv4 -prefix6 IPv6/64 [flags]\n\nA Teredo server and relay on one IPv4 address, translating clients to an IPv6 /64.\nEvery flag can also be set with the environment variable %s<FLAG>, e.g. %sADDR.\n\n", name, cli.EnvPrefix(name), cli.EnvPrefix(name))
+		fs.PrintDefaults()
+	}
+	if err := cli.Parse(fs, args, getenv); err != nil {
 		return o, err
 	}
-	if fs.NArg() > 0 {
-		return o, cli.Usagef("unexpected argument %q", fs.Arg(0))
+	if o.Version {
+		return o, nil
+	}
+	if err := o.Common.Check(); err != nil {
+		return o, err
 	}
 	var err error
 	if o.addr, err = netip.ParseAddr(*addr); err != nil || !o.addr.Is4() {
@@ -119,28 +128,16 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 }
 
 // run is the whole command; it returns the exit status.
-func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
-	o, err := parseFlags(args, stderr)
-	switch {
-	case errors.Is(err, flag.ErrHelp):
-		return 0
-	case err != nil:
-		var ue cli.UsageError
-		if errors.As(err, &ue) {
-			fmt.Fprintf(stderr, "teredo-gateway: %v (see -h)\n", ue)
-		}
-		return 2
+func run(ctx context.Context, args []string, getenv func(string) string, stdout, stderr io.Writer) int {
+	o, err := parseFlags(args, getenv, stderr)
+	if err != nil {
+		return cli.Exit(stderr, name, err)
 	}
-	level := slog.LevelInfo
-	if o.verbose {
-		level = slog.LevelDebug
+	if o.Version {
+		fmt.Fprintln(stdout, cli.Version(name))
+		return cli.ExitOK
 	}
-	log := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: level}))
-	if err := serve(ctx, o, log, stdout); err != nil {
-		fmt.Fprintf(stderr, "teredo-gateway: %v\n", err)
-		return 1
-	}
-	return 0
+	return cli.Exit(stderr, name, serve(ctx, o, o.Logger(stderr), stdout))
 }
 
 func serve(ctx context.Context, o options, log *slog.Logger, stdout io.Writer) error {
@@ -207,7 +204,7 @@ func serve(ctx context.Context, o options, log *slog.Logger, stdout io.Writer) e
 	fmt.Fprintf(stdout, "teredo-gateway: ready on %v, tun %s, %v -> %v\n", o.bind, dev.Name(), g.TeredoPrefix(), g.PublicPrefix())
 	err = g.Serve(ctx)
 	if srv != nil {
-		sctx, scancel := context.WithTimeout(context.Background(), 2*time.Second)
+		sctx, scancel := context.WithTimeout(context.Background(), cli.ShutdownGrace)
 		srv.Shutdown(sctx)
 		scancel()
 	}

@@ -88,8 +88,10 @@ func startGateway(t testing.TB, l *Lab, ndpProxy bool) *ourGateway {
 
 // gatewayStatus is the part of the gateway's GET /status the tests read.
 type gatewayStatus struct {
-	Stats map[string]uint64 `json:"stats"`
-	Relay struct {
+	State    string            `json:"state"`
+	Counters map[string]uint64 `json:"counters"`
+	Drops    map[string]uint64 `json:"drops"`
+	Relay    struct {
 		Counters map[string]uint64 `json:"counters"`
 	} `json:"relay"`
 }
@@ -266,8 +268,8 @@ func TestGateway(t *testing.T) {
 		t.Logf("Miredo %v (public %v): ping %v, %d bytes by TCP", mc.Addr, publicOf(mc.Addr), rtt.Round(time.Microsecond), got.Size)
 	})
 	st := gw.status(t)
-	if st.Stats["translated_out"] == 0 || st.Stats["translated_in"] < size/1280 || st.Stats["malformed"] != 0 {
-		t.Errorf("gateway stats %v", st.Stats)
+	if st.State != "running" || st.Counters["rx_translated_out"] == 0 || st.Counters["tx_translated_in"] < size/1280 || st.Drops["malformed"] != 0 {
+		t.Errorf("gateway status: %s, counters %v, drops %v", st.State, st.Counters, st.Drops)
 	}
 
 	t.Run("throughput-vs-server-relay", func(t *testing.T) {

@@ -15,7 +15,7 @@ import (
 )
 
 // commands are the binaries the Containerfile builds and the units run.
-var commands = []string{"teredo-socks", "teredo-server", "teredo-relay"}
+var commands = []string{"teredo-socks", "teredo-server", "teredo-relay", "teredo-gateway"}
 
 // containerBuild is the Containerfile's build step: its environment and
 // the go build command, with the output directory as /out/.
