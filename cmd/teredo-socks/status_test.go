@@ -78,6 +78,10 @@ func TestStatusJSON(t *testing.T) {
 	if v, _ := got["version"].(string); v == "" {
 		t.Errorf("no version in %s", body)
 	}
+	// The test process runs at least the test and the HTTP handler.
+	if g, _ := got["goroutines"].(float64); g < 2 {
+		t.Errorf("goroutines = %v", got["goroutines"])
+	}
 	counters, _ := got["counters"].(map[string]any)
 	drops, _ := got["drops"].(map[string]any)
 	socks, _ := got["socks5"].(map[string]any)
