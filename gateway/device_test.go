@@ -93,3 +93,31 @@ func TestDevice(t *testing.T) {
 		t.Fatalf("stats %+v", st)
 	}
 }
+
+// TestHairpinHopLimit: a packet between two clients is a forwarding hop
+// that never reaches the device; one with no hop left is dropped, counted,
+// rather than handed back to the relay.
+func TestHairpinHopLimit(t *testing.T) {
+	gw := netip.MustParseAddr("198.18.0.7")
+	nat, err := nptv6.New(proto.ServerPrefix(gw), netip.MustParsePrefix("2001:db8:2::/64"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	g := &Gateway{nat: nat}
+	a := proto.Address{Server: gw, Mapped: netip.MustParseAddrPort("203.0.113.5:40000")}.Addr()
+	b := proto.Address{Server: gw, Mapped: netip.MustParseAddrPort("203.0.113.6:40000")}.Addr()
+	pubB, _ := nat.ToOutside(b)
+	dev := &batchDev{}
+	d := &device{dev: dev, g: g}
+	for _, write := range []func([]byte) error{
+		d.WritePacket,
+		func(p []byte) error { _, err := d.WritePackets([][]byte{p}); return err },
+	} {
+		if err := write(proto.AppendEcho(nil, a, pubB, 1, proto.ICMPEchoRequest, 1, 1, []byte("x"))); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if st := g.Stats(); len(dev.written) != 0 || st.HairpinDrops != 2 || st.Hairpinned != 0 {
+		t.Fatalf("written %d, stats %+v", len(dev.written), st)
+	}
+}

@@ -32,6 +32,11 @@ type Stats struct {
 	PassedIn uint64 `json:"passed_in"`
 	// Malformed counts packets the translator refused as malformed.
 	Malformed uint64 `json:"malformed"`
+	// Hairpinned counts packets from one client to another's public
+	// address (or its own), kept in process; HairpinDrops those dropped
+	// for hop limit exhausted or malformed.
+	Hairpinned   uint64 `json:"hairpinned"`
+	HairpinDrops uint64 `json:"hairpin_drops"`
 }
 
 // Status describes a running gateway, as GET /status returns it.
@@ -57,6 +62,8 @@ func (g *Gateway) Stats() Stats {
 		ForeignSource:    c.foreignSource.Load(),
 		PassedIn:         c.passedIn.Load(),
 		Malformed:        c.malformed.Load(),
+		Hairpinned:       c.hairpinned.Load(),
+		HairpinDrops:     c.hairpinDrops.Load(),
 	}
 }
 
@@ -99,6 +106,8 @@ func (g *Gateway) writeMetrics(w *metrics.Writer) {
 		{"foreign_source", st.ForeignSource},
 		{"passed_in", st.PassedIn},
 		{"malformed", st.Malformed},
+		{"hairpinned", st.Hairpinned},
+		{"hairpin_drops", st.HairpinDrops},
 	} {
 		w.Sample("teredo_gateway_events_total", float64(e.v), "event", e.name)
 	}
