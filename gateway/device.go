@@ -51,7 +51,8 @@ var errHairpin = errors.New("gateway: hairpinned")
 
 // outbound translates a packet the relay writes to the device. A packet
 // for the public address of another client of this gateway (or of its
-// sender) is hairpinned in process: translated back to that client's
+// sender; not the host's own addresses in the /64, see MayBeClient) is
+// hairpinned in process: translated back to that client's
 // Teredo address and handed to the relay, as the IPv6 side would if it
 // routed the packet straight back to us. The IPv6 side cannot be relied on
 // to: a netstack device, or a host without forwarding back out of the
@@ -60,7 +61,7 @@ func (d *device) outbound(pkt []byte) error {
 	switch err := d.g.nat.Outbound(pkt); {
 	case err == nil:
 		d.g.ctr.translatedOut.Add(1)
-		if d.g.nat.Outside().Contains(netip.AddrFrom16([16]byte(pkt[24:40]))) {
+		if d.g.MayBeClient(netip.AddrFrom16([16]byte(pkt[24:40]))) {
 			d.hairpin(pkt)
 			return errHairpin
 		}
