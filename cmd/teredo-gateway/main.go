@@ -44,6 +44,7 @@ import (
 	"github.com/teredo-go/teredo/gateway/ndproxy"
 	"github.com/teredo-go/teredo/internal/cli"
 	"github.com/teredo-go/teredo/proto"
+	"github.com/teredo-go/teredo/relay"
 	"github.com/teredo-go/teredo/relay/tun"
 )
 
@@ -66,6 +67,8 @@ type options struct {
 	mtu           uint
 	verbose       bool
 	anyIPv4       bool
+	netstack      bool
+	forwards      []forwardSpec
 }
 
 func parseFlags(args []string, stderr io.Writer) (options, error) {
@@ -81,6 +84,15 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 	fs.StringVar(&o.status, "status", "", "serve GET /status (JSON) and /metrics (Prometheus) on this TCP `address`; no authentication, keep it on loopback")
 	fs.UintVar(&o.mtu, "mtu", proto.MinMTU, "link MTU advertised to clients")
 	fs.BoolVar(&o.verbose, "v", false, "debug logging")
+	fs.BoolVar(&o.netstack, "netstack", false, "no TUN, no root: the IPv6 side is a stack in the process, holding only the gateway's\nown address <prefix6>::1; clients reach it and each other, not the IPv6 internet")
+	fs.Func("netstack-forward", "with -netstack, relay TCP to [<prefix6>::1]:`PORT=HOST:PORT` to HOST:PORT of the host (repeatable)", func(v string) error {
+		f, err := parseForward(v)
+		if err != nil {
+			return err
+		}
+		o.forwards = append(o.forwards, f)
+		return nil
+	})
 	fs.BoolVar(&o.anyIPv4, "any-ipv4", false, "treat every IPv4 address as global unicast\n(for tests on private networks only)")
 	if err := fs.Parse(args); err != nil {
 		return o, err
@@ -109,6 +121,19 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 		return o, cli.Usagef("-secondary-port %d must be a port other than %d", *secPort, o.bind.Port())
 	}
 	o.secondaryPort = uint16(*secPort)
+	if len(o.forwards) > 0 && !o.netstack {
+		return o, cli.Usagef("-netstack-forward needs -netstack")
+	}
+	if o.netstack && o.ndpProxy != "" {
+		return o, cli.Usagef("-ndp-proxy needs the TUN side: with -netstack the host does not route -prefix6")
+	}
+	seen := map[uint16]bool{}
+	for _, f := range o.forwards {
+		if seen[f.port] {
+			return o, cli.Usagef("-netstack-forward: port %d given twice", f.port)
+		}
+		seen[f.port] = true
+	}
 	if o.tun == "" || len(o.tun) > 15 {
 		return o, cli.Usagef("-tun %q: the name must have 1 to 15 characters", o.tun)
 	}
@@ -144,12 +169,28 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 }
 
 func serve(ctx context.Context, o options, log *slog.Logger, stdout io.Writer) error {
-	dev, err := tun.Open(tun.Config{Name: o.tun, Routes: []netip.Prefix{o.prefix6}})
-	if err != nil {
-		return err
-	}
-	if !dev.Configured() {
-		log.Warn("using the TUN device as it is: its MTU and routes were set by its owner", "tun", dev.Name())
+	var (
+		dev  relay.Device
+		side string // for the ready line
+		ns   *netstackSide
+		err  error
+	)
+	if o.netstack {
+		if ns, err = openNetstack(o.prefix6, o.forwards, log); err != nil {
+			return err
+		}
+		dev, side = ns.dev, "netstack "+ns.addr.String()
+		// Runs after the gateway's Close, which closes the device.
+		defer ns.Close()
+	} else {
+		t, err := tun.Open(tun.Config{Name: o.tun, Routes: []netip.Prefix{o.prefix6}})
+		if err != nil {
+			return err
+		}
+		if !t.Configured() {
+			log.Warn("using the TUN device as it is: its MTU and routes were set by its owner", "tun", t.Name())
+		}
+		dev, side = t, "tun "+t.Name()
 	}
 	cfg := gateway.Config{
 		Addr:          o.addr,
@@ -204,7 +245,7 @@ func serve(ctx context.Context, o options, log *slog.Logger, stdout io.Writer) e
 	} else {
 		close(srvDone)
 	}
-	fmt.Fprintf(stdout, "teredo-gateway: ready on %v, tun %s, %v -> %v\n", o.bind, dev.Name(), g.TeredoPrefix(), g.PublicPrefix())
+	fmt.Fprintf(stdout, "teredo-gateway: ready on %v, %s, %v -> %v\n", o.bind, side, g.TeredoPrefix(), g.PublicPrefix())
 	err = g.Serve(ctx)
 	if srv != nil {
 		sctx, scancel := context.WithTimeout(context.Background(), 2*time.Second)
