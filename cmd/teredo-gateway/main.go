@@ -8,6 +8,8 @@
 //	teredo-gateway -addr 203.0.113.7 -prefix6 2001:db8:2::/64
 //	               [-bind 0.0.0.0:3544] [-secondary-port 3545] [-tun teredo-gw]
 //	               [-ndp-proxy eth0] [-status 127.0.0.1:9546] [-mtu 1280] [-v]
+//	teredo-gateway -addr 203.0.113.7 -prefix6 2001:db8:2::/64 -netstack
+//	               [-netstack-forward 80=127.0.0.1:8080]...
 //
 // Clients are configured with -addr as their server (teredo-socks
 // -server 203.0.113.7; Miredo ServerAddress). Their Teredo addresses are
@@ -19,8 +21,19 @@
 // (net.ipv6.conf.all.forwarding=1). If the provider routes the /64 to the
 // VPS, nothing else is needed; if the /64 is on-link on the VPS's
 // interface, -ndp-proxy makes the gateway answer neighbor solicitations
-// for it there. When ready it prints one line to standard output,
-// "teredo-gateway: ready on <addr>:<port>, tun <name>, <teredo /64> -> <prefix6>";
+// for it there.
+//
+// With -netstack there is no TUN device and no privilege is needed: the
+// IPv6 side is a network stack inside the process that holds only the
+// gateway's own address <prefix6>::1. Clients reach that address (ping,
+// and each -netstack-forward PORT=HOST:PORT relays TCP to its port PORT
+// to HOST:PORT through the host's sockets) and each other, by Teredo or
+// public address; they do not reach the IPv6 internet, which needs the
+// host to route -prefix6, that is the TUN side.
+//
+// When ready it prints one line to standard output,
+// "teredo-gateway: ready on <addr>:<port>, tun <name>, <teredo /64> -> <prefix6>"
+// (with -netstack, "netstack <prefix6>::1" in place of "tun <name>");
 // logs go to standard error. SIGINT or SIGTERM stops it. Bad flags exit
 // with status 2.
 package main
