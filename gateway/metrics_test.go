@@ -33,7 +33,7 @@ func TestStatusAndMetrics(t *testing.T) {
 		Server, Relay  struct{ State string }
 	}
 	if body := get("/status"); json.Unmarshal([]byte(body), &st) != nil || st.State != "running" || st.Version == "" ||
-		st.Server.State != "running" || st.Relay.State != "running" || len(st.Counters) != 5 || len(st.Drops) != 3 {
+		st.Server.State != "running" || st.Relay.State != "running" || len(st.Counters) != 6 || len(st.Drops) != 4 {
 		t.Errorf("/status: %s", body)
 	}
 	body := get("/metrics")

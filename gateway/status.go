@@ -32,6 +32,11 @@ type Stats struct {
 	PassedIn uint64 `json:"passed_in"`
 	// Malformed counts packets the translator refused as malformed.
 	Malformed uint64 `json:"malformed"`
+	// Hairpinned counts packets from one client to another's public
+	// address (or its own), kept in process; HairpinDrops those dropped
+	// for hop limit exhausted or malformed.
+	Hairpinned   uint64 `json:"hairpinned"`
+	HairpinDrops uint64 `json:"hairpin_drops"`
 }
 
 // Status describes a running gateway, as GET /status returns it. The
@@ -66,15 +71,17 @@ var statsKeys = []metrics.Key{
 	{Kind: metrics.Packets, Direction: metrics.RX, Name: "translated_out"},
 	{Kind: metrics.Packets, Direction: metrics.TX, Name: "translated_in"},
 	{Kind: metrics.Packets, Direction: metrics.TX, Name: "passed_in"},
+	{Kind: metrics.Packets, Direction: metrics.TX, Name: "hairpinned"},
 	{Kind: metrics.Dropped, Name: "local_bubble"},
 	{Kind: metrics.Dropped, Name: "foreign_source"},
 	{Kind: metrics.Dropped, Name: "malformed"},
+	{Kind: metrics.Dropped, Name: "hairpin"},
 }
 
 // counter returns the counter statsKeys[i] describes.
 func (s *Stats) counter(i int) uint64 {
-	return [...]uint64{s.ToServer, s.LocalBubbles, s.TranslatedOut, s.TranslatedIn, s.PassedIn,
-		s.LocalBubbleDrops, s.ForeignSource, s.Malformed}[i]
+	return [...]uint64{s.ToServer, s.LocalBubbles, s.TranslatedOut, s.TranslatedIn, s.PassedIn, s.Hairpinned,
+		s.LocalBubbleDrops, s.ForeignSource, s.Malformed, s.HairpinDrops}[i]
 }
 
 // Stats returns a snapshot of the gateway's own counters.
@@ -89,6 +96,8 @@ func (g *Gateway) Stats() Stats {
 		ForeignSource:    c.foreignSource.Load(),
 		PassedIn:         c.passedIn.Load(),
 		Malformed:        c.malformed.Load(),
+		Hairpinned:       c.hairpinned.Load(),
+		HairpinDrops:     c.hairpinDrops.Load(),
 	}
 }
 

@@ -9,6 +9,8 @@
 //	               [-bind 0.0.0.0:3544] [-secondary-port 3545] [-tun teredo-gw]
 //	               [-ndp-proxy eth0] [-status 127.0.0.1:9546] [-mtu 1280] [-v]
 //	               [-log-format text|json] [-log-level info] [-version]
+//	teredo-gateway -addr 203.0.113.7 -prefix6 2001:db8:2::/64 -netstack
+//	               [-netstack-forward 80=127.0.0.1:8080]...
 //
 // Clients are configured with -addr as their server (teredo-socks
 // -server 203.0.113.7; Miredo ServerAddress). Their Teredo addresses are
@@ -20,8 +22,19 @@
 // (net.ipv6.conf.all.forwarding=1). If the provider routes the /64 to the
 // VPS, nothing else is needed; if the /64 is on-link on the VPS's
 // interface, -ndp-proxy makes the gateway answer neighbor solicitations
-// for it there. When ready it prints one line to standard output,
-// "teredo-gateway: ready on <addr>:<port>, tun <name>, <teredo /64> -> <prefix6>";
+// for it there.
+//
+// With -netstack there is no TUN device and no privilege is needed: the
+// IPv6 side is a network stack inside the process that holds only the
+// gateway's own address <prefix6>::1. Clients reach that address (ping,
+// and each -netstack-forward PORT=HOST:PORT relays TCP to its port PORT
+// to HOST:PORT through the host's sockets) and each other, by Teredo or
+// public address; they do not reach the IPv6 internet, which needs the
+// host to route -prefix6, that is the TUN side.
+//
+// When ready it prints one line to standard output,
+// "teredo-gateway: ready on <addr>:<port>, tun <name>, <teredo /64> -> <prefix6>"
+// (with -netstack, "netstack <prefix6>::1" in place of "tun <name>");
 // logs go to standard error. SIGINT or SIGTERM stops it. Bad flags exit
 // with status 2, failures with status 1. Every flag can also be set with
 // the environment variable TEREDO_GATEWAY_<FLAG>, e.g. TEREDO_GATEWAY_ADDR;
@@ -44,6 +57,7 @@ import (
 	"github.com/teredo-go/teredo/gateway/ndproxy"
 	"github.com/teredo-go/teredo/internal/cli"
 	"github.com/teredo-go/teredo/proto"
+	"github.com/teredo-go/teredo/relay"
 	"github.com/teredo-go/teredo/relay/tun"
 )
 
@@ -67,6 +81,8 @@ type options struct {
 	status        string
 	mtu           uint
 	anyIPv4       bool
+	netstack      bool
+	forwards      []forwardSpec
 	cli.Common
 }
 
@@ -82,6 +98,15 @@ func parseFlags(args []string, getenv func(string) string, stderr io.Writer) (op
 	fs.StringVar(&o.ndpProxy, "ndp-proxy", "", "answer neighbor solicitations for -prefix6 on this `interface` (when the /64 is on-link there rather than routed to the host)")
 	fs.StringVar(&o.status, "status", "", "serve GET /status (JSON) and /metrics (Prometheus) on this TCP `address`; no authentication, keep it on loopback")
 	fs.UintVar(&o.mtu, "mtu", proto.MinMTU, "link MTU advertised to clients")
+	fs.BoolVar(&o.netstack, "netstack", false, "no TUN, no root: the IPv6 side is a stack in the process, holding only the gateway's\nown address <prefix6>::1; clients reach it and each other, not the IPv6 internet")
+	fs.Func("netstack-forward", "with -netstack, relay TCP to [<prefix6>::1]:`PORT=HOST:PORT` to HOST:PORT of the host (repeatable)", func(v string) error {
+		f, err := parseForward(v)
+		if err != nil {
+			return err
+		}
+		o.forwards = append(o.forwards, f)
+		return nil
+	})
 	fs.BoolVar(&o.anyIPv4, "any-ipv4", false, "treat every IPv4 address as global unicast\n(for tests on private networks only)")
 	o.Common.Register(fs)
 	fs.Usage = func() {
@@ -118,6 +143,19 @@ func parseFlags(args []string, getenv func(string) string, stderr io.Writer) (op
 		return o, cli.Usagef("-secondary-port %d must be a port other than %d", *secPort, o.bind.Port())
 	}
 	o.secondaryPort = uint16(*secPort)
+	if len(o.forwards) > 0 && !o.netstack {
+		return o, cli.Usagef("-netstack-forward needs -netstack")
+	}
+	if o.netstack && o.ndpProxy != "" {
+		return o, cli.Usagef("-ndp-proxy needs the TUN side: with -netstack the host does not route -prefix6")
+	}
+	seen := map[uint16]bool{}
+	for _, f := range o.forwards {
+		if seen[f.port] {
+			return o, cli.Usagef("-netstack-forward: port %d given twice", f.port)
+		}
+		seen[f.port] = true
+	}
 	if o.tun == "" || len(o.tun) > 15 {
 		return o, cli.Usagef("-tun %q: the name must have 1 to 15 characters", o.tun)
 	}
@@ -141,12 +179,28 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 }
 
 func serve(ctx context.Context, o options, log *slog.Logger, stdout io.Writer) error {
-	dev, err := tun.Open(tun.Config{Name: o.tun, Routes: []netip.Prefix{o.prefix6}})
-	if err != nil {
-		return err
-	}
-	if !dev.Configured() {
-		log.Warn("using the TUN device as it is: its MTU and routes were set by its owner", "tun", dev.Name())
+	var (
+		dev  relay.Device
+		side string // for the ready line
+		ns   *netstackSide
+		err  error
+	)
+	if o.netstack {
+		if ns, err = openNetstack(o.prefix6, o.forwards, log); err != nil {
+			return err
+		}
+		dev, side = ns.dev, "netstack "+ns.addr.String()
+		// Runs after the gateway's Close, which closes the device.
+		defer ns.Close()
+	} else {
+		t, err := tun.Open(tun.Config{Name: o.tun, Routes: []netip.Prefix{o.prefix6}})
+		if err != nil {
+			return err
+		}
+		if !t.Configured() {
+			log.Warn("using the TUN device as it is: its MTU and routes were set by its owner", "tun", t.Name())
+		}
+		dev, side = t, "tun "+t.Name()
 	}
 	cfg := gateway.Config{
 		Addr:          o.addr,
@@ -201,7 +255,7 @@ func serve(ctx context.Context, o options, log *slog.Logger, stdout io.Writer) e
 	} else {
 		close(srvDone)
 	}
-	fmt.Fprintf(stdout, "teredo-gateway: ready on %v, tun %s, %v -> %v\n", o.bind, dev.Name(), g.TeredoPrefix(), g.PublicPrefix())
+	fmt.Fprintf(stdout, "teredo-gateway: ready on %v, %s, %v -> %v\n", o.bind, side, g.TeredoPrefix(), g.PublicPrefix())
 	err = g.Serve(ctx)
 	if srv != nil {
 		sctx, scancel := context.WithTimeout(context.Background(), cli.ShutdownGrace)

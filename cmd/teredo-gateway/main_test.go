@@ -67,3 +67,26 @@ func TestConventions(t *testing.T) {
 		t.Errorf("-version: exit %d, stdout %q", code, stdout.String())
 	}
 }
+
+func TestParseNetstackFlags(t *testing.T) {
+	base := []string{"-addr", "198.18.0.7", "-prefix6", "2001:db8:2::/64"}
+	o, err := parseFlags(append(base, "-netstack", "-netstack-forward", "80=127.0.0.1:8080", "-netstack-forward", "22=[::1]:22"), noEnv, io.Discard)
+	if err != nil || !o.netstack || len(o.forwards) != 2 || o.forwards[0] != (forwardSpec{80, "127.0.0.1:8080"}) || o.forwards[1] != (forwardSpec{22, "[::1]:22"}) {
+		t.Fatalf("options %+v, %v", o, err)
+	}
+	for _, args := range [][]string{
+		append(base, "-netstack-forward", "80=127.0.0.1:8080"), // without -netstack
+		append(base, "-netstack", "-ndp-proxy", "eth0"),
+		append(base, "-netstack", "-netstack-forward", "80"),
+		append(base, "-netstack", "-netstack-forward", "0=127.0.0.1:1"),
+		append(base, "-netstack", "-netstack-forward", "70000=127.0.0.1:1"),
+		append(base, "-netstack", "-netstack-forward", "80=127.0.0.1"),
+		append(base, "-netstack", "-netstack-forward", "80=:8080"),
+		append(base, "-netstack", "-netstack-forward", "80=127.0.0.1:0"),
+		append(base, "-netstack", "-netstack-forward", "80=a:1", "-netstack-forward", "80=b:2"),
+	} {
+		if _, err := parseFlags(args, noEnv, io.Discard); err == nil {
+			t.Errorf("parseFlags(%q) succeeded", args)
+		}
+	}
+}

@@ -25,6 +25,7 @@ import (
 
 	"github.com/teredo-go/teredo/clock"
 	"github.com/teredo-go/teredo/internal/cli"
+	"github.com/teredo-go/teredo/internal/forward"
 	"github.com/teredo-go/teredo/socks5"
 )
 
@@ -221,7 +222,7 @@ func run(ctx context.Context, cfg *Config, e env) (code int) {
 		Password:     cfg.Pass,
 		Logger:       e.log,
 	}
-	var forwards []*forwarder
+	var forwards []*forward.Forwarder
 	defer func() {
 		for _, f := range forwards {
 			f.Close()
@@ -233,7 +234,7 @@ func run(ctx context.Context, cfg *Config, e env) (code int) {
 			closeListeners()
 			return fail("-forward %d=%s: cannot listen on the Teredo address: %v", fw.Port, fw.Target, err)
 		}
-		forwards = append(forwards, newForwarder(ln, fw.Target, e.dialHost, e.log))
+		forwards = append(forwards, forward.New(ln, fw.Target, e.dialHost, e.log))
 	}
 
 	serveErr := make(chan error, 2)
