@@ -249,15 +249,17 @@ type Counters struct {
 
 // PeerState reports what the client knows about reaching dst, for a dialer
 // that wants a prompt error: peer.Reachable, Pending, Unreachable or Unknown.
-// A non-Teredo destination with a fixed relay is Reachable while qualified.
+// A non-Teredo destination with a fixed relay, or in the public /64 of our
+// gateway, is Reachable while qualified.
 func (c *Client) PeerState(dst netip.Addr) peer.State {
 	if !dst.Is6() {
 		return peer.Unreachable
 	}
-	if c.up.Load() == nil {
+	l := c.up.Load()
+	if l == nil {
 		return peer.Unreachable
 	}
-	if !proto.IsTeredo(dst) && c.cfg.FixedRelay.IsValid() {
+	if a := dst.As16(); !proto.IsTeredo(dst) && (c.cfg.FixedRelay.IsValid() || l.inPublic(&a)) {
 		return peer.Reachable
 	}
 	return c.peers.State(dst.As16(), c.clk.Now())

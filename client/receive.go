@@ -89,7 +89,7 @@ func (c *Client) receiveSlow(pkt *proto.Packet, from netip.AddrPort, l *link) []
 	if proto.IsTeredoBytes(src[:]) {
 		return c.fromTeredo(ip, src, dst, from, dstOurs, bubble, l, now)
 	}
-	if c.cfg.FixedRelay.IsValid() && from == c.cfg.FixedRelay {
+	if (c.cfg.FixedRelay.IsValid() && from == c.cfg.FixedRelay) || (from == l.serverAP && l.inPublic(&src)) {
 		if bubble {
 			return nil
 		}

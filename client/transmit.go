@@ -90,6 +90,10 @@ func (c *Client) transmitSlow(bufs [][]byte) (netip.AddrPort, bool) {
 		}
 		c.peers.Update(dst, true, now, func(p *peer.Peer) { c.toTeredo(p, &a, bufs) })
 	} else {
+		if l.inPublic(&dst) { // another client of our gateway (gateway.go)
+			c.ctr.txFast.Add(1)
+			return l.serverAP, true
+		}
 		if c.cfg.FixedRelay.IsValid() {
 			c.ctr.txFast.Add(1)
 			return c.cfg.FixedRelay, true

@@ -2,6 +2,7 @@ package gateway
 
 import (
 	"errors"
+	"net/netip"
 
 	"github.com/teredo-go/teredo/nptv6"
 	"github.com/teredo-go/teredo/relay"
@@ -44,10 +45,26 @@ func (d *device) inbound(pkt []byte) bool {
 	return true
 }
 
+// errHairpin reports a packet that outbound took over: it was for another
+// client of this gateway and went back to the relay, not to the device.
+var errHairpin = errors.New("gateway: hairpinned")
+
+// outbound translates a packet the relay writes to the device. A packet
+// for the public address of another client of this gateway (or of its
+// sender; not the host's own addresses in the /64, see MayBeClient) is
+// hairpinned in process: translated back to that client's
+// Teredo address and handed to the relay, as the IPv6 side would if it
+// routed the packet straight back to us. The IPv6 side cannot be relied on
+// to: a netstack device, or a host without forwarding back out of the
+// interface, drops it. Hairpinned packets report errHairpin.
 func (d *device) outbound(pkt []byte) error {
 	switch err := d.g.nat.Outbound(pkt); {
 	case err == nil:
 		d.g.ctr.translatedOut.Add(1)
+		if d.g.MayBeClient(netip.AddrFrom16([16]byte(pkt[24:40]))) {
+			d.hairpin(pkt)
+			return errHairpin
+		}
 		return nil
 	case errors.Is(err, nptv6.ErrNotMapped):
 		d.g.ctr.foreignSource.Add(1)
@@ -56,6 +73,23 @@ func (d *device) outbound(pkt []byte) error {
 		d.g.ctr.malformed.Add(1)
 		return err
 	}
+}
+
+// hairpin hands the translated packet pkt, for the public prefix, back to
+// the relay. It is a forwarding hop: the hop limit goes down by one, and a
+// packet that runs out is dropped (counted) rather than looping.
+func (d *device) hairpin(pkt []byte) {
+	if pkt[7] <= 1 {
+		d.g.ctr.hairpinDrops.Add(1)
+		return
+	}
+	pkt[7]-- // not in the pseudo-header: checksums stay right
+	if err := d.g.nat.Inbound(pkt); err != nil {
+		d.g.ctr.hairpinDrops.Add(1)
+		return
+	}
+	d.g.ctr.hairpinned.Add(1)
+	d.g.relay.Transmit(pkt)
 }
 
 func (d *device) ReadPacket(b []byte) (int, error) {
@@ -100,7 +134,10 @@ func (d *device) ReadPackets(bufs [][]byte, sizes []int) (int, error) {
 }
 
 func (d *device) WritePacket(pkt []byte) error {
-	if err := d.outbound(pkt); err != nil {
+	switch err := d.outbound(pkt); {
+	case err == errHairpin:
+		return nil
+	case err != nil:
 		return err
 	}
 	return d.dev.WritePacket(pkt)
@@ -110,8 +147,13 @@ func (d *device) WritePackets(pkts [][]byte) (int, error) {
 	// Refused packets are dropped and counted; the rest keep their order.
 	var first error
 	k := 0
+	hairpinned := 0
 	for i, p := range pkts {
 		if err := d.outbound(p); err != nil {
+			if err == errHairpin {
+				hairpinned++
+				continue
+			}
 			if first == nil {
 				first = err
 			}
@@ -132,13 +174,13 @@ func (d *device) WritePackets(pkts [][]byte) (int, error) {
 			}
 			n++
 		}
-		return n, first
+		return n + hairpinned, first
 	}
 	n, err := bw.WritePackets(pkts[:k])
 	if err == nil {
 		err = first
 	}
-	return n, err
+	return n + hairpinned, err
 }
 
 func (d *device) DeviceCounters() map[string]uint64 {

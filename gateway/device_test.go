@@ -93,3 +93,37 @@ func TestDevice(t *testing.T) {
 		t.Fatalf("stats %+v", st)
 	}
 }
+
+// TestHairpinHopLimit: a packet between two clients is a forwarding hop
+// that never reaches the device; one with no hop left is dropped, counted,
+// rather than handed back to the relay. A packet to the host's own address
+// in the public /64 goes to the device.
+func TestHairpinHopLimit(t *testing.T) {
+	gw := netip.MustParseAddr("198.18.0.7")
+	nat, err := nptv6.New(proto.ServerPrefix(gw), netip.MustParsePrefix("2001:db8:2::/64"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	g := &Gateway{nat: nat, filter: proto.AnyIPv4}
+	a := proto.Address{Server: gw, Mapped: netip.MustParseAddrPort("203.0.113.5:40000")}.Addr()
+	b := proto.Address{Server: gw, Mapped: netip.MustParseAddrPort("203.0.113.6:40000")}.Addr()
+	pubB, _ := nat.ToOutside(b)
+	dev := &batchDev{}
+	d := &device{dev: dev, g: g}
+	for _, write := range []func([]byte) error{
+		d.WritePacket,
+		func(p []byte) error { _, err := d.WritePackets([][]byte{p}); return err },
+	} {
+		if err := write(proto.AppendEcho(nil, a, pubB, 1, proto.ICMPEchoRequest, 1, 1, []byte("x"))); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if st := g.Stats(); len(dev.written) != 0 || st.HairpinDrops != 2 || st.Hairpinned != 0 {
+		t.Fatalf("written %d, stats %+v", len(dev.written), st)
+	}
+	// The host's own address in the /64 is no client: to the device.
+	host := netip.MustParseAddr("2001:db8:2::1")
+	if err := d.WritePacket(proto.AppendEcho(nil, a, host, 1, proto.ICMPEchoRequest, 1, 1, []byte("x"))); err != nil || len(dev.written) != 1 || proto.Dst(dev.written[0]) != host {
+		t.Fatalf("to %v: %v, written %d", host, err, len(dev.written))
+	}
+}

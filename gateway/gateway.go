@@ -102,6 +102,8 @@ type counters struct {
 	translatedIn  atomic.Uint64
 	foreignSource atomic.Uint64 // outbound with a source outside our Teredo /64
 	passedIn      atomic.Uint64 // inbound outside Prefix6, passed unchanged
+	hairpinned    atomic.Uint64 // client to client by public address, in process
+	hairpinDrops  atomic.Uint64 // hairpin packets out of hop limit or malformed
 	malformed     atomic.Uint64
 }
 

@@ -32,17 +32,56 @@ type Stats struct {
 	PassedIn uint64 `json:"passed_in"`
 	// Malformed counts packets the translator refused as malformed.
 	Malformed uint64 `json:"malformed"`
+	// Hairpinned counts packets from one client to another's public
+	// address (or its own), kept in process; HairpinDrops those dropped
+	// for hop limit exhausted or malformed.
+	Hairpinned   uint64 `json:"hairpinned"`
+	HairpinDrops uint64 `json:"hairpin_drops"`
 }
 
-// Status describes a running gateway, as GET /status returns it.
+// Status describes a running gateway, as GET /status returns it. The
+// first five fields are those of every role's status; Server and Relay
+// are its parts' own.
 type Status struct {
+	State         string  `json:"state"` // the relay's: "running" or "closed"
+	Version       string  `json:"version"`
+	UptimeSeconds float64 `json:"uptime_seconds"`
+	// Counters holds the gateway's own packet counters by direction
+	// (from the Teredo side: rx) and result ("rx_translated_out"), Drops
+	// its own drops by reason ("foreign_source").
+	Counters map[string]uint64 `json:"counters"`
+	Drops    map[string]uint64 `json:"drops"`
+
 	Addr          netip.AddrPort `json:"addr"`
 	TeredoPrefix  netip.Prefix   `json:"teredo_prefix"`
 	PublicPrefix  netip.Prefix   `json:"public_prefix"`
 	SecondaryPort uint16         `json:"secondary_port,omitempty"`
-	Stats         Stats          `json:"stats"`
-	Server        server.Status  `json:"server"`
-	Relay         relay.Status   `json:"relay"`
+	// Stats holds the gateway's counters typed, for Go callers; /status
+	// carries them as Counters and Drops.
+	Stats  Stats         `json:"-"`
+	Server server.Status `json:"server"`
+	Relay  relay.Status  `json:"relay"`
+}
+
+// statsKeys places Stats in the metrics model every role shares (see
+// internal/metrics), in the order Stats.counter reads them.
+var statsKeys = []metrics.Key{
+	{Kind: metrics.Packets, Direction: metrics.RX, Name: "to_server"},
+	{Kind: metrics.Packets, Direction: metrics.TX, Name: "local_bubbles"},
+	{Kind: metrics.Packets, Direction: metrics.RX, Name: "translated_out"},
+	{Kind: metrics.Packets, Direction: metrics.TX, Name: "translated_in"},
+	{Kind: metrics.Packets, Direction: metrics.TX, Name: "passed_in"},
+	{Kind: metrics.Packets, Direction: metrics.TX, Name: "hairpinned"},
+	{Kind: metrics.Dropped, Name: "local_bubble"},
+	{Kind: metrics.Dropped, Name: "foreign_source"},
+	{Kind: metrics.Dropped, Name: "malformed"},
+	{Kind: metrics.Dropped, Name: "hairpin"},
+}
+
+// counter returns the counter statsKeys[i] describes.
+func (s *Stats) counter(i int) uint64 {
+	return [...]uint64{s.ToServer, s.LocalBubbles, s.TranslatedOut, s.TranslatedIn, s.PassedIn, s.Hairpinned,
+		s.LocalBubbleDrops, s.ForeignSource, s.Malformed, s.HairpinDrops}[i]
 }
 
 // Stats returns a snapshot of the gateway's own counters.
@@ -57,19 +96,27 @@ func (g *Gateway) Stats() Stats {
 		ForeignSource:    c.foreignSource.Load(),
 		PassedIn:         c.passedIn.Load(),
 		Malformed:        c.malformed.Load(),
+		Hairpinned:       c.hairpinned.Load(),
+		HairpinDrops:     c.hairpinDrops.Load(),
 	}
 }
 
 // Status returns the gateway's addresses and the counters of its parts.
 func (g *Gateway) Status() Status {
+	st := g.Stats()
+	rs := g.relay.Status()
 	s := Status{
-		Addr:         g.addr,
-		TeredoPrefix: g.nat.Inside(),
-		PublicPrefix: g.nat.Outside(),
-		Stats:        g.Stats(),
-		Server:       g.srv.Status(),
-		Relay:        g.relay.Status(),
+		State:         rs.State,
+		Version:       rs.Version,
+		UptimeSeconds: rs.UptimeSeconds,
+		Addr:          g.addr,
+		TeredoPrefix:  g.nat.Inside(),
+		PublicPrefix:  g.nat.Outside(),
+		Stats:         st,
+		Server:        g.srv.Status(),
+		Relay:         rs,
 	}
+	s.Counters, s.Drops = metrics.StatusMaps(statsKeys, st.counter)
 	if g.sec != nil {
 		s.SecondaryPort = g.sec.LocalAddr().Port()
 	}
@@ -77,7 +124,8 @@ func (g *Gateway) Status() Status {
 }
 
 // WritePrometheus writes the gateway's, server's and relay's metrics to w
-// in the Prometheus text exposition format, the text GET /metrics serves.
+// in the Prometheus text exposition format: the text GET /metrics serves
+// but teredo_build_info.
 func (g *Gateway) WritePrometheus(out io.Writer) error {
 	w := metrics.NewWriter(out)
 	g.writeMetrics(w)
@@ -86,22 +134,7 @@ func (g *Gateway) WritePrometheus(out io.Writer) error {
 
 func (g *Gateway) writeMetrics(w *metrics.Writer) {
 	st := g.Stats()
-	w.Header("teredo_gateway_events_total", "What the gateway did between its server, relay and prefix translator, by event.", metrics.Counter)
-	for _, e := range []struct {
-		name string
-		v    uint64
-	}{
-		{"to_server", st.ToServer},
-		{"local_bubbles", st.LocalBubbles},
-		{"local_bubble_drops", st.LocalBubbleDrops},
-		{"translated_out", st.TranslatedOut},
-		{"translated_in", st.TranslatedIn},
-		{"foreign_source", st.ForeignSource},
-		{"passed_in", st.PassedIn},
-		{"malformed", st.Malformed},
-	} {
-		w.Sample("teredo_gateway_events_total", float64(e.v), "event", e.name)
-	}
+	w.Role("gateway", statsKeys, st.counter)
 	w.Include(func(out io.Writer) error { return server.WritePrometheus(out, g.srv.Stats()) })
 	w.Include(g.relay.WritePrometheus)
 }
@@ -116,6 +149,9 @@ func (g *Gateway) Handler() http.Handler {
 		enc.SetIndent("", "  ")
 		_ = enc.Encode(g.Status())
 	})
-	mux.Handle("/metrics", metrics.Handler(g.writeMetrics))
+	mux.Handle("/metrics", metrics.Handler(func(w *metrics.Writer) {
+		w.BuildInfo(metrics.Build())
+		g.writeMetrics(w)
+	}))
 	return mux
 }

@@ -7,7 +7,6 @@ import (
 	"net/http"
 	"slices"
 	"sync/atomic"
-	"time"
 
 	"github.com/teredo-go/teredo/internal/metrics"
 )
@@ -53,46 +52,53 @@ const (
 	numCounters
 )
 
-var counterNames = [numCounters]string{
-	TxForwarded:           "tx_forwarded",
-	TxQueued:              "tx_queued",
-	TxFlushed:             "tx_flushed",
-	TxBubblesIndirect:     "tx_bubbles_indirect",
-	TxBubblesDirect:       "tx_bubbles_direct",
-	TxDropMalformed:       "tx_drop_malformed",
-	TxDropMulticast:       "tx_drop_multicast",
-	TxDropNotTeredo:       "tx_drop_not_teredo",
-	TxDropFiltered:        "tx_drop_filtered",
-	TxDropQueueFull:       "tx_drop_queue_full",
-	TxDropRateLimited:     "tx_drop_rate_limited",
-	TxDropUnreachable:     "tx_drop_unreachable",
-	TxErrors:              "tx_errors",
-	PeersUnreachable:      "peers_unreachable",
-	RxForwarded:           "rx_forwarded",
-	RxBubbles:             "rx_bubbles",
-	RxSymmetricNAT:        "rx_symmetric_nat",
-	RxNewPeers:            "rx_new_peers",
-	RxDropMalformed:       "rx_drop_malformed",
-	RxDropIndication:      "rx_drop_indication",
-	RxDropSrcNotTeredo:    "rx_drop_src_not_teredo",
-	RxDropMappingMismatch: "rx_drop_mapping_mismatch",
-	RxDropFiltered:        "rx_drop_filtered",
-	RxDropDstTeredo:       "rx_drop_dst_teredo",
-	RxDropDstScope:        "rx_drop_dst_scope",
-	RxDropDstNotServed:    "rx_drop_dst_not_served",
-	RxDropUnknownPeer:     "rx_drop_unknown_peer",
-	RxDropRateLimited:     "rx_drop_rate_limited",
-	RxErrors:              "rx_errors",
-	ICMPSent:              "icmp_sent",
-	ICMPRateLimited:       "icmp_rate_limited",
+// counterKeys places each counter in the metrics model every role shares
+// (see internal/metrics): a packet by direction and result, a drop by
+// reason, or a peer event. Drop reasons keep their path (tx: from the IPv6
+// side towards Teredo clients, rx: from clients) because the same check
+// means different things on the two paths.
+var counterKeys = [numCounters]metrics.Key{
+	TxForwarded:           {Kind: metrics.Packets, Direction: metrics.TX, Name: "forwarded"},
+	TxQueued:              {Kind: metrics.Packets, Direction: metrics.TX, Name: "queued"},
+	TxFlushed:             {Kind: metrics.Packets, Direction: metrics.TX, Name: "flushed"},
+	TxBubblesIndirect:     {Kind: metrics.Packets, Direction: metrics.TX, Name: "bubbles_indirect"},
+	TxBubblesDirect:       {Kind: metrics.Packets, Direction: metrics.TX, Name: "bubbles_direct"},
+	TxDropMalformed:       {Kind: metrics.Dropped, Name: "tx_malformed"},
+	TxDropMulticast:       {Kind: metrics.Dropped, Name: "tx_multicast"},
+	TxDropNotTeredo:       {Kind: metrics.Dropped, Name: "tx_not_teredo"},
+	TxDropFiltered:        {Kind: metrics.Dropped, Name: "tx_filtered"},
+	TxDropQueueFull:       {Kind: metrics.Dropped, Name: "tx_queue_full"},
+	TxDropRateLimited:     {Kind: metrics.Dropped, Name: "tx_rate_limited"},
+	TxDropUnreachable:     {Kind: metrics.Dropped, Name: "tx_unreachable"},
+	TxErrors:              {Kind: metrics.Packets, Direction: metrics.TX, Name: "errors"},
+	PeersUnreachable:      {Kind: metrics.PeerEvents, Name: "unreachable"},
+	RxForwarded:           {Kind: metrics.Packets, Direction: metrics.RX, Name: "forwarded"},
+	RxBubbles:             {Kind: metrics.Packets, Direction: metrics.RX, Name: "bubbles"},
+	RxSymmetricNAT:        {Kind: metrics.PeerEvents, Name: "symmetric_nat"},
+	RxNewPeers:            {Kind: metrics.PeerEvents, Name: "new"},
+	RxDropMalformed:       {Kind: metrics.Dropped, Name: "rx_malformed"},
+	RxDropIndication:      {Kind: metrics.Dropped, Name: "rx_indication"},
+	RxDropSrcNotTeredo:    {Kind: metrics.Dropped, Name: "rx_src_not_teredo"},
+	RxDropMappingMismatch: {Kind: metrics.Dropped, Name: "rx_mapping_mismatch"},
+	RxDropFiltered:        {Kind: metrics.Dropped, Name: "rx_filtered"},
+	RxDropDstTeredo:       {Kind: metrics.Dropped, Name: "rx_dst_teredo"},
+	RxDropDstScope:        {Kind: metrics.Dropped, Name: "rx_dst_scope"},
+	RxDropDstNotServed:    {Kind: metrics.Dropped, Name: "rx_dst_not_served"},
+	RxDropUnknownPeer:     {Kind: metrics.Dropped, Name: "rx_unknown_peer"},
+	RxDropRateLimited:     {Kind: metrics.Dropped, Name: "rx_rate_limited"},
+	RxErrors:              {Kind: metrics.Packets, Direction: metrics.RX, Name: "errors"},
+	ICMPSent:              {Kind: metrics.Packets, Direction: metrics.TX, Name: "icmp_errors"},
+	ICMPRateLimited:       {Kind: metrics.Dropped, Name: "icmp_rate_limited"},
 }
 
-// String returns the counter's name as used in the status and metrics.
+// String returns the counter's key in Status: "tx_forwarded" for packets,
+// the reason for drops ("rx_malformed", which Status.Drops holds), and
+// "peer_new" and the like for peer events.
 func (c Counter) String() string {
 	if c < 0 || c >= numCounters {
 		return fmt.Sprintf("counter(%d)", int(c))
 	}
-	return counterNames[c]
+	return counterKeys[c].StatusKey()
 }
 
 // counters is padded per counter so that the two forwarding goroutines do
@@ -105,21 +111,31 @@ type counters [numCounters]struct {
 func (c *counters) inc(k Counter)           { c[k].n.Add(1) }
 func (c *counters) add(k Counter, n uint64) { c[k].n.Add(n) }
 
-// Status is a snapshot of the relay for operators.
+// Status is a snapshot of the relay for operators, as GET /status
+// returns it. The first five fields are those of every role's status.
 type Status struct {
-	Addr         string            `json:"addr"`
-	Prefix       string            `json:"prefix"`
-	HostSpecific bool              `json:"host_specific"`
-	Uptime       string            `json:"uptime"`
-	Peers        int               `json:"peers"`
-	PeersCreated uint64            `json:"peers_created"`
-	PeersEvicted uint64            `json:"peers_evicted"`
-	PeersExpired uint64            `json:"peers_expired"`
-	Counters     map[string]uint64 `json:"counters"`
+	State         string  `json:"state"` // "running" or "closed"
+	Version       string  `json:"version"`
+	UptimeSeconds float64 `json:"uptime_seconds"`
+	// Counters holds the packet counters by direction and result
+	// ("tx_forwarded") and the peer events ("peer_new"); Drops the drops
+	// by reason ("rx_malformed"). Both have every key (see Counter.String).
+	Counters map[string]uint64 `json:"counters"`
+	Drops    map[string]uint64 `json:"drops"`
+
+	Addr         string `json:"addr"`
+	Prefix       string `json:"prefix"`
+	HostSpecific bool   `json:"host_specific"`
+	Peers        int    `json:"peers"`
+	PeersCreated uint64 `json:"peers_created"`
+	PeersEvicted uint64 `json:"peers_evicted"`
+	PeersExpired uint64 `json:"peers_expired"`
 	// Device holds the IPv6 side's own counters, if it has any (see
 	// CountingDevice).
 	Device map[string]uint64 `json:"device,omitempty"`
 }
+
+func (r *Relay) counterAt(i int) uint64 { return r.Counter(Counter(i)) }
 
 // Counter returns the current value of c.
 func (r *Relay) Counter(c Counter) uint64 {
@@ -132,20 +148,25 @@ func (r *Relay) Counter(c Counter) uint64 {
 // Status returns a snapshot of the relay's state and counters.
 func (r *Relay) Status() Status {
 	ts := r.table.Stats()
+	state := "running"
+	select {
+	case <-r.closed:
+		state = "closed"
+	default:
+	}
 	s := Status{
-		Addr:         r.conn.LocalAddr().String(),
-		Prefix:       r.cfg.Prefix.String(),
-		HostSpecific: r.cfg.HostSpecific,
-		Uptime:       r.cfg.Clock.Now().Sub(r.started).Round(time.Second).String(),
-		Peers:        ts.Peers,
-		PeersCreated: ts.Created,
-		PeersEvicted: ts.Evicted,
-		PeersExpired: ts.Expired,
-		Counters:     make(map[string]uint64, numCounters),
+		State:         state,
+		Version:       metrics.Build().Version,
+		UptimeSeconds: r.cfg.Clock.Now().Sub(r.started).Seconds(),
+		Addr:          r.conn.LocalAddr().String(),
+		Prefix:        r.cfg.Prefix.String(),
+		HostSpecific:  r.cfg.HostSpecific,
+		Peers:         ts.Peers,
+		PeersCreated:  ts.Created,
+		PeersEvicted:  ts.Evicted,
+		PeersExpired:  ts.Expired,
 	}
-	for c := range numCounters {
-		s.Counters[c.String()] = r.Counter(c)
-	}
+	s.Counters, s.Drops = metrics.StatusMaps(counterKeys[:], r.counterAt)
 	if cd, ok := r.dev.(CountingDevice); ok {
 		s.Device = cd.DeviceCounters()
 	}
@@ -153,7 +174,8 @@ func (r *Relay) Status() Status {
 }
 
 // WritePrometheus writes the counters to w in the Prometheus text exposition
-// format, the same text GET /metrics serves.
+// format: what GET /metrics serves but teredo_build_info, which a program
+// that embeds several roles writes once.
 func (r *Relay) WritePrometheus(w io.Writer) error {
 	mw := metrics.NewWriter(w)
 	r.writeMetrics(mw)
@@ -162,10 +184,7 @@ func (r *Relay) WritePrometheus(w io.Writer) error {
 
 func (r *Relay) writeMetrics(w *metrics.Writer) {
 	ts := r.table.Stats()
-	w.Header("teredo_relay_events_total", "Packets forwarded, bubbles sent and packets dropped, by event.", metrics.Counter)
-	for c := range numCounters {
-		w.Sample("teredo_relay_events_total", float64(r.Counter(c)), "event", c.String())
-	}
+	w.Role("relay", counterKeys[:], r.counterAt)
 	w.Gauge("teredo_relay_peers", "Entries in the peer table.", float64(ts.Peers))
 	w.Counter("teredo_relay_peers_created_total", "Peer entries created.", ts.Created)
 	w.Counter("teredo_relay_peers_evicted_total", "Peer entries evicted to make room.", ts.Evicted)
@@ -193,6 +212,9 @@ func (r *Relay) Handler() http.Handler {
 		enc.SetIndent("", "  ")
 		_ = enc.Encode(r.Status())
 	})
-	mux.Handle("/metrics", metrics.Handler(r.writeMetrics))
+	mux.Handle("/metrics", metrics.Handler(func(w *metrics.Writer) {
+		w.BuildInfo(metrics.Build())
+		r.writeMetrics(w)
+	}))
 	return mux
 }

@@ -56,7 +56,7 @@ func TestHandler(t *testing.T) {
 	var st Status
 	err = json.NewDecoder(resp.Body).Decode(&st)
 	resp.Body.Close()
-	if err != nil || st.Counters["tx_drop_not_teredo"] != 1 || st.Addr != relayAddr.String() {
+	if err != nil || st.Drops["tx_not_teredo"] != 1 || st.State != "running" || st.Version == "" || st.Addr != relayAddr.String() {
 		t.Fatalf("status %+v, %v", st, err)
 	}
 	resp, err = srv.Client().Get(srv.URL + "/metrics")
@@ -73,7 +73,7 @@ func TestHandler(t *testing.T) {
 		}
 	}
 	resp.Body.Close()
-	if !strings.Contains(sb.String(), `teredo_relay_events_total{event="tx_drop_not_teredo"} 1`) {
+	if !strings.Contains(sb.String(), `teredo_relay_dropped_total{reason="tx_not_teredo"} 1`) {
 		t.Fatalf("metrics:\n%s", sb.String())
 	}
 }

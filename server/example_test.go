@@ -53,16 +53,15 @@ func ExampleProcessor() {
 	// dropped malformed 1
 }
 
-// A Go client of GET /status decodes the page into Status; drop reasons it
+// A Go client that keeps Stats as JSON decodes them back; drop reasons it
 // does not know, from a newer server, are ignored.
 func ExampleDropCounts_UnmarshalJSON() {
-	page := `{"primary": "198.18.0.1:3544", "secondary": "198.18.0.2:3544", "mtu": 1280,
-	  "stats": {"received": 12, "dropped": 3,
-	    "drops": {"malformed": 2, "rate_limited": 1, "reason_from_the_future": 5}}}`
-	var st server.Status
+	page := `{"received": 12, "dropped": 3,
+	  "drops": {"malformed": 2, "rate_limited": 1, "reason_from_the_future": 5}}`
+	var st server.Stats
 	if err := json.Unmarshal([]byte(page), &st); err != nil {
 		panic(err)
 	}
-	fmt.Println(st.Primary, st.Stats.Dropped, st.Stats.Drops[server.DropMalformed], st.Stats.Drops[server.DropRateLimited])
-	// Output: 198.18.0.1:3544 3 2 1
+	fmt.Println(st.Received, st.Dropped, st.Drops[server.DropMalformed], st.Drops[server.DropRateLimited])
+	// Output: 12 3 2 1
 }

@@ -7,6 +7,7 @@ import (
 	"net/netip"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"github.com/teredo-go/teredo/clock"
 	"github.com/teredo-go/teredo/internal/ratelimit"
@@ -192,6 +193,7 @@ type Processor struct {
 	global             proto.IPv4Filter
 	out                IPv6Output
 	clock              clock.Clock
+	started            time.Time // for Status.UptimeSeconds
 	log                *slog.Logger
 	limit              *ratelimit.Table
 	scratch            sync.Pool
@@ -221,6 +223,7 @@ func NewProcessor(cfg Config) (*Processor, error) {
 		global:    cfg.IPv4Filter,
 		out:       cfg.IPv6Output,
 		clock:     cfg.Clock,
+		started:   cfg.Clock.Now(),
 		log:       cfg.Logger,
 		limit:     newLimiter(cfg.RateLimit),
 	}

@@ -84,7 +84,13 @@ func (s *Server) Addrs() (primary, secondary netip.AddrPort) {
 func (s *Server) Stats() Stats { return s.p.Stats() }
 
 // Status returns the server's addresses, settings and counters.
-func (s *Server) Status() Status { return s.p.Status() }
+func (s *Server) Status() Status {
+	st := s.p.Status()
+	if s.isClosed() {
+		st.State = "closed"
+	}
+	return st
+}
 
 // Serve runs the receive loops until ctx is done or Close is called, then
 // closes the server and returns nil; it returns an error if a socket fails.

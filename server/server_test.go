@@ -10,12 +10,14 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"net/netip"
+	"runtime"
 	"strings"
 	"testing"
 	"time"
 
 	"go.uber.org/goleak"
 
+	"github.com/teredo-go/teredo/internal/metrics"
 	"github.com/teredo-go/teredo/proto"
 	"github.com/teredo-go/teredo/udpio"
 	"github.com/teredo-go/teredo/udpio/udpiotest"
@@ -214,19 +216,20 @@ func TestHandler(t *testing.T) {
 		t.Fatalf("/status: %d %v", rec.Code, rec.Header())
 	}
 	var got struct {
-		Primary string
-		Stats   struct {
-			Received   uint64
-			AnsweredRS uint64 `json:"answered_rs"`
-			Drops      map[string]uint64
-		}
-		IPv6Output bool `json:"ipv6_output"`
+		State         string
+		Version       string
+		UptimeSeconds *float64 `json:"uptime_seconds"`
+		Counters      map[string]uint64
+		Drops         map[string]uint64
+		Primary       string
+		IPv6Output    bool `json:"ipv6_output"`
 	}
 	if err := json.Unmarshal(rec.Body.Bytes(), &got); err != nil {
 		t.Fatal(err)
 	}
-	if got.Primary != primary.String() || got.Stats.Received != 2 || got.Stats.AnsweredRS != 1 ||
-		got.Stats.Drops["malformed"] != 1 || len(got.Stats.Drops) != int(NumDropReasons)-1 || got.IPv6Output {
+	if got.State != "running" || got.Version == "" || got.UptimeSeconds == nil ||
+		got.Primary != primary.String() || got.Counters["rx_received"] != 2 || got.Counters["tx_router_advertisements"] != 1 ||
+		got.Drops["malformed"] != 1 || len(got.Drops) != int(NumDropReasons)-1 || got.IPv6Output {
 		t.Fatalf("/status: %s", rec.Body)
 	}
 
@@ -234,8 +237,8 @@ func TestHandler(t *testing.T) {
 	h.ServeHTTP(rec, httptest.NewRequest(http.MethodGet, "/metrics", nil))
 	body := rec.Body.String()
 	for _, want := range []string{
-		"# TYPE teredo_server_received_total counter\nteredo_server_received_total 2\n",
-		"teredo_server_answered_rs_total 1\n",
+		"# TYPE teredo_server_packets_total counter\nteredo_server_packets_total{direction=\"rx\",result=\"received\"} 2\n",
+		`teredo_server_packets_total{direction="tx",result="router_advertisements"} 1` + "\n",
 		`teredo_server_dropped_total{reason="malformed"} 1` + "\n",
 		`teredo_server_dropped_total{reason="loop"} 0` + "\n",
 		"# TYPE teredo_server_rate_limit_sources gauge\nteredo_server_rate_limit_sources 1\n",
@@ -243,6 +246,13 @@ func TestHandler(t *testing.T) {
 		if !strings.Contains(body, want) {
 			t.Errorf("/metrics lacks %q:\n%s", want, body)
 		}
+	}
+	if probs, err := metrics.Lint(strings.NewReader(body)); err != nil || len(probs) > 0 {
+		t.Errorf("/metrics lint: %v %v\n%s", err, probs, body)
+	}
+	s.Close()
+	if st := s.Status(); st.State != "closed" {
+		t.Errorf("state after Close = %q", st.State)
 	}
 	rec = httptest.NewRecorder()
 	h.ServeHTTP(rec, httptest.NewRequest(http.MethodPost, "/status", nil))
@@ -260,7 +270,19 @@ func TestServeLifecycle(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	errc := make(chan error, 1)
 	go func() { errc <- s.Serve(ctx) }()
-	time.Sleep(10 * time.Millisecond)
+	// The second Serve must come after the first has started.
+	for deadline := time.Now().Add(5 * time.Second); ; {
+		s.mu.Lock()
+		serving := s.serving
+		s.mu.Unlock()
+		if serving {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("Serve did not start in 5 s")
+		}
+		runtime.Gosched()
+	}
 	if err := s.Serve(ctx); !errors.Is(err, ErrServing) && !errors.Is(err, net.ErrClosed) {
 		t.Fatalf("second Serve: %v", err)
 	}

@@ -33,7 +33,7 @@ type Stats struct {
 
 // DropCounts counts drops indexed by reason. It encodes to JSON as an
 // object keyed by DropReason.String, without NotDropped, and decodes from
-// the same form, so that a Go client of /status can use Status as is.
+// the same form, so that Stats round-trips through JSON.
 type DropCounts [NumDropReasons]uint64
 
 // MarshalJSON implements json.Marshaler.
@@ -72,24 +72,78 @@ func (d *DropCounts) UnmarshalJSON(b []byte) error {
 	return nil
 }
 
-// Status describes a running server, as GET /status returns it.
+// Status describes a running server, as GET /status returns it. The
+// first five fields are those of every role's status.
 type Status struct {
-	Primary    netip.AddrPort `json:"primary"`
-	Secondary  netip.AddrPort `json:"secondary"`
-	MTU        uint32         `json:"mtu"`
-	IPv6Output bool           `json:"ipv6_output"`
-	Stats      Stats          `json:"stats"`
+	State         string  `json:"state"` // "running", or "closed" once Server.Close was called
+	Version       string  `json:"version"`
+	UptimeSeconds float64 `json:"uptime_seconds"`
+	// Counters holds the packet counters by direction and result
+	// ("rx_received", "tx_router_advertisements"), Drops the drops by
+	// DropReason.String. Both have every key.
+	Counters map[string]uint64 `json:"counters"`
+	Drops    map[string]uint64 `json:"drops"`
+
+	Primary     netip.AddrPort `json:"primary"`
+	Secondary   netip.AddrPort `json:"secondary"`
+	MTU         uint32         `json:"mtu"`
+	IPv6Output  bool           `json:"ipv6_output"`
+	RateSources int            `json:"rate_limit_sources"`
+	// Stats holds the same counters typed, for Go callers; /status
+	// carries them as Counters and Drops.
+	Stats Stats `json:"-"`
 }
 
 // Status returns the processor's addresses, settings and counters.
 func (p *Processor) Status() Status {
-	return Status{
-		Primary:    p.primary,
-		Secondary:  p.secondary,
-		MTU:        p.mtu,
-		IPv6Output: p.out != nil,
-		Stats:      p.Stats(),
+	st := p.Stats()
+	s := Status{
+		State:         "running",
+		Version:       metrics.Build().Version,
+		UptimeSeconds: p.clock.Now().Sub(p.started).Seconds(),
+		Primary:       p.primary,
+		Secondary:     p.secondary,
+		MTU:           p.mtu,
+		IPv6Output:    p.out != nil,
+		RateSources:   st.RateSources,
+		Stats:         st,
 	}
+	s.Counters, s.Drops = metrics.StatusMaps(statsKeys, st.counter)
+	return s
+}
+
+// statsKeys places Stats in the metrics model every role shares (see
+// internal/metrics): the packet counters, then one drop per reason, in
+// the order Stats.counter reads them.
+var statsKeys = func() []metrics.Key {
+	keys := []metrics.Key{
+		{Kind: metrics.Packets, Direction: metrics.RX, Name: "received"},
+		{Kind: metrics.Packets, Direction: metrics.TX, Name: "router_advertisements"},
+		{Kind: metrics.Packets, Direction: metrics.TX, Name: "forwarded_teredo"},
+		{Kind: metrics.Packets, Direction: metrics.TX, Name: "forwarded_ipv6"},
+		{Kind: metrics.Packets, Direction: metrics.TX, Name: "errors"},
+	}
+	for r := DropReason(1); r < NumDropReasons; r++ {
+		keys = append(keys, metrics.Key{Kind: metrics.Dropped, Name: r.String()})
+	}
+	return keys
+}()
+
+// counter returns the counter statsKeys[i] describes.
+func (s *Stats) counter(i int) uint64 {
+	switch i {
+	case 0:
+		return s.Received
+	case 1:
+		return s.AnsweredRS
+	case 2:
+		return s.ForwardedTeredo
+	case 3:
+		return s.ForwardedIPv6
+	case 4:
+		return s.SendErrors
+	}
+	return s.Drops[DropReason(i-4)]
 }
 
 // Handler serves GET /status as JSON (see Status) and GET /metrics in the
@@ -111,13 +165,16 @@ func statusHandler(status func() Status) http.Handler {
 		enc.Encode(status())
 	})
 	mux.Handle("GET /metrics", metrics.Handler(func(w *metrics.Writer) {
+		w.BuildInfo(metrics.Build())
 		writeMetrics(w, status().Stats)
 	}))
 	return mux
 }
 
 // WritePrometheus writes s to w as Prometheus metrics (text exposition
-// format) named teredo_server_*, the same text GET /metrics serves.
+// format) named teredo_server_*: what GET /metrics serves but
+// teredo_build_info, which a program that embeds several roles writes
+// once.
 func WritePrometheus(w io.Writer, s Stats) error {
 	mw := metrics.NewWriter(w)
 	writeMetrics(mw, s)
@@ -125,14 +182,6 @@ func WritePrometheus(w io.Writer, s Stats) error {
 }
 
 func writeMetrics(w *metrics.Writer, s Stats) {
-	w.Counter("teredo_server_received_total", "Datagrams received.", s.Received)
-	w.Counter("teredo_server_answered_rs_total", "Router solicitations answered with a router advertisement.", s.AnsweredRS)
-	w.Counter("teredo_server_forwarded_teredo_total", "Bubbles and ICMPv6 messages relayed to Teredo clients over UDP.", s.ForwardedTeredo)
-	w.Counter("teredo_server_forwarded_ipv6_total", "Echo requests sent to native IPv6 hosts.", s.ForwardedIPv6)
-	w.Header("teredo_server_dropped_total", "Datagrams dropped, by reason.", metrics.Counter)
-	for r := DropReason(1); r < NumDropReasons; r++ {
-		w.Sample("teredo_server_dropped_total", float64(s.Drops[r]), "reason", r.String())
-	}
-	w.Counter("teredo_server_send_errors_total", "Datagrams the sockets refused to send.", s.SendErrors)
+	w.Role("server", statsKeys, s.counter)
 	w.Gauge("teredo_server_rate_limit_sources", "Sources in the rate-limit table.", float64(s.RateSources))
 }

@@ -21,8 +21,13 @@ type Stats struct {
 	ActiveAssociations  int64
 	ExpiredAssociations uint64 // ended by UDPIdleTimeout
 
-	UDPUp   uint64 // datagrams relayed from clients to destinations
-	UDPDown uint64 // datagrams relayed from destinations to clients
+	// UDPUp and UDPDown count datagrams handed to the socket towards
+	// destinations and towards clients. They are counted before the
+	// write, so that a client that got a datagram (or its answer) reads
+	// it counted; those the socket refused are also in UDPDrop.Send and
+	// UDPDrop.Reply.
+	UDPUp   uint64
+	UDPDown uint64
 	UDPDrop UDPDrops
 }
 

@@ -207,13 +207,16 @@ func (a *association) up() {
 			ua.IP = ipBuf[:]
 		}
 		ua.Port, ua.Zone = int(dst.port), ip.Zone()
+		// Counted and touched before the write, so that whoever sees the
+		// datagram arrive (or its answer) also sees it counted, and the
+		// association's idle time starts no later than that.
+		s.c.udpUp.Add(1)
+		a.touch()
 		if _, err := a.out.WriteTo(payload, ua); err != nil {
 			s.c.drop.send.Add(1)
 			s.log.Debug("socks5: UDP send failed", "dst", dst, "err", err)
 			continue
 		}
-		s.c.udpUp.Add(1)
-		a.touch()
 	}
 }
 
@@ -302,12 +305,12 @@ func (a *association) down() {
 		h := appendUDPHeader(hdr[:0], addrFromAddrPort(src))
 		start := udpHeadroom - len(h)
 		copy(buf[start:], h)
+		s.c.udpDown.Add(1) // before the write, as in up
+		a.touch()
 		if _, err := a.relay.WriteToUDPAddrPort(buf[start:udpHeadroom+n], *client); err != nil {
 			s.c.drop.reply.Add(1)
 			continue
 		}
-		s.c.udpDown.Add(1)
-		a.touch()
 	}
 }
 

@@ -170,7 +170,10 @@ func TestUDPIdleExpiry(t *testing.T) {
 	start := time.Now()
 	for time.Since(start) < 3*s.UDPIdleTimeout {
 		u.sendTo(addrFromAddrPort(echo), []byte("keepalive"))
-		u.recv()
+		u.recv() // the relay touched the association before sending this
+		// Real time must pass for the idle timeout (the control
+		// connection's read deadline) to matter: this paces the traffic,
+		// it does not wait for anything.
 		time.Sleep(s.UDPIdleTimeout / 6)
 	}
 	if st := s.Stats(); st.ActiveAssociations != 1 || st.ExpiredAssociations != 0 {

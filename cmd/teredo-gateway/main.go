@@ -8,6 +8,9 @@
 //	teredo-gateway -addr 203.0.113.7 -prefix6 2001:db8:2::/64
 //	               [-bind 0.0.0.0:3544] [-secondary-port 3545] [-tun teredo-gw]
 //	               [-ndp-proxy eth0] [-status 127.0.0.1:9546] [-mtu 1280] [-v]
+//	               [-log-format text|json] [-log-level info] [-version]
+//	teredo-gateway -addr 203.0.113.7 -prefix6 2001:db8:2::/64 -netstack
+//	               [-netstack-forward 80=127.0.0.1:8080]...
 //
 // Clients are configured with -addr as their server (teredo-socks
 // -server 203.0.113.7; Miredo ServerAddress). Their Teredo addresses are
@@ -19,15 +22,27 @@
 // (net.ipv6.conf.all.forwarding=1). If the provider routes the /64 to the
 // VPS, nothing else is needed; if the /64 is on-link on the VPS's
 // interface, -ndp-proxy makes the gateway answer neighbor solicitations
-// for it there. When ready it prints one line to standard output,
-// "teredo-gateway: ready on <addr>:<port>, tun <name>, <teredo /64> -> <prefix6>";
+// for it there.
+//
+// With -netstack there is no TUN device and no privilege is needed: the
+// IPv6 side is a network stack inside the process that holds only the
+// gateway's own address <prefix6>::1. Clients reach that address (ping,
+// and each -netstack-forward PORT=HOST:PORT relays TCP to its port PORT
+// to HOST:PORT through the host's sockets) and each other, by Teredo or
+// public address; they do not reach the IPv6 internet, which needs the
+// host to route -prefix6, that is the TUN side.
+//
+// When ready it prints one line to standard output,
+// "teredo-gateway: ready on <addr>:<port>, tun <name>, <teredo /64> -> <prefix6>"
+// (with -netstack, "netstack <prefix6>::1" in place of "tun <name>");
 // logs go to standard error. SIGINT or SIGTERM stops it. Bad flags exit
-// with status 2.
+// with status 2, failures with status 1. Every flag can also be set with
+// the environment variable TEREDO_GATEWAY_<FLAG>, e.g. TEREDO_GATEWAY_ADDR;
+// flags on the command line win.
 package main
 
 import (
 	"context"
-	"errors"
 	"flag"
 	"fmt"
 	"io"
@@ -36,23 +51,24 @@ import (
 	"net/http"
 	"net/netip"
 	"os"
-	"os/signal"
-	"syscall"
 	"time"
 
 	"github.com/teredo-go/teredo/gateway"
 	"github.com/teredo-go/teredo/gateway/ndproxy"
 	"github.com/teredo-go/teredo/internal/cli"
 	"github.com/teredo-go/teredo/proto"
+	"github.com/teredo-go/teredo/relay"
 	"github.com/teredo-go/teredo/relay/tun"
 )
 
 func main() {
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	code := run(ctx, os.Args[1:], os.Stdout, os.Stderr)
+	ctx, stop := cli.SignalContext()
+	code := run(ctx, os.Args[1:], os.Getenv, os.Stdout, os.Stderr)
 	stop()
 	os.Exit(code)
 }
+
+const name = "teredo-gateway"
 
 // options are the parsed command line.
 type options struct {
@@ -64,13 +80,15 @@ type options struct {
 	ndpProxy      string
 	status        string
 	mtu           uint
-	verbose       bool
 	anyIPv4       bool
+	netstack      bool
+	forwards      []forwardSpec
+	cli.Common
 }
 
-func parseFlags(args []string, stderr io.Writer) (options, error) {
+func parseFlags(args []string, getenv func(string) string, stderr io.Writer) (options, error) {
 	var o options
-	fs := flag.NewFlagSet("teredo-gateway", flag.ContinueOnError)
+	fs := flag.NewFlagSet(name, flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	addr := fs.String("addr", "", "the gateway's public IPv4 `address`: the Teredo server address clients use (required)")
 	bind := fs.String("bind", "", "UDP `address:port` to listen on (default: -addr:3544; use the private address where the provider maps the public one 1:1)")
@@ -80,13 +98,29 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 	fs.StringVar(&o.ndpProxy, "ndp-proxy", "", "answer neighbor solicitations for -prefix6 on this `interface` (when the /64 is on-link there rather than routed to the host)")
 	fs.StringVar(&o.status, "status", "", "serve GET /status (JSON) and /metrics (Prometheus) on this TCP `address`; no authentication, keep it on loopback")
 	fs.UintVar(&o.mtu, "mtu", proto.MinMTU, "link MTU advertised to clients")
-	fs.BoolVar(&o.verbose, "v", false, "debug logging")
+	fs.BoolVar(&o.netstack, "netstack", false, "no TUN, no root: the IPv6 side is a stack in the process, holding only the gateway's\nown address <prefix6>::1; clients reach it and each other, not the IPv6 internet")
+	fs.Func("netstack-forward", "with -netstack, relay TCP to [<prefix6>::1]:`PORT=HOST:PORT` to HOST:PORT of the host (repeatable)", func(v string) error {
+		f, err := parseForward(v)
+		if err != nil {
+			return err
+		}
+		o.forwards = append(o.forwards, f)
+		return nil
+	})
 	fs.BoolVar(&o.anyIPv4, "any-ipv4", false, "treat every IPv4 address as global unicast\n(for tests on private networks only)")
-	if err := fs.Parse(args); err != nil {
+	o.Common.Register(fs)
+	fs.Usage = func() {
+		fmt.Fprintf(fs.Output(), "Usage: %s -addr IPv4 -prefix6 IPv6/64 [flags]\n\nA Teredo server and relay on one IPv4 address, translating clients to an IPv6 /64.\nEvery flag can also be set with the environment variable %s<FLAG>, e.g. %sADDR.\n\n", name, cli.EnvPrefix(name), cli.EnvPrefix(name))
+		fs.PrintDefaults()
+	}
+	if err := cli.Parse(fs, args, getenv); err != nil {
 		return o, err
 	}
-	if fs.NArg() > 0 {
-		return o, cli.Usagef("unexpected argument %q", fs.Arg(0))
+	if o.Version {
+		return o, nil
+	}
+	if err := o.Common.Check(); err != nil {
+		return o, err
 	}
 	var err error
 	if o.addr, err = netip.ParseAddr(*addr); err != nil || !o.addr.Is4() {
@@ -109,6 +143,19 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 		return o, cli.Usagef("-secondary-port %d must be a port other than %d", *secPort, o.bind.Port())
 	}
 	o.secondaryPort = uint16(*secPort)
+	if len(o.forwards) > 0 && !o.netstack {
+		return o, cli.Usagef("-netstack-forward needs -netstack")
+	}
+	if o.netstack && o.ndpProxy != "" {
+		return o, cli.Usagef("-ndp-proxy needs the TUN side: with -netstack the host does not route -prefix6")
+	}
+	seen := map[uint16]bool{}
+	for _, f := range o.forwards {
+		if seen[f.port] {
+			return o, cli.Usagef("-netstack-forward: port %d given twice", f.port)
+		}
+		seen[f.port] = true
+	}
 	if o.tun == "" || len(o.tun) > 15 {
 		return o, cli.Usagef("-tun %q: the name must have 1 to 15 characters", o.tun)
 	}
@@ -119,37 +166,41 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 }
 
 // run is the whole command; it returns the exit status.
-func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
-	o, err := parseFlags(args, stderr)
-	switch {
-	case errors.Is(err, flag.ErrHelp):
-		return 0
-	case err != nil:
-		var ue cli.UsageError
-		if errors.As(err, &ue) {
-			fmt.Fprintf(stderr, "teredo-gateway: %v (see -h)\n", ue)
-		}
-		return 2
+func run(ctx context.Context, args []string, getenv func(string) string, stdout, stderr io.Writer) int {
+	o, err := parseFlags(args, getenv, stderr)
+	if err != nil {
+		return cli.Exit(stderr, name, err)
 	}
-	level := slog.LevelInfo
-	if o.verbose {
-		level = slog.LevelDebug
+	if o.Version {
+		fmt.Fprintln(stdout, cli.Version(name))
+		return cli.ExitOK
 	}
-	log := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: level}))
-	if err := serve(ctx, o, log, stdout); err != nil {
-		fmt.Fprintf(stderr, "teredo-gateway: %v\n", err)
-		return 1
-	}
-	return 0
+	return cli.Exit(stderr, name, serve(ctx, o, o.Logger(stderr), stdout))
 }
 
 func serve(ctx context.Context, o options, log *slog.Logger, stdout io.Writer) error {
-	dev, err := tun.Open(tun.Config{Name: o.tun, Routes: []netip.Prefix{o.prefix6}})
-	if err != nil {
-		return err
-	}
-	if !dev.Configured() {
-		log.Warn("using the TUN device as it is: its MTU and routes were set by its owner", "tun", dev.Name())
+	var (
+		dev  relay.Device
+		side string // for the ready line
+		ns   *netstackSide
+		err  error
+	)
+	if o.netstack {
+		if ns, err = openNetstack(o.prefix6, o.forwards, log); err != nil {
+			return err
+		}
+		dev, side = ns.dev, "netstack "+ns.addr.String()
+		// Runs after the gateway's Close, which closes the device.
+		defer ns.Close()
+	} else {
+		t, err := tun.Open(tun.Config{Name: o.tun, Routes: []netip.Prefix{o.prefix6}})
+		if err != nil {
+			return err
+		}
+		if !t.Configured() {
+			log.Warn("using the TUN device as it is: its MTU and routes were set by its owner", "tun", t.Name())
+		}
+		dev, side = t, "tun "+t.Name()
 	}
 	cfg := gateway.Config{
 		Addr:          o.addr,
@@ -204,10 +255,10 @@ func serve(ctx context.Context, o options, log *slog.Logger, stdout io.Writer) e
 	} else {
 		close(srvDone)
 	}
-	fmt.Fprintf(stdout, "teredo-gateway: ready on %v, tun %s, %v -> %v\n", o.bind, dev.Name(), g.TeredoPrefix(), g.PublicPrefix())
+	fmt.Fprintf(stdout, "teredo-gateway: ready on %v, %s, %v -> %v\n", o.bind, side, g.TeredoPrefix(), g.PublicPrefix())
 	err = g.Serve(ctx)
 	if srv != nil {
-		sctx, scancel := context.WithTimeout(context.Background(), 2*time.Second)
+		sctx, scancel := context.WithTimeout(context.Background(), cli.ShutdownGrace)
 		srv.Shutdown(sctx)
 		scancel()
 	}

@@ -6,20 +6,23 @@
 //
 //	teredo-relay [-bind 0.0.0.0:3544] [-tun teredo] [-host-specific]
 //	             [-status 127.0.0.1:9545] [-direct-bubbles] [-v]
+//	             [-log-format text|json] [-log-level info] [-version]
 //
 // It creates the TUN interface (MTU 1280) and routes 2001::/32 into it,
 // which needs CAP_NET_ADMIN; as an ordinary user it attaches to a device
 // made for it with "ip tuntap add dev teredo mode tun user USER" and
 // configured beforehand. When it is ready it prints one line to standard
 // output, "teredo-relay: ready on <addr>:<port>, tun <name>"; logs go to
-// standard error. SIGINT or SIGTERM stops it. Bad flags exit with status 2.
+// standard error. SIGINT or SIGTERM stops it. Bad flags exit with status 2,
+// failures with status 1. Every flag can also be set with the environment
+// variable TEREDO_RELAY_<FLAG>, e.g. TEREDO_RELAY_BIND; flags on the
+// command line win.
 // See relay/README.md for what a relay needs around it (routing, IPv6
 // forwarding).
 package main
 
 import (
 	"context"
-	"errors"
 	"flag"
 	"fmt"
 	"io"
@@ -28,8 +31,6 @@ import (
 	"net/http"
 	"net/netip"
 	"os"
-	"os/signal"
-	"syscall"
 	"time"
 
 	"github.com/teredo-go/teredo/internal/cli"
@@ -40,45 +41,54 @@ import (
 )
 
 func main() {
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	code := run(ctx, os.Args[1:], os.Stdout, os.Stderr)
+	ctx, stop := cli.SignalContext()
+	code := run(ctx, os.Args[1:], os.Getenv, os.Stdout, os.Stderr)
 	stop()
 	os.Exit(code)
 }
 
+const name = "teredo-relay"
+
 // options are the parsed command line.
 type options struct {
-	bind          netip.AddrPort
-	tun           string
-	prefix        netip.Prefix
-	hostSpecific  bool
-	status        string
-	verbose       bool
+	bind         netip.AddrPort
+	tun          string
+	prefix       netip.Prefix
+	hostSpecific bool
+	status       string
+	cli.Common
 	anyIPv4       bool
 	directBubbles bool
 	maxPeers      int
 	noTunOffload  bool
 }
 
-func parseFlags(args []string, stderr io.Writer) (options, error) {
+func parseFlags(args []string, getenv func(string) string, stderr io.Writer) (options, error) {
 	var o options
-	fs := flag.NewFlagSet("teredo-relay", flag.ContinueOnError)
+	fs := flag.NewFlagSet(name, flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	bind := fs.String("bind", "0.0.0.0:3544", "Teredo-side UDP/IPv4 `address:port`")
 	fs.StringVar(&o.tun, "tun", tun.DefaultName, "TUN interface `name` (created if missing; an existing one is used as it is)")
 	prefix := fs.String("prefix", proto.Prefix.String(), "Teredo `prefix` (RFC 4380 fixes 2001::/32; other values are for tests)")
 	fs.BoolVar(&o.hostSpecific, "host-specific", false, "serve only this host's own IPv6 addresses (host-specific relay)")
 	fs.StringVar(&o.status, "status", "", "serve GET /status (JSON) and /metrics (Prometheus) on this TCP `address`")
-	fs.BoolVar(&o.verbose, "v", false, "debug logging")
 	fs.BoolVar(&o.anyIPv4, "any-ipv4", false, "treat every IPv4 address as global unicast\n(for tests on loopback or private networks only)")
 	fs.BoolVar(&o.directBubbles, "direct-bubbles", false, "also send bubbles straight to clients' mappings\n(can make conntrack NATs remap clients; off by default)")
 	fs.IntVar(&o.maxPeers, "max-peers", relay.DefaultMaxPeers, "peer table size")
 	fs.BoolVar(&o.noTunOffload, "disable-tun-offload", false, "read and write each packet on its own instead of writing clients' TCP segments to the TUN device\ncoalesced, for the kernel to split (IFF_VNET_HDR GSO), and reading TCP super-packets to split in the relay (TSO)")
-	if err := fs.Parse(args); err != nil {
+	o.Common.Register(fs)
+	fs.Usage = func() {
+		fmt.Fprintf(fs.Output(), "Usage: %s [flags]\n\nA Teredo relay (RFC 4380 section 5.4) between UDP/IPv4 and a TUN device.\nEvery flag can also be set with the environment variable %s<FLAG>, e.g. %sBIND.\n\n", name, cli.EnvPrefix(name), cli.EnvPrefix(name))
+		fs.PrintDefaults()
+	}
+	if err := cli.Parse(fs, args, getenv); err != nil {
 		return o, err
 	}
-	if fs.NArg() > 0 {
-		return o, cli.Usagef("unexpected argument %q", fs.Arg(0))
+	if o.Version {
+		return o, nil
+	}
+	if err := o.Common.Check(); err != nil {
+		return o, err
 	}
 	var err error
 	if o.bind, err = netip.ParseAddrPort(*bind); err != nil || !o.bind.Addr().Is4() {
@@ -98,28 +108,16 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 }
 
 // run is the whole command; it returns the exit status.
-func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
-	o, err := parseFlags(args, stderr)
-	switch {
-	case errors.Is(err, flag.ErrHelp):
-		return 0
-	case err != nil:
-		var ue cli.UsageError
-		if errors.As(err, &ue) {
-			fmt.Fprintf(stderr, "teredo-relay: %v (see -h)\n", ue)
-		}
-		return 2
+func run(ctx context.Context, args []string, getenv func(string) string, stdout, stderr io.Writer) int {
+	o, err := parseFlags(args, getenv, stderr)
+	if err != nil {
+		return cli.Exit(stderr, name, err)
 	}
-	level := slog.LevelInfo
-	if o.verbose {
-		level = slog.LevelDebug
+	if o.Version {
+		fmt.Fprintln(stdout, cli.Version(name))
+		return cli.ExitOK
 	}
-	log := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: level}))
-	if err := serve(ctx, o, log, stdout); err != nil {
-		fmt.Fprintf(stderr, "teredo-relay: %v\n", err)
-		return 1
-	}
-	return 0
+	return cli.Exit(stderr, name, serve(ctx, o, o.Logger(stderr), stdout))
 }
 
 // Warnings about the TUN device, which operators (and tests) look for.
@@ -201,7 +199,7 @@ func serve(ctx context.Context, o options, log *slog.Logger, stdout io.Writer) e
 	log.Info("relay running", "addr", r.Addr(), "tun", dev.Name(), "prefix", o.prefix, "host_specific", o.hostSpecific)
 	err = r.Serve(ctx)
 	if srv != nil {
-		sctx, scancel := context.WithTimeout(context.Background(), 2*time.Second)
+		sctx, scancel := context.WithTimeout(context.Background(), cli.ShutdownGrace)
 		srv.Shutdown(sctx)
 		scancel()
 	}

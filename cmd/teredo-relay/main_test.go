@@ -29,10 +29,12 @@ func TestBadFlags(t *testing.T) {
 		{"-tun", "a-name-longer-than-fifteen"},
 		{"-max-peers", "0"},
 		{"-no-such-flag"},
+		{"-log-format", "xml"},
+		{"-log-level", "loud"},
 		{"extra"},
 	} {
 		var stdout, stderr bytes.Buffer
-		if code := run(context.Background(), args, &stdout, &stderr); code != 2 {
+		if code := run(context.Background(), args, noEnv, &stdout, &stderr); code != 2 {
 			t.Errorf("%q: exit %d, want 2", args, code)
 		}
 		if stderr.Len() == 0 {
@@ -40,7 +42,7 @@ func TestBadFlags(t *testing.T) {
 		}
 	}
 	var stdout, stderr bytes.Buffer
-	if code := run(context.Background(), []string{"-h"}, &stdout, &stderr); code != 0 {
+	if code := run(context.Background(), []string{"-h"}, noEnv, &stdout, &stderr); code != 0 {
 		t.Errorf("-h: exit %d", code)
 	}
 	if !strings.Contains(stderr.String(), "-host-specific") {
@@ -90,7 +92,7 @@ func testInNetns(t *testing.T) {
 	done := make(chan int, 1)
 	go func() {
 		done <- run(ctx, []string{"-bind", "127.0.0.1:3544", "-tun", "teredo9", "-any-ipv4",
-			"-status", "127.0.0.1:9545", "-v"}, pw, os.Stderr)
+			"-status", "127.0.0.1:9545", "-v"}, noEnv, pw, os.Stderr)
 		pw.Close()
 	}()
 	line, err := bufio.NewReader(pr).ReadString('\n')
@@ -222,4 +224,26 @@ func udp6(src, dst netip.Addr, sport, dport uint16, payload []byte) []byte {
 	cs := proto.Checksum(src, dst, proto.ProtoUDP, b[40:])
 	b[46], b[47] = byte(cs>>8), byte(cs)
 	return b
+}
+
+func noEnv(string) string { return "" }
+
+// TestConventions checks the environment variables, -version and the form
+// of usage errors that every command shares.
+func TestConventions(t *testing.T) {
+	env := map[string]string{"TEREDO_RELAY_BIND": "127.0.0.1:4000", "TEREDO_RELAY_HOST_SPECIFIC": "true", "TEREDO_RELAY_MAX_PEERS": "7"}
+	o, err := parseFlags([]string{"-max-peers", "8"}, func(k string) string { return env[k] }, io.Discard)
+	if err != nil || o.bind.String() != "127.0.0.1:4000" || !o.hostSpecific || o.maxPeers != 8 {
+		t.Errorf("from the environment: %+v, %v", o, err)
+	}
+	var stdout, stderr bytes.Buffer
+	if code := run(context.Background(), []string{"-max-peers", "0"}, noEnv, &stdout, &stderr); code != 2 ||
+		stderr.String() != "teredo-relay: -max-peers 0 must be positive\nRun 'teredo-relay -h' for the flags.\n" {
+		t.Errorf("usage error: exit %d, stderr %q", code, stderr.String())
+	}
+	stdout.Reset()
+	if code := run(context.Background(), []string{"-version"}, noEnv, &stdout, &stderr); code != 0 ||
+		!strings.HasPrefix(stdout.String(), "teredo-relay ") || !strings.Contains(stdout.String(), "go1.") {
+		t.Errorf("-version: exit %d, stdout %q", code, stdout.String())
+	}
 }

@@ -5,7 +5,7 @@
 //
 //	teredo-server -primary 198.18.0.1 [-secondary 198.18.0.2 | -single-address [-secondary-port 3545]] [-port 3544]
 //	              [-mtu 1280] [-status 127.0.0.1:9544] [-rate 50] [-burst 100]
-//	              [-raw] [-v]
+//	              [-raw] [-v] [-log-format text|json] [-log-level info] [-version]
 //
 // -rate and -burst size the token bucket of each source IPv4 address, so
 // that nobody can make the server send more than -burst datagrams at once
@@ -13,11 +13,15 @@
 // of the source that caused it. -rate 0 turns the limit off (and -burst
 // with it), for a server that only trusted clients reach.
 //
+// Every flag can also be set with the environment variable
+// TEREDO_SERVER_<FLAG>, e.g. TEREDO_SERVER_PRIMARY or TEREDO_SERVER_ANY_IPV4;
+// flags on the command line win.
+//
 // When its sockets are bound it prints one line to standard output,
 // "teredo-server: listening on <primary>:<port> and <secondary>:<port>"
 // ("... on <primary>:<port> only" with -single-address);
 // logs go to standard error. SIGINT or SIGTERM stops it. Bad flags exit
-// with status 2.
+// with status 2, failures with status 1.
 package main
 
 import (
@@ -31,9 +35,7 @@ import (
 	"net/http"
 	"net/netip"
 	"os"
-	"os/signal"
 	"strconv"
-	"syscall"
 	"time"
 
 	"github.com/teredo-go/teredo/internal/cli"
@@ -42,11 +44,13 @@ import (
 )
 
 func main() {
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	code := run(ctx, os.Args[1:], os.Stdout, os.Stderr)
+	ctx, stop := cli.SignalContext()
+	code := run(ctx, os.Args[1:], os.Getenv, os.Stdout, os.Stderr)
 	stop()
 	os.Exit(code)
 }
+
+const name = "teredo-server"
 
 // rawMode is whether to use the raw IPv6 output.
 type rawMode int
@@ -66,10 +70,10 @@ type options struct {
 	mtu                uint32
 	status             string
 	raw                rawMode
-	verbose            bool
-	anyIPv4            bool
-	rate               float64 // per second; 0 means no limit
-	burst              int
+	cli.Common
+	anyIPv4 bool
+	rate    float64 // per second; 0 means no limit
+	burst   int
 }
 
 // Bounds of -rate and -burst: beyond them the values are typos rather
@@ -80,9 +84,9 @@ const (
 	maxBurst = 1_000_000
 )
 
-func parseFlags(args []string, stderr io.Writer) (options, error) {
+func parseFlags(args []string, getenv func(string) string, stderr io.Writer) (options, error) {
 	var o options
-	fs := flag.NewFlagSet("teredo-server", flag.ContinueOnError)
+	fs := flag.NewFlagSet(name, flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	primary := fs.String("primary", "", "primary IPv4 `address` (required)")
 	secondary := fs.String("secondary", "", "secondary IPv4 `address` (default primary+1)")
@@ -94,13 +98,20 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 	raw := fs.Bool("raw", false, "send clients' echo requests to native IPv6 hosts through a raw IPv6 socket\n(needs root or CAP_NET_RAW; default: if it can be opened)")
 	fs.Float64Var(&o.rate, "rate", server.DefaultRatePerSecond, "at most `N` datagrams per second, on average, that one source IPv4 address\ncan make the server send (0: no limit)")
 	fs.IntVar(&o.burst, "burst", server.DefaultRateBurst, "at most `N` datagrams at once that one source IPv4 address can make the server send")
-	fs.BoolVar(&o.verbose, "v", false, "debug logging, including every dropped packet")
 	fs.BoolVar(&o.anyIPv4, "any-ipv4", false, "treat every IPv4 address as global unicast\n(for tests on loopback or private networks only)")
-	if err := fs.Parse(args); err != nil {
+	o.Common.Register(fs)
+	fs.Usage = func() {
+		fmt.Fprintf(fs.Output(), "Usage: %s -primary ADDRESS [flags]\n\nA Teredo server (RFC 4380 section 5.3).\nEvery flag can also be set with the environment variable %s<FLAG>, e.g. %sPRIMARY.\n\n", name, cli.EnvPrefix(name), cli.EnvPrefix(name))
+		fs.PrintDefaults()
+	}
+	if err := cli.Parse(fs, args, getenv); err != nil {
 		return o, err
 	}
-	if fs.NArg() > 0 {
-		return o, cli.Usagef("unexpected argument %q", fs.Arg(0))
+	if o.Version {
+		return o, nil
+	}
+	if err := o.Common.Check(); err != nil {
+		return o, err
 	}
 	o.raw = rawAuto
 	fs.Visit(func(f *flag.Flag) {
@@ -195,24 +206,16 @@ func parseIPv4(name, s string, global proto.IPv4Filter) (netip.Addr, error) {
 }
 
 // run is the whole command; it returns the exit status.
-func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
-	o, err := parseFlags(args, stderr)
-	switch {
-	case errors.Is(err, flag.ErrHelp):
-		return 0
-	case err != nil:
-		var ue cli.UsageError
-		if errors.As(err, &ue) {
-			fmt.Fprintf(stderr, "teredo-server: %v (see -h)\n", ue)
-		} // else the flag package has printed the error and the usage.
-		return 2
+func run(ctx context.Context, args []string, getenv func(string) string, stdout, stderr io.Writer) int {
+	o, err := parseFlags(args, getenv, stderr)
+	if err != nil {
+		return cli.Exit(stderr, name, err)
 	}
-
-	level := slog.LevelInfo
-	if o.verbose {
-		level = slog.LevelDebug
+	if o.Version {
+		fmt.Fprintln(stdout, cli.Version(name))
+		return cli.ExitOK
 	}
-	log := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: level}))
+	log := o.Logger(stderr)
 
 	cfg := o.config(log)
 	if o.rate == 0 {
@@ -227,7 +230,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 			log.Info("raw IPv6 output open: relay-discovery echo requests go to native IPv6")
 		case o.raw == rawOn:
 			log.Error("cannot open the raw IPv6 output", "err", err)
-			return 1
+			return cli.ExitFailure
 		default:
 			log.Warn("raw IPv6 output unavailable (needs root or CAP_NET_RAW)", "err", err)
 		}
@@ -236,7 +239,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	srv, err := server.New(cfg)
 	if err != nil {
 		log.Error("cannot start", "err", err)
-		return 1
+		return cli.ExitFailure
 	}
 	defer srv.Close()
 
@@ -244,7 +247,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		ln, err := net.Listen("tcp", o.status)
 		if err != nil {
 			log.Error("cannot serve status", "err", err)
-			return 1
+			return cli.ExitFailure
 		}
 		hs := &http.Server{Handler: srv.Handler(), ReadHeaderTimeout: 10 * time.Second}
 		log.Info("status", "addr", ln.Addr().String())
@@ -256,7 +259,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 			}
 		}()
 		defer func() {
-			sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			sctx, cancel := context.WithTimeout(context.Background(), cli.ShutdownGrace)
 			defer cancel()
 			hs.Shutdown(sctx)
 			hs.Close()
@@ -271,8 +274,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	}
 	if err := srv.Serve(ctx); err != nil {
 		log.Error("server stopped", "err", err)
-		return 1
+		return cli.ExitFailure
 	}
 	log.Info("stopped")
-	return 0
+	return cli.ExitOK
 }

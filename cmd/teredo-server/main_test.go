@@ -18,6 +18,7 @@ import (
 	"go.uber.org/goleak"
 
 	"github.com/teredo-go/teredo/clock"
+	"github.com/teredo-go/teredo/internal/cli"
 	"github.com/teredo-go/teredo/proto"
 	"github.com/teredo-go/teredo/server"
 )
@@ -35,7 +36,7 @@ func TestParseFlags(t *testing.T) {
 		{"defaults", []string{"-primary", "198.18.0.1"},
 			options{primary: netip.MustParseAddr("198.18.0.1"), secondary: netip.MustParseAddr("198.18.0.2"), port: 3544, mtu: 1280, raw: rawAuto, rate: 50, burst: 100}, ""},
 		{"everything", []string{"-primary", "198.18.0.1", "-secondary", "198.18.7.9", "-port", "4000", "-mtu", "1500", "-status", "127.0.0.1:9544", "-rate", "20", "-burst", "30", "-raw", "-v"},
-			options{primary: netip.MustParseAddr("198.18.0.1"), secondary: netip.MustParseAddr("198.18.7.9"), port: 4000, mtu: 1500, status: "127.0.0.1:9544", raw: rawOn, verbose: true, rate: 20, burst: 30}, ""},
+			options{primary: netip.MustParseAddr("198.18.0.1"), secondary: netip.MustParseAddr("198.18.7.9"), port: 4000, mtu: 1500, status: "127.0.0.1:9544", raw: rawOn, Common: cli.Common{Verbose: true}, rate: 20, burst: 30}, ""},
 		{"raw off", []string{"-primary", "198.18.0.1", "-raw=false"},
 			options{primary: netip.MustParseAddr("198.18.0.1"), secondary: netip.MustParseAddr("198.18.0.2"), port: 3544, mtu: 1280, raw: rawOff, rate: 50, burst: 100}, ""},
 		{"loopback with -any-ipv4", []string{"-primary", "127.0.0.2", "-any-ipv4"},
@@ -79,13 +80,14 @@ func TestParseFlags(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			got, err := parseFlags(tt.args, io.Discard)
+			got, err := parseFlags(tt.args, noEnv, io.Discard)
 			if tt.wantErr != "" {
 				if err == nil || !strings.Contains(err.Error(), tt.wantErr) {
 					t.Fatalf("err = %v, want %q", err, tt.wantErr)
 				}
 				return
 			}
+			tt.want.LogFormat, tt.want.LogLevel = "text", cli.DefaultLogLevel
 			if err != nil || got != tt.want {
 				t.Fatalf("got %+v, %v\nwant %+v", got, err, tt.want)
 			}
@@ -107,7 +109,7 @@ func TestRunBadFlags(t *testing.T) {
 		{"-nope"},
 	} {
 		var stdout, stderr strings.Builder
-		if code := run(context.Background(), args, &stdout, &stderr); code != 2 {
+		if code := run(context.Background(), args, noEnv, &stdout, &stderr); code != 2 {
 			t.Errorf("%q: exit %d, want 2", args, code)
 		}
 		if stdout.Len() != 0 || !strings.Contains(stderr.String(), "teredo-server") && !strings.Contains(stderr.String(), "Usage") {
@@ -119,12 +121,12 @@ func TestRunBadFlags(t *testing.T) {
 		"-burst": {"-primary", "198.18.0.1", "-burst", "-3"},
 	} {
 		var stdout, stderr strings.Builder
-		if code := run(context.Background(), args, &stdout, &stderr); code != 2 || !strings.HasPrefix(stderr.String(), "teredo-server: "+flag+" ") {
+		if code := run(context.Background(), args, noEnv, &stdout, &stderr); code != 2 || !strings.HasPrefix(stderr.String(), "teredo-server: "+flag+" ") {
 			t.Errorf("%q: exit %d, stderr %q; want 2 and a message naming %s", args, code, stderr.String(), flag)
 		}
 	}
 	var stdout, stderr strings.Builder
-	if code := run(context.Background(), []string{"-h"}, &stdout, &stderr); code != 0 || !strings.Contains(stderr.String(), "-primary") ||
+	if code := run(context.Background(), []string{"-h"}, noEnv, &stdout, &stderr); code != 0 || !strings.Contains(stderr.String(), "-primary") ||
 		!strings.Contains(stderr.String(), "-rate N") || !strings.Contains(stderr.String(), "-burst N") {
 		t.Errorf("-h: exit %d, stderr %q", code, stderr.String())
 	}
@@ -149,7 +151,7 @@ func TestConfig(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			o, err := parseFlags(append([]string{"-primary", primary.String()}, tt.args...), io.Discard)
+			o, err := parseFlags(append([]string{"-primary", primary.String()}, tt.args...), noEnv, io.Discard)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -178,7 +180,7 @@ func TestConfig(t *testing.T) {
 		})
 	}
 
-	o, err := parseFlags([]string{"-primary", "127.0.0.2", "-any-ipv4"}, io.Discard)
+	o, err := parseFlags([]string{"-primary", "127.0.0.2", "-any-ipv4"}, noEnv, io.Discard)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -223,7 +225,7 @@ func TestRun(t *testing.T) {
 	var stderr syncBuffer
 	code := make(chan int, 1)
 	go func() {
-		code <- run(ctx, args, outW, &stderr)
+		code <- run(ctx, args, noEnv, outW, &stderr)
 		outW.Close()
 	}()
 
@@ -276,7 +278,7 @@ func TestRun(t *testing.T) {
 	}
 	body, _ := io.ReadAll(resp.Body)
 	resp.Body.Close()
-	if !strings.Contains(string(body), "teredo_server_answered_rs_total 1\n") {
+	if !strings.Contains(string(body), `teredo_server_packets_total{direction="tx",result="router_advertisements"} 1`+"\n") {
 		t.Fatalf("/metrics:\n%s", body)
 	}
 	if !strings.Contains(stderr.String(), "no IPv6 output") {
@@ -289,5 +291,39 @@ func TestRun(t *testing.T) {
 	}
 	if lines.Scan() {
 		t.Fatalf("more than one line on stdout: %q", lines.Text())
+	}
+}
+
+func noEnv(string) string { return "" }
+
+// TestConventions checks what every command shares: environment variables
+// for flags (the command line wins), -version, the log flags and the
+// form of usage errors.
+func TestConventions(t *testing.T) {
+	env := map[string]string{"TEREDO_SERVER_PRIMARY": "198.18.0.1", "TEREDO_SERVER_ANY_IPV4": "true", "TEREDO_SERVER_PORT": "4000"}
+	o, err := parseFlags([]string{"-port", "4001"}, func(k string) string { return env[k] }, io.Discard)
+	if err != nil || o.primary != netip.MustParseAddr("198.18.0.1") || !o.anyIPv4 || o.port != 4001 {
+		t.Errorf("from the environment: %+v, %v", o, err)
+	}
+	env["TEREDO_SERVER_PORT"] = "x"
+	var stdout, stderr strings.Builder
+	if code := run(context.Background(), nil, func(k string) string { return env[k] }, &stdout, &stderr); code != 2 ||
+		!strings.HasPrefix(stderr.String(), "teredo-server: environment variable TEREDO_SERVER_PORT: ") ||
+		!strings.HasSuffix(stderr.String(), "\nRun 'teredo-server -h' for the flags.\n") {
+		t.Errorf("bad environment variable: exit %d, stderr %q", code, stderr.String())
+	}
+	stdout.Reset()
+	stderr.Reset()
+	if code := run(context.Background(), []string{"-version"}, noEnv, &stdout, &stderr); code != 0 ||
+		!strings.HasPrefix(stdout.String(), "teredo-server ") || !strings.Contains(stdout.String(), "go1.") {
+		t.Errorf("-version: exit %d, stdout %q, stderr %q", code, stdout.String(), stderr.String())
+	}
+	for _, args := range [][]string{{"-log-format", "xml"}, {"-log-level", "loud"}, {"-bogus"}} {
+		stderr.Reset()
+		args = append([]string{"-primary", "198.18.0.1"}, args...)
+		if code := run(context.Background(), args, noEnv, io.Discard, &stderr); code != 2 || !strings.HasPrefix(stderr.String(), "teredo-server: ") ||
+			strings.Contains(stderr.String(), "Usage") {
+			t.Errorf("%q: exit %d, stderr %q", args, code, stderr.String())
+		}
 	}
 }

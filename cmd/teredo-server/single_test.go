@@ -5,6 +5,8 @@ import (
 	"net/netip"
 	"strings"
 	"testing"
+
+	"github.com/teredo-go/teredo/internal/cli"
 )
 
 func TestParseFlagsSingleAddress(t *testing.T) {
@@ -23,13 +25,14 @@ func TestParseFlagsSingleAddress(t *testing.T) {
 		{[]string{"-primary", "198.18.0.1", "-single-address", "-secondary-port", "3544"}, options{}, "other than -port"},
 		{[]string{"-primary", "198.18.0.1", "-single-address", "-secondary-port", "65536"}, options{}, "other than -port"},
 	} {
-		got, err := parseFlags(tt.args, io.Discard)
+		got, err := parseFlags(tt.args, noEnv, io.Discard)
 		if tt.wantErr != "" {
 			if err == nil || !strings.Contains(err.Error(), tt.wantErr) {
 				t.Errorf("%q: err = %v, want %q", tt.args, err, tt.wantErr)
 			}
 			continue
 		}
+		tt.want.LogFormat, tt.want.LogLevel = "text", cli.DefaultLogLevel
 		if err != nil || got != tt.want {
 			t.Errorf("%q: got %+v, %v\nwant %+v", tt.args, got, err, tt.want)
 		}

@@ -10,15 +10,20 @@ import (
 	"net/netip"
 	"strconv"
 	"strings"
+
+	"github.com/teredo-go/teredo/internal/cli"
 )
 
 // DefaultServer is Miredo's default Teredo server. Public servers come and
 // go; when it does not answer, the user is told to pick one with -server.
 const DefaultServer = "teredo.remlab.net"
 
+// name is the command's name in messages and environment variables.
+const name = "teredo-socks"
+
 // envPrefix prefixes the environment variable of every flag:
-// -listen is also TEREDO_SOCKS_LISTEN.
-const envPrefix = "TEREDO_SOCKS_"
+// -listen is also TEREDO_SOCKS_LISTEN (see cli.EnvName).
+var envPrefix = cli.EnvPrefix(name)
 
 // Forward exposes a local TCP service on a port of the Teredo address.
 type Forward struct {
@@ -38,7 +43,7 @@ type Config struct {
 	Forwards []Forward
 	Status   string
 	Demo     bool
-	Verbose  bool
+	cli.Common
 	// Teredo client options (stack.Config): PortMap is on by default.
 	PortMap        bool
 	LocalDiscovery bool
@@ -101,7 +106,7 @@ func parseForward(s string) (Forward, error) {
 // parseConfig parses args, with each flag's environment variable as its
 // default. Errors are meant for the user, as they are.
 func parseConfig(args []string, getenv func(string) string, stderr io.Writer) (*Config, error) {
-	fs := flag.NewFlagSet("teredo-socks", flag.ContinueOnError)
+	fs := flag.NewFlagSet(name, flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	var (
 		c         Config
@@ -129,7 +134,7 @@ func parseConfig(args []string, getenv func(string) string, stderr io.Writer) (*
 	fs.StringVar(&c.Status, "status", "", "serve GET /status (JSON) and /metrics (Prometheus) on `address`; no authentication, so keep it on loopback")
 	fs.IntVar(&c.MaxSessions, "max-sessions", socks5.DefaultMaxConns, "most concurrent SOCKS5 sessions; more are closed at once")
 	fs.BoolVar(&c.Demo, "demo", false, "run against a built-in in-process Teredo internet (no root, no network)")
-	fs.BoolVar(&c.Verbose, "v", false, "verbose (debug) logging")
+	c.Common.Register(fs)
 	fs.BoolVar(&c.PortMap, "portmap", true, "ask the NAT for a mapping of the client's UDP port (PCP, NAT-PMP, UPnP-IGD); -portmap=false turns it off")
 	fs.BoolVar(&c.LocalDiscovery, "local-discovery", false, "find Teredo peers on the same LAN by multicast bubbles (RFC 4380 local discovery)")
 	fs.BoolVar(&c.ConeProbe, "cone-probe", false, "after qualifying, probe whether the NAT is a cone NAT (a reply from the server's second address)")
@@ -140,24 +145,18 @@ func parseConfig(args []string, getenv func(string) string, stderr io.Writer) (*
 	}
 
 	// Environment first, so that flags given on the command line win.
-	var envErr error
-	fs.VisitAll(func(f *flag.Flag) {
-		name := envName(f.Name)
-		if v := getenv(name); v != "" && envErr == nil {
-			if err := fs.Set(f.Name, v); err != nil {
-				envErr = fmt.Errorf("environment variable %s: %w", name, err)
-			}
-		}
-	})
-	if envErr != nil {
-		return nil, envErr
-	}
-	envForwards := len(fwds)
-	if err := fs.Parse(args); err != nil {
+	if err := cli.SetFromEnv(fs, getenv); err != nil {
 		return nil, err
 	}
-	if fs.NArg() > 0 {
-		return nil, fmt.Errorf("unexpected argument %q", fs.Arg(0))
+	envForwards := len(fwds)
+	if err := cli.ParseArgs(fs, args); err != nil {
+		return nil, err
+	}
+	if c.Version {
+		return &c, nil
+	}
+	if err := c.Common.Check(); err != nil {
+		return nil, err
 	}
 	// Forwards given on the command line replace those from the environment.
 	if len(fwds) > envForwards && envForwards > 0 {
@@ -240,6 +239,4 @@ func isLoopback(host string) bool {
 
 // envName is the environment variable of a flag: -local-discovery is
 // TEREDO_SOCKS_LOCAL_DISCOVERY.
-func envName(flagName string) string {
-	return envPrefix + strings.ToUpper(strings.ReplaceAll(flagName, "-", "_"))
-}
+func envName(flagName string) string { return cli.EnvName(name, flagName) }

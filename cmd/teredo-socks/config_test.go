@@ -74,6 +74,18 @@ func TestParseConfig(t *testing.T) {
 		{name: "bad env", env: map[string]string{"TEREDO_SOCKS_V": "perhaps"}, wantErr: "TEREDO_SOCKS_V"},
 		{name: "unknown flag", args: []string{"-nope"}, wantErr: "not defined"},
 		{name: "stray argument", args: []string{"extra"}, wantErr: "unexpected argument"},
+		{name: "log flags", args: []string{"-log-format", "json", "-log-level", "warn"}, check: func(t *testing.T, c *Config) {
+			if c.LogFormat != "json" || c.LogLevel != "warn" {
+				t.Fatalf("%+v", c)
+			}
+		}},
+		{name: "log flags from env", env: map[string]string{"TEREDO_SOCKS_LOG_FORMAT": "json"}, check: func(t *testing.T, c *Config) {
+			if c.LogFormat != "json" {
+				t.Fatalf("%+v", c)
+			}
+		}},
+		{name: "bad log format", args: []string{"-log-format", "xml"}, wantErr: "-log-format"},
+		{name: "bad log level", env: map[string]string{"TEREDO_SOCKS_LOG_LEVEL": "loud"}, wantErr: "-log-level"},
 		{name: "empty server", args: []string{"-server", " , "}, wantErr: "at least one"},
 		{name: "client option defaults", check: func(t *testing.T, c *Config) {
 			if !c.PortMap || c.LocalDiscovery || c.ConeProbe || c.Secondary.IsValid() {

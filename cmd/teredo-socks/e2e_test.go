@@ -184,7 +184,7 @@ func TestDemoWithCurl(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, k := range []string{"state", "address", "server", "mapped", "nat", "peers", "counters"} {
+	for _, k := range []string{"state", "version", "uptime_seconds", "counters", "drops", "address", "server", "mapped", "nat", "peers", "socks5"} {
 		if _, ok := st[k]; !ok {
 			t.Errorf("status has no %q", k)
 		}
@@ -192,7 +192,7 @@ func TestDemoWithCurl(t *testing.T) {
 	if st["state"] != "qualified" || st["address"] != teredo {
 		t.Errorf("status: %v", st)
 	}
-	if s5 := st["counters"].(map[string]any)["socks5"].(map[string]any); s5["accepted"].(float64) < 2 {
+	if s5 := st["socks5"].(map[string]any); s5["accepted"].(float64) < 2 {
 		t.Errorf("socks5 counters: %v", s5)
 	}
 
@@ -260,6 +260,7 @@ func TestRealMainExitCodes(t *testing.T) {
 		{"bad flag", []string{"-ipv4", "sometimes"}, nil, 2, "want direct or reject"},
 		{"bad env", nil, map[string]string{"TEREDO_SOCKS_BIND": "nowhere"}, 2, "TEREDO_SOCKS_BIND"},
 		{"open proxy", []string{"-listen", "0.0.0.0:1080"}, nil, 2, "open proxy"},
+		{"unknown flag", []string{"-nope"}, nil, 2, "teredo-socks: flag provided but not defined: -nope\nRun 'teredo-socks -h' for the flags.\n"},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			var stdout, stderr bytes.Buffer
@@ -270,5 +271,10 @@ func TestRealMainExitCodes(t *testing.T) {
 				t.Fatalf("stderr lacks %q:\n%s", tt.inStderr, stderr.String())
 			}
 		})
+	}
+	var stdout, stderr bytes.Buffer
+	if code := realMain([]string{"-version"}, env(nil), &stdout, &stderr); code != 0 ||
+		!strings.HasPrefix(stdout.String(), "teredo-socks ") || !strings.Contains(stdout.String(), "go1.") {
+		t.Errorf("-version: exit %d, stdout %q, stderr %q", code, stdout.String(), stderr.String())
 	}
 }

@@ -18,6 +18,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/teredo-go/teredo/internal/metrics"
 	"github.com/teredo-go/teredo/socks5"
 	"github.com/teredo-go/teredo/teredotest"
 )
@@ -225,7 +226,7 @@ func TestProxyDemoServices(t *testing.T) {
 	}
 
 	st := getStatus(t, p)
-	for _, k := range []string{"state", "address", "server", "mapped", "nat", "peers", "counters"} {
+	for _, k := range []string{"state", "version", "uptime_seconds", "counters", "drops", "address", "server", "mapped", "nat", "peers", "socks5"} {
 		if _, ok := st[k]; !ok {
 			t.Errorf("status has no %q: %v", k, st)
 		}
@@ -237,12 +238,12 @@ func TestProxyDemoServices(t *testing.T) {
 		t.Errorf("peers = %v, want the demo host's relay at least", st["peers"])
 	}
 	counters := st["counters"].(map[string]any)
-	s5 := counters["socks5"].(map[string]any)
+	s5 := st["socks5"].(map[string]any)
 	if s5["accepted"].(float64) < 4 || s5["udp_associations"].(float64) != 1 || s5["udp_up"].(float64) < 3 {
 		t.Errorf("socks5 counters: %v", s5)
 	}
-	if cl := counters["client"].(map[string]any); cl["tx_fast"].(float64) == 0 {
-		t.Errorf("client counters: %v", cl)
+	if counters["tx_fast"].(float64) == 0 {
+		t.Errorf("client counters: %v", counters)
 	}
 	res, err := (&http.Client{Timeout: ioTimeout}).Get("http://" + p.status + "/metrics")
 	if err != nil {
@@ -252,6 +253,9 @@ func TestProxyDemoServices(t *testing.T) {
 	res.Body.Close()
 	if !strings.Contains(string(metricsBody), "\nteredo_socks_qualified 1\n") {
 		t.Errorf("metrics:\n%s", metricsBody)
+	}
+	if probs, err := metrics.Lint(strings.NewReader(string(metricsBody))); err != nil || len(probs) > 0 {
+		t.Errorf("metrics lint: %v %v\n%s", err, probs, metricsBody)
 	}
 }
 
@@ -290,7 +294,7 @@ func TestProxyIPv4Reject(t *testing.T) {
 		t.Errorf("IPv6 under -ipv4 reject: %s", body)
 	}
 	st := getStatus(t, p)
-	replies := st["counters"].(map[string]any)["socks5"].(map[string]any)["replies"].(map[string]any)
+	replies := st["socks5"].(map[string]any)["replies"].(map[string]any)
 	if replies["not_allowed"] != 2.0 {
 		t.Errorf("replies: %v", replies)
 	}
@@ -308,7 +312,7 @@ func TestProxyIPv4Reject(t *testing.T) {
 	}
 	var drops map[string]any
 	for deadline := time.Now().Add(ioTimeout); time.Now().Before(deadline); time.Sleep(10 * time.Millisecond) {
-		drops = getStatus(t, p)["counters"].(map[string]any)["socks5"].(map[string]any)["udp_drops"].(map[string]any)
+		drops = getStatus(t, p)["socks5"].(map[string]any)["udp_drops"].(map[string]any)
 		if drops["resolve"] == 1.0 {
 			return
 		}

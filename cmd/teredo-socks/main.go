@@ -20,12 +20,12 @@ import (
 	"net/http"
 	"net/netip"
 	"os"
-	"os/signal"
 	"strings"
-	"syscall"
 	"time"
 
 	"github.com/teredo-go/teredo/clock"
+	"github.com/teredo-go/teredo/internal/cli"
+	"github.com/teredo-go/teredo/internal/forward"
 	"github.com/teredo-go/teredo/socks5"
 )
 
@@ -35,26 +35,21 @@ func main() {
 
 func realMain(args []string, getenv func(string) string, stdout, stderr io.Writer) int {
 	cfg, err := parseConfig(args, getenv, stderr)
-	if errors.Is(err, flag.ErrHelp) {
-		return 0
-	}
 	if err != nil {
-		fmt.Fprintln(stderr, "teredo-socks:", err)
-		fmt.Fprintln(stderr, "Run 'teredo-socks -h' for the flags.")
-		return 2
+		if !errors.Is(err, flag.ErrHelp) {
+			err = cli.UsageError(err.Error()) // every configuration error is the user's to fix
+		}
+		return cli.Exit(stderr, name, err)
 	}
-	// The lines a user needs go to stdout; the log (stderr) holds only
-	// warnings unless -v.
-	level := slog.LevelWarn
-	if cfg.Verbose {
-		level = slog.LevelDebug
+	if cfg.Version {
+		fmt.Fprintln(stdout, cli.Version(name))
+		return cli.ExitOK
 	}
-	log := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: level}))
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	// The lines a user needs go to stdout; the log (stderr) is for the
+	// service manager's journal.
+	log := cfg.Logger(stderr)
+	ctx, stop := cli.SignalContext()
 	defer stop()
-	// After the first signal, a second one kills at once, should the
-	// graceful shutdown hang.
-	context.AfterFunc(ctx, stop)
 
 	e := hostEnv(stdout, stderr, log)
 	e.servers = strings.Join(cfg.Servers, ", ")
@@ -147,8 +142,9 @@ func hostEnv(stdout, stderr io.Writer, log *slog.Logger) env {
 	}
 }
 
-// shutdownTimeout bounds the graceful part of shutdown.
-const shutdownTimeout = 3 * time.Second
+// shutdownTimeout bounds the graceful part of shutdown, as for every
+// command.
+const shutdownTimeout = cli.ShutdownGrace
 
 // run serves until ctx is cancelled and returns the exit code.
 func run(ctx context.Context, cfg *Config, e env) (code int) {
@@ -227,7 +223,7 @@ func run(ctx context.Context, cfg *Config, e env) (code int) {
 		MaxConns:     cfg.MaxSessions,
 		Logger:       e.log,
 	}
-	var forwards []*forwarder
+	var forwards []*forward.Forwarder
 	defer func() {
 		for _, f := range forwards {
 			f.Close()
@@ -239,7 +235,7 @@ func run(ctx context.Context, cfg *Config, e env) (code int) {
 			closeListeners()
 			return fail("-forward %d=%s: cannot listen on the Teredo address: %v", fw.Port, fw.Target, err)
 		}
-		forwards = append(forwards, newForwarder(ln, fw.Target, e.dialHost, e.log))
+		forwards = append(forwards, forward.New(ln, fw.Target, e.dialHost, e.log))
 	}
 
 	serveErr := make(chan error, 2)

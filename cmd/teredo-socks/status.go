@@ -42,30 +42,81 @@ type statusSource struct {
 	now        func() time.Time
 }
 
-// statusJSON is the body of GET /status.
+// statusJSON is the body of GET /status: the fields every role's status
+// opens with (state, version, uptime_seconds, counters, drops), then the
+// proxy's own.
 type statusJSON struct {
-	State      string       `json:"state"`
-	Address    string       `json:"address"`
-	Public     string       `json:"public_address,omitempty"`
-	Server     string       `json:"server"`
-	ServerName string       `json:"server_name,omitempty"`
-	Mapped     string       `json:"mapped"`
-	NAT        string       `json:"nat"`
-	Peers      int          `json:"peers"`
-	MTU        int          `json:"mtu"`
-	Listen     string       `json:"listen"`
-	Uptime     float64      `json:"uptime_seconds"`
-	Counters   countersJSON `json:"counters"`
+	State   string  `json:"state"`
+	Version string  `json:"version"`
+	Uptime  float64 `json:"uptime_seconds"`
+	// Counters are the client's, keyed as clientKeys says for those in
+	// the shared model and by their own name for the rest (link, TCP);
+	// Drops the client's drops by reason.
+	Counters map[string]uint64 `json:"counters"`
+	Drops    map[string]uint64 `json:"drops"`
+
+	Address    string     `json:"address"`
+	Public     string     `json:"public_address,omitempty"`
+	Server     string     `json:"server"`
+	ServerName string     `json:"server_name,omitempty"`
+	Mapped     string     `json:"mapped"`
+	NAT        string     `json:"nat"`
+	Peers      int        `json:"peers"`
+	MTU        int        `json:"mtu"`
+	Listen     string     `json:"listen"`
+	SOCKS5     socks5JSON `json:"socks5"`
 	// Goroutines is the process's goroutine count: flat under a steady
 	// load unless sessions leak (the lab's soak test watches it).
 	Goroutines int          `json:"goroutines"`
 	PortMap    *portMapJSON `json:"portmap,omitempty"`
 }
 
-type countersJSON struct {
-	Client      map[string]uint64 `json:"client"`
-	ClientDrops map[string]uint64 `json:"client_drops"`
-	SOCKS5      socks5JSON        `json:"socks5"`
+// clientKeys places the Teredo client's counters, by their name in
+// teredoStatus.Counters, in the metrics model every role shares (see
+// internal/metrics). The others (link, TCP, peer-table queue counts that
+// the drops already hold) are written on their own.
+var clientKeys = map[string]metrics.Key{
+	"tx_fast":               {Kind: metrics.Packets, Direction: metrics.TX, Name: "fast"},
+	"tx_queued":             {Kind: metrics.Packets, Direction: metrics.TX, Name: "queued"},
+	"tx_flushed":            {Kind: metrics.Packets, Direction: metrics.TX, Name: "flushed"},
+	"rx_delivered":          {Kind: metrics.Packets, Direction: metrics.RX, Name: "delivered"},
+	"rx_held_delivered":     {Kind: metrics.Packets, Direction: metrics.RX, Name: "held_delivered"},
+	"router_solicitations":  {Kind: metrics.Packets, Direction: metrics.TX, Name: "router_solicitations"},
+	"router_advertisements": {Kind: metrics.Packets, Direction: metrics.RX, Name: "router_advertisements"},
+	"bubbles":               {Kind: metrics.Packets, Direction: metrics.TX, Name: "bubbles"},
+	"bubble_replies":        {Kind: metrics.Packets, Direction: metrics.TX, Name: "bubble_replies"},
+	"echo_requests":         {Kind: metrics.Packets, Direction: metrics.TX, Name: "echo_requests"},
+	"icmp_errors":           {Kind: metrics.Packets, Direction: metrics.TX, Name: "icmp_errors"},
+	"peers_created":         {Kind: metrics.PeerEvents, Name: "created"},
+	"peers_evicted":         {Kind: metrics.PeerEvents, Name: "evicted"},
+	"peers_expired":         {Kind: metrics.PeerEvents, Name: "expired"},
+}
+
+// clientCounters splits the client's counters into those of the shared
+// model, keyed by metrics.Key.StatusKey, and the rest; drops become
+// Dropped keys. keys and values are sorted by status key.
+func clientCounters(t teredoStatus) (keys []metrics.Key, values []uint64, other map[string]uint64) {
+	other = map[string]uint64{}
+	byKey := map[string]int{}
+	add := func(k metrics.Key, v uint64) {
+		if i, ok := byKey[k.StatusKey()]; ok {
+			values[i] += v
+			return
+		}
+		byKey[k.StatusKey()] = len(keys)
+		keys, values = append(keys, k), append(values, v)
+	}
+	for _, name := range sortedKeys(t.Counters) {
+		if k, ok := clientKeys[name]; ok {
+			add(k, t.Counters[name])
+		} else {
+			other[name] = t.Counters[name]
+		}
+	}
+	for _, reason := range sortedKeys(t.Drops) {
+		add(metrics.Key{Kind: metrics.Dropped, Name: reason}, t.Drops[reason])
+	}
+	return keys, values, other
 }
 
 type socks5JSON struct {
@@ -122,6 +173,8 @@ func (s *statusSource) snapshot() statusJSON {
 	st := s.socks()
 	out := statusJSON{
 		State:   t.State,
+		Version: metrics.Build().Version,
+		Uptime:  s.now().Sub(s.started).Seconds(),
 		Address: addrString(t.Addr),
 		Public:  addrString(t.Public),
 		Server:  addrString(t.Server),
@@ -130,7 +183,6 @@ func (s *statusSource) snapshot() statusJSON {
 		Peers:   t.Peers,
 		MTU:     t.MTU,
 		Listen:  s.listen,
-		Uptime:  s.now().Sub(s.started).Seconds(),
 	}
 	out.Goroutines = runtime.NumGoroutine()
 	out.PortMap = t.PortMap
@@ -139,13 +191,16 @@ func (s *statusSource) snapshot() statusJSON {
 			out.ServerName = n
 		}
 	}
-	out.Counters.Client = orEmpty(t.Counters)
-	out.Counters.ClientDrops = orEmpty(t.Drops)
+	keys, values, other := clientCounters(t)
+	out.Counters, out.Drops = metrics.StatusMaps(keys, func(i int) uint64 { return values[i] })
+	for k, v := range other {
+		out.Counters[k] = v
+	}
 	replies := map[string]uint64{}
 	for code, n := range st.Replies {
 		replies[replyLabel(code)] = n
 	}
-	out.Counters.SOCKS5 = socks5JSON{
+	out.SOCKS5 = socks5JSON{
 		Accepted: st.Accepted, Rejected: st.Rejected, Active: st.Active,
 		HandshakeFailures: st.HandshakeFailures, AuthFailures: st.AuthFailures,
 		Replies: replies, BytesUp: st.BytesUp, BytesDown: st.BytesDown,
@@ -154,13 +209,6 @@ func (s *statusSource) snapshot() statusJSON {
 		UDPUp:               st.UDPUp, UDPDown: st.UDPDown, UDPDrops: udpDrops(st.UDPDrop),
 	}
 	return out
-}
-
-func orEmpty(m map[string]uint64) map[string]uint64 {
-	if m == nil {
-		return map[string]uint64{}
-	}
-	return m
 }
 
 // handler serves GET /status (JSON) and GET /metrics (Prometheus text).
@@ -199,16 +247,16 @@ func (s *statusSource) writeMetrics(w *metrics.Writer) {
 	w.Gauge("teredo_socks_uptime_seconds", "Seconds since the proxy started.", st.Uptime)
 	w.Gauge("go_goroutines", "Goroutines in the proxy process.", float64(st.Goroutines))
 
-	for _, k := range sortedKeys(st.Counters.Client) {
-		name := "teredo_socks_client_" + metricSafe(k) + "_total"
-		w.Counter(name, "Teredo client counter "+k+".", st.Counters.Client[k])
-	}
-	w.Header("teredo_socks_client_drops_total", "Packets the Teredo client dropped, by reason.", metrics.Counter)
-	for _, k := range sortedKeys(st.Counters.ClientDrops) {
-		w.Sample("teredo_socks_client_drops_total", float64(st.Counters.ClientDrops[k]), "reason", k)
+	w.BuildInfo(metrics.Build())
+	t := s.teredo()
+	keys, values, other := clientCounters(t)
+	w.Role("client", keys, func(i int) uint64 { return values[i] })
+	for _, k := range sortedKeys(other) {
+		name := "teredo_socks_" + metricSafe(k) + "_total"
+		w.Counter(name, "Teredo stack counter "+k+".", other[k])
 	}
 
-	c := st.Counters.SOCKS5
+	c := st.SOCKS5
 	w.Counter("teredo_socks_socks5_accepted_total", "SOCKS5 connections accepted, including rejected ones.", c.Accepted)
 	w.Counter("teredo_socks_socks5_rejected_total", "SOCKS5 connections closed at once because too many sessions were active.", c.Rejected)
 	w.Gauge("teredo_socks_socks5_active", "SOCKS5 sessions in progress.", float64(c.Active))

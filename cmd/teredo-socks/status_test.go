@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/teredo-go/teredo/internal/metrics"
 	"github.com/teredo-go/teredo/socks5"
 )
 
@@ -74,15 +75,21 @@ func TestStatusJSON(t *testing.T) {
 			t.Errorf("%s = %v, want %v", k, got[k], v)
 		}
 	}
+	if v, _ := got["version"].(string); v == "" {
+		t.Errorf("no version in %s", body)
+	}
 	// The test process runs at least the test and the HTTP handler.
 	if g, _ := got["goroutines"].(float64); g < 2 {
 		t.Errorf("goroutines = %v", got["goroutines"])
 	}
 	counters, _ := got["counters"].(map[string]any)
-	client, _ := counters["client"].(map[string]any)
-	socks, _ := counters["socks5"].(map[string]any)
-	if client["tx_fast"] != 10.0 || socks["accepted"] != 5.0 || socks["bytes_up"] != 1234.0 {
-		t.Errorf("counters: %v", counters)
+	drops, _ := got["drops"].(map[string]any)
+	socks, _ := got["socks5"].(map[string]any)
+	if counters["tx_fast"] != 10.0 || counters["tx_bubbles"] != 2.0 || counters["odd-name"] != 1.0 || drops["malformed"] != 4.0 {
+		t.Errorf("counters: %v, drops %v", counters, drops)
+	}
+	if socks["accepted"] != 5.0 || socks["bytes_up"] != 1234.0 {
+		t.Errorf("socks5: %v", socks)
 	}
 	if replies, _ := socks["replies"].(map[string]any); replies["not_allowed"] != 1.0 || replies["succeeded"] != 4.0 {
 		t.Errorf("replies: %v", socks["replies"])
@@ -101,9 +108,10 @@ func TestStatusMetrics(t *testing.T) {
 		"teredo_socks_qualified 1",
 		`teredo_socks_info{state="qualified",address="2001:0:7f00:2::1",server="192.0.2.10",mapped="198.51.100.7:4242",nat="restricted"} 1`,
 		"teredo_socks_peers 3",
-		"teredo_socks_client_tx_fast_total 10",
-		"teredo_socks_client_odd_name_total 1",
-		`teredo_socks_client_drops_total{reason="malformed"} 4`,
+		`teredo_client_packets_total{direction="tx",result="fast"} 10`,
+		`teredo_client_packets_total{direction="tx",result="bubbles"} 2`,
+		"teredo_socks_odd_name_total 1",
+		`teredo_client_dropped_total{reason="malformed"} 4`,
 		"teredo_socks_socks5_accepted_total 5",
 		"teredo_socks_socks5_active 1",
 		`teredo_socks_socks5_replies_total{reply="not_allowed"} 1`,
@@ -114,18 +122,8 @@ func TestStatusMetrics(t *testing.T) {
 			t.Errorf("missing %q in\n%s", line, body)
 		}
 	}
-	// Every sample belongs to a family announced by a TYPE line.
-	typed := map[string]bool{}
-	for _, l := range strings.Split(strings.TrimSpace(body), "\n") {
-		if f := strings.Fields(l); len(f) >= 3 && f[0] == "#" && f[1] == "TYPE" {
-			typed[f[2]] = true
-		} else if !strings.HasPrefix(l, "#") {
-			name, _, _ := strings.Cut(l, " ")
-			name, _, _ = strings.Cut(name, "{")
-			if !typed[name] {
-				t.Errorf("sample without TYPE: %q", l)
-			}
-		}
+	if probs, err := metrics.Lint(strings.NewReader(body)); err != nil || len(probs) > 0 {
+		t.Errorf("lint: %v %v\n%s", err, probs, body)
 	}
 }
 

@@ -7,6 +7,7 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
+	"io"
 	"net/http"
 	"net/netip"
 	"path/filepath"
@@ -88,8 +89,10 @@ func startGateway(t testing.TB, l *Lab, ndpProxy bool) *ourGateway {
 
 // gatewayStatus is the part of the gateway's GET /status the tests read.
 type gatewayStatus struct {
-	Stats map[string]uint64 `json:"stats"`
-	Relay struct {
+	State    string            `json:"state"`
+	Counters map[string]uint64 `json:"counters"`
+	Drops    map[string]uint64 `json:"drops"`
+	Relay    struct {
 		Counters map[string]uint64 `json:"counters"`
 	} `json:"relay"`
 }
@@ -242,6 +245,37 @@ func TestGateway(t *testing.T) {
 		}
 		t.Logf("IPv6-only host → %v → a1 127.0.0.1:9000: %d bytes echoed in %d ms", dst, r.Received, r.Milliseconds)
 	})
+	t.Run("client-to-client-public", func(t *testing.T) {
+		// c reaches a1's -forward service at a1's public address: the
+		// gateway hairpins the packets, and neither client holds the
+		// other's echo test (client/gateway.go). It failed after 8 s.
+		dst := netip.AddrPortFrom(publicOf(sa.Addr), 8000)
+		before := es.Accepted.Load()
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		start := time.Now()
+		conn, err := socksConnect(ctx, sc.Host, socksListen, dst)
+		if err != nil {
+			t.Fatalf("c → %v: %v", dst, err)
+		}
+		defer conn.Close()
+		conn.SetDeadline(time.Now().Add(10 * time.Second))
+		msg := []byte("from c to a1 by public address")
+		if _, err := conn.Write(msg); err != nil {
+			t.Fatal(err)
+		}
+		got := make([]byte, len(msg))
+		if _, err := io.ReadFull(conn, got); err != nil || !bytes.Equal(got, msg) {
+			t.Fatalf("echo %q: %v", got, err)
+		}
+		if n := es.Accepted.Load() - before; n != 1 {
+			t.Errorf("a1's service accepted %d connections, want 1", n)
+		}
+		if st := gw.status(t); st.Counters["tx_hairpinned"] == 0 {
+			t.Errorf("nothing hairpinned: %v", st.Counters)
+		}
+		t.Logf("c (%v) → a1's public %v: echoed in %v", sc.Addr, dst, time.Since(start).Round(time.Millisecond))
+	})
 	t.Run("miredo", func(t *testing.T) {
 		mc := StartMiredoClient(t, l.Clients["m"], gatewayV4, MiredoClientOptions{})
 		if mc.Teredo.Server != gatewayV4 {
@@ -264,10 +298,17 @@ func TestGateway(t *testing.T) {
 			t.Fatalf("the host saw %v, not Miredo's public address %v", f.all(), pub)
 		}
 		t.Logf("Miredo %v (public %v): ping %v, %d bytes by TCP", mc.Addr, publicOf(mc.Addr), rtt.Round(time.Microsecond), got.Size)
+		// Miredo's echo test to our client's public address is answered:
+		// our client does not hold it (two Miredo clients would).
+		pa := publicOf(sa.Addr)
+		if rtt, err = l.Clients["m"].Ping(ctx, pa, 200*time.Millisecond); err != nil {
+			t.Fatalf("Miredo client ping a1's public %v: %v", pa, err)
+		}
+		t.Logf("Miredo → a1's public %v: ping %v", pa, rtt.Round(time.Microsecond))
 	})
 	st := gw.status(t)
-	if st.Stats["translated_out"] == 0 || st.Stats["translated_in"] < size/1280 || st.Stats["malformed"] != 0 {
-		t.Errorf("gateway stats %v", st.Stats)
+	if st.State != "running" || st.Counters["rx_translated_out"] == 0 || st.Counters["tx_translated_in"] < size/1280 || st.Drops["malformed"] != 0 {
+		t.Errorf("gateway status: %s, counters %v, drops %v", st.State, st.Counters, st.Drops)
 	}
 
 	t.Run("throughput-vs-server-relay", func(t *testing.T) {

@@ -63,6 +63,9 @@ func startOurRelay(t testing.TB, h *Host, extra ...string) *ourRelay {
 
 // relayStatus is the part of the relay's GET /status that tests read.
 type relayStatus struct {
+	State        string            `json:"state"`
+	Version      string            `json:"version"`
+	Drops        map[string]uint64 `json:"drops"`
 	Addr         string            `json:"addr"`
 	HostSpecific bool              `json:"host_specific"`
 	Peers        int               `json:"peers"`
@@ -84,6 +87,9 @@ func (r *ourRelay) status(t testing.TB) relayStatus {
 	if err := json.NewDecoder(resp.Body).Decode(&st); err != nil {
 		t.Fatalf("teredo-relay /status: %v", err)
 	}
+	if st.State != "running" || st.Version == "" || st.Counters == nil || st.Drops == nil {
+		t.Fatalf("teredo-relay /status lacks the common fields: %+v", st)
+	}
 	return st
 }
 
@@ -95,7 +101,12 @@ func (s relayStatus) String() string {
 			parts = append(parts, fmt.Sprintf("%s=%d", k, v))
 		}
 	}
-	return fmt.Sprintf("peers=%d %s", s.Peers, strings.Join(parts, " "))
+	for _, k := range slices.Sorted(maps.Keys(s.Drops)) {
+		if v := s.Drops[k]; v > 0 {
+			parts = append(parts, fmt.Sprintf("drop_%s=%d", k, v))
+		}
+	}
+	return fmt.Sprintf("%s peers=%d %s", s.State, s.Peers, strings.Join(parts, " "))
 }
 
 // requireOurRelay skips while the project's relay command does not exist.

@@ -1,4 +1,8 @@
-package main
+// Package forward relays TCP connections accepted on a listener to a fixed
+// target: teredo-socks -forward (a port of the Teredo address to a service
+// of the host) and teredo-gateway -netstack-forward (a port of the
+// gateway's public address to a service of the host).
+package forward
 
 import (
 	"context"
@@ -10,13 +14,14 @@ import (
 	"time"
 )
 
-// maxForwardConns bounds the connections one -forward relays at once, so a
-// flood over IPv6 cannot exhaust the host's descriptors.
-const maxForwardConns = 256
+// MaxConns bounds the connections one Forwarder relays at once, so a flood
+// over IPv6 cannot exhaust the host's descriptors.
+const MaxConns = 256
 
-// forwarder accepts TCP connections on a port of the Teredo address and
-// relays each to a target reached through the host (-forward).
-type forwarder struct {
+// Forwarder accepts TCP connections on a listener (a port of an IPv6
+// address served in process) and relays each to a target reached through
+// the host.
+type Forwarder struct {
 	ln     net.Listener
 	target string
 	dial   func(ctx context.Context, network, address string) (net.Conn, error)
@@ -31,16 +36,18 @@ type forwarder struct {
 	conns map[net.Conn]struct{}
 }
 
-func newForwarder(ln net.Listener, target string, dial func(ctx context.Context, network, address string) (net.Conn, error), log *slog.Logger) *forwarder {
+// New starts relaying the connections ln accepts to target, opened with
+// dial. The Forwarder owns ln; Close stops it.
+func New(ln net.Listener, target string, dial func(ctx context.Context, network, address string) (net.Conn, error), log *slog.Logger) *Forwarder {
 	ctx, cancel := context.WithCancel(context.Background())
-	f := &forwarder{ln: ln, target: target, dial: dial, log: log, ctx: ctx, cancel: cancel,
-		sem: make(chan struct{}, maxForwardConns), conns: map[net.Conn]struct{}{}}
+	f := &Forwarder{ln: ln, target: target, dial: dial, log: log, ctx: ctx, cancel: cancel,
+		sem: make(chan struct{}, MaxConns), conns: map[net.Conn]struct{}{}}
 	f.wg.Add(1)
 	go f.serve()
 	return f
 }
 
-func (f *forwarder) serve() {
+func (f *Forwarder) serve() {
 	defer f.wg.Done()
 	for {
 		c, err := f.ln.Accept()
@@ -71,7 +78,7 @@ func (f *forwarder) serve() {
 }
 
 // track registers c so Close can cut it; it reports false once closing.
-func (f *forwarder) track(c net.Conn) bool {
+func (f *Forwarder) track(c net.Conn) bool {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	if f.conns == nil {
@@ -81,13 +88,13 @@ func (f *forwarder) track(c net.Conn) bool {
 	return true
 }
 
-func (f *forwarder) untrack(c net.Conn) {
+func (f *Forwarder) untrack(c net.Conn) {
 	f.mu.Lock()
 	delete(f.conns, c)
 	f.mu.Unlock()
 }
 
-func (f *forwarder) relay(in net.Conn) {
+func (f *Forwarder) relay(in net.Conn) {
 	defer f.wg.Done()
 	defer func() { <-f.sem }()
 	defer in.Close()
@@ -113,7 +120,7 @@ func (f *forwarder) relay(in net.Conn) {
 
 // Close stops accepting, cuts every relayed connection and waits for the
 // goroutines to end.
-func (f *forwarder) Close() error {
+func (f *Forwarder) Close() error {
 	f.cancel()
 	err := f.ln.Close()
 	f.mu.Lock()

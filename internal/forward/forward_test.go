@@ -1,14 +1,62 @@
-package main
+package forward
 
 import (
 	"io"
 	"log/slog"
 	"net"
+	"sync"
 	"testing"
 	"time"
+
+	"go.uber.org/goleak"
 )
 
-// TestForwarder runs a forwarder on a loopback listener (standing in for
+func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+
+const ioTimeout = 20 * time.Second
+
+// startTCPEcho serves TCP echo on loopback until the test ends.
+func startTCPEcho(t *testing.T) net.Addr {
+	t.Helper()
+	ln, err := net.Listen("tcp4", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var wg sync.WaitGroup
+	var mu sync.Mutex
+	var conns []net.Conn
+	t.Cleanup(func() {
+		ln.Close()
+		mu.Lock()
+		for _, c := range conns {
+			c.Close()
+		}
+		mu.Unlock()
+		wg.Wait()
+	})
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			mu.Lock()
+			conns = append(conns, c)
+			mu.Unlock()
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				io.Copy(c, c)
+				c.Close()
+			}()
+		}
+	}()
+	return ln.Addr()
+}
+
+// TestForwarder runs a Forwarder on a loopback listener (standing in for
 // the Teredo address) and checks relaying, an unreachable target, and that
 // Close cuts what is in flight.
 func TestForwarder(t *testing.T) {
@@ -25,7 +73,7 @@ func TestForwarder(t *testing.T) {
 	t.Run("relays and closes", func(t *testing.T) {
 		echo := startTCPEcho(t)
 		ln := listen()
-		f := newForwarder(ln, echo.String(), d.DialContext, log)
+		f := New(ln, echo.String(), d.DialContext, log)
 		c, err := net.Dial("tcp4", ln.Addr().String())
 		if err != nil {
 			t.Fatal(err)
@@ -57,7 +105,7 @@ func TestForwarder(t *testing.T) {
 		target := dead.Addr().String()
 		dead.Close()
 		ln := listen()
-		f := newForwarder(ln, target, d.DialContext, log)
+		f := New(ln, target, d.DialContext, log)
 		defer f.Close()
 		c, err := net.Dial("tcp4", ln.Addr().String())
 		if err != nil {
