@@ -125,6 +125,12 @@ type Config struct {
 	// extension: indirect bubbles to a peer behind the same public IPv4
 	// carry them in an Alternate Address trailer (see hairpin.go).
 	LocalAddrs func() []netip.AddrPort
+	// MappedEndpoint, if set, gives the public endpoint the Teredo address
+	// carries, given the one the server saw (the RA's origin indication).
+	// A NAT port mapping (package portmap) sets it: on a symmetric NAT the
+	// server sees a random port, while peers reach the client at the mapped
+	// one (RFC 6081's UPnP-enabled symmetric NAT case).
+	MappedEndpoint func(serverSaw netip.AddrPort) netip.AddrPort
 	// OnEvent receives state changes, in order, without locks held. It must
 	// not call Receive or Transmit synchronously.
 	OnEvent func(Event)

@@ -27,6 +27,7 @@ import (
 	"github.com/teredo-go/teredo/dialer"
 	"github.com/teredo-go/teredo/link"
 	"github.com/teredo-go/teredo/peer"
+	"github.com/teredo-go/teredo/portmap"
 	"github.com/teredo-go/teredo/proto"
 	"github.com/teredo-go/teredo/udpio"
 )
@@ -118,6 +119,13 @@ type Config struct {
 	// Gbit/s either way.
 	TCPRACK bool
 
+	// PortMapping asks the NAT for a mapping of the client's UDP port
+	// (PCP, NAT-PMP, UPnP-IGD) before qualifying, keeps it renewed and
+	// deletes it on Close; see package portmap. PortMap sets its gateway,
+	// sockets, ports and timeouts; the stack fills in the port and peers.
+	PortMapping bool
+	PortMap     portmap.Config
+
 	// Resolver resolves names for Dial, DialContext and HTTPClient; nil
 	// means the host's (net.DefaultResolver). teredotest.Internet.Resolver
 	// knows the test hosts' names.
@@ -143,6 +151,8 @@ type Status struct {
 	Link link.Stats
 	// Discovery counts local discovery's work per interface.
 	Discovery DiscoveryStats
+	// PortMap is the port mapping's state; nil when Config.PortMapping is off.
+	PortMap *PortMapStatus `json:",omitempty"`
 }
 
 // Stack is a Teredo IPv6 host. Its methods are safe for concurrent use.
@@ -155,6 +165,7 @@ type Stack struct {
 	ns   *gstack.Stack
 	disc *discoverySocket    // nil unless local discovery runs
 	dt   *discoveryTransport // nil unless discovery runs on every interface
+	pm   *portMap            // nil unless Config.PortMapping
 
 	// Events from the client are queued here and applied, in order, by
 	// the event goroutine (or by New while it waits for qualification).
@@ -197,6 +208,9 @@ func New(ctx context.Context, cfg Config) (*Stack, error) {
 		}
 		s.conn = c
 	}
+	if cfg.PortMapping {
+		s.startPortMap(ctx)
+	}
 	s.ep = link.New(s.conn, nil, link.Options{Logger: cfg.Logger, DisableGSO: cfg.DisableGSO, DisableGRO: cfg.DisableGRO})
 	var tr client.Transport = s.conn
 	if s.dt = s.newDiscoveryTransport(); s.dt != nil {
@@ -221,6 +235,8 @@ func New(ctx context.Context, cfg Config) (*Stack, error) {
 		BubbleTTL:      cfg.BubbleTTL,
 		LocalAddrs:     s.localAddrs(),
 		SecondaryPort:  cfg.SecondaryPort,
+
+		MappedEndpoint: s.mappedEndpointFunc(),
 	})
 	if err != nil {
 		s.conn.Close()
@@ -249,6 +265,7 @@ func New(ctx context.Context, cfg Config) (*Stack, error) {
 
 // abort undoes a New that failed before the network stack existed.
 func (s *Stack) abort() {
+	s.closePortMap()
 	s.stopDiscovery()
 	s.cl.Close()
 	s.ep.Close()
@@ -472,7 +489,9 @@ func (s *Stack) Addr() netip.Addr {
 
 // Status returns a snapshot of the client and link.
 func (s *Stack) Status() Status {
-	return Status{Client: s.cl.Status(), Link: s.ep.Stats(), Discovery: s.discoveryStats()}
+	st := Status{Client: s.cl.Status(), Link: s.ep.Stats(), Discovery: s.discoveryStats()}
+	st.PortMap = s.portMapStatus(st.Client.Addr)
+	return st
 }
 
 // Netstack returns the gVisor stack, for code that needs more than
@@ -518,5 +537,6 @@ func (s *Stack) Close() error {
 	// Destroy detaches the link (stopping its reader), closes the queueing
 	// discipline and waits for the protocol goroutines.
 	s.ns.Destroy()
+	s.closePortMap()
 	return s.conn.Close()
 }

@@ -104,6 +104,7 @@ func (n *stackNet) Status() teredoStatus {
 		},
 		Drops: c.Counters.Drops,
 	}
+	out.PortMap = portMapJSONOf(st.PortMap)
 	tcp := n.s.Netstack().Stats().TCP
 	for name, v := range map[string]*tcpip.StatCounter{
 		"tcp_segments_sent": tcp.SegmentsSent, "tcp_segments_received": tcp.ValidSegmentsReceived,
@@ -205,9 +206,13 @@ func (r realStart) start(ctx context.Context, onEvent func(stackEvent)) (teredoN
 	qctx, cancel := context.WithTimeout(ctx, r.perServer*time.Duration(len(servers.addrs)))
 	defer cancel()
 	sc := stack.Config{
-		Servers:   servers.addrs,
-		LocalAddr: r.cfg.Bind,
-		Logger:    r.log,
+		Servers:        servers.addrs,
+		Secondary:      r.cfg.Secondary,
+		LocalAddr:      r.cfg.Bind,
+		Logger:         r.log,
+		PortMapping:    r.cfg.PortMap,
+		LocalDiscovery: r.cfg.LocalDiscovery,
+		ConeProbe:      r.cfg.ConeProbe,
 	}
 	sc.SecondaryPort = r.cfg.SecondaryPort
 	if r.tune != nil {

@@ -28,6 +28,8 @@ type teredoStatus struct {
 	// the client's discarded packets by reason.
 	Counters map[string]uint64
 	Drops    map[string]uint64
+	// PortMap is the port mapping's state; nil when it is off.
+	PortMap *portMapJSON
 }
 
 // statusSource gathers what /status and /metrics show.
@@ -56,7 +58,8 @@ type statusJSON struct {
 	Counters   countersJSON `json:"counters"`
 	// Goroutines is the process's goroutine count: flat under a steady
 	// load unless sessions leak (the lab's soak test watches it).
-	Goroutines int `json:"goroutines"`
+	Goroutines int          `json:"goroutines"`
+	PortMap    *portMapJSON `json:"portmap,omitempty"`
 }
 
 type countersJSON struct {
@@ -130,6 +133,7 @@ func (s *statusSource) snapshot() statusJSON {
 		Uptime:  s.now().Sub(s.started).Seconds(),
 	}
 	out.Goroutines = runtime.NumGoroutine()
+	out.PortMap = t.PortMap
 	if s.serverName != nil && t.Server.IsValid() {
 		if n := s.serverName(t.Server); n != t.Server.String() {
 			out.ServerName = n
