@@ -1,11 +1,13 @@
-package main
+package socksd
 
 import (
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"log/slog"
 	"net"
+	"net/netip"
 	"sync"
 	"time"
 )
@@ -124,6 +126,45 @@ func (f *forwarder) Close() error {
 	f.mu.Unlock()
 	f.wg.Wait()
 	return err
+}
+
+// forwards are the -forward ports, opened on the Teredo address once it is
+// qualified (a listener there needs an address); they keep accepting
+// across address changes, bound to the NIC rather than the address.
+type forwards struct {
+	cfg  []Forward
+	t    Teredo
+	dial func(ctx context.Context, network, address string) (net.Conn, error)
+	log  *slog.Logger
+
+	started bool
+	running []*forwarder
+}
+
+// start opens the ports, once, and returns the lines that tell the user;
+// addr is the Teredo address.
+func (f *forwards) start(addr netip.Addr) []string {
+	if f.started {
+		return nil
+	}
+	f.started = true
+	var lines []string
+	for _, fw := range f.cfg {
+		ln, err := f.t.Listen(fw.Port)
+		if err != nil {
+			lines = append(lines, fmt.Sprintf("-forward %d=%s: cannot listen on the Teredo address: %v", fw.Port, fw.Target, err))
+			continue
+		}
+		f.running = append(f.running, newForwarder(ln, fw.Target, f.dial, f.log))
+		lines = append(lines, fmt.Sprintf("forwarding [%s]:%d to %s", addr, fw.Port, fw.Target))
+	}
+	return lines
+}
+
+func (f *forwards) close() {
+	for _, fw := range f.running {
+		fw.Close()
+	}
 }
 
 // splice copies both ways until both directions are done, passing a

@@ -1,4 +1,4 @@
-package main
+package socksd
 
 import (
 	"encoding/json"
@@ -12,16 +12,18 @@ import (
 	"github.com/teredo-go/teredo/socks5"
 )
 
-// teredoStatus is a snapshot of the Teredo side, in the command's terms, so
+// TeredoStatus is a snapshot of the Teredo side, in the command's terms, so
 // that the status page does not follow every change of the stack's API.
-type teredoStatus struct {
-	State  string // "qualifying", "qualified", "offline", "closed"
-	Addr   netip.Addr
-	Server netip.Addr
-	Mapped netip.AddrPort
-	NAT    string // "unknown", "restricted", "symmetric", "cone"
-	Peers  int
-	MTU    int
+type TeredoStatus struct {
+	State string // "qualifying", "qualified", "offline", "closed", "disabled"
+	// LastError says why the stack is not qualified; empty while it is.
+	LastError string
+	Addr      netip.Addr
+	Server    netip.Addr
+	Mapped    netip.AddrPort
+	NAT       string // "unknown", "restricted", "symmetric", "cone"
+	Peers     int
+	MTU       int
 	// Counters are cumulative packet counts by name (snake_case), Drops
 	// the client's discarded packets by reason.
 	Counters map[string]uint64
@@ -30,9 +32,10 @@ type teredoStatus struct {
 
 // statusSource gathers what /status and /metrics show.
 type statusSource struct {
-	teredo     func() teredoStatus
+	teredo     func() TeredoStatus
 	socks      func() socks5.Stats
 	serverName func(netip.Addr) string // the -server name an address came from
+	ipv6Path   func() string           // "teredo" or "native"; nil means "teredo"
 	listen     string
 	started    time.Time
 	now        func() time.Time
@@ -41,6 +44,8 @@ type statusSource struct {
 // statusJSON is the body of GET /status.
 type statusJSON struct {
 	State      string       `json:"state"`
+	LastError  string       `json:"last_error"`
+	IPv6Path   string       `json:"ipv6_path"`
 	Address    string       `json:"address"`
 	Server     string       `json:"server"`
 	ServerName string       `json:"server_name,omitempty"`
@@ -112,15 +117,20 @@ func (s *statusSource) snapshot() statusJSON {
 	t := s.teredo()
 	st := s.socks()
 	out := statusJSON{
-		State:   t.State,
-		Address: addrString(t.Addr),
-		Server:  addrString(t.Server),
-		Mapped:  addrString(t.Mapped),
-		NAT:     t.NAT,
-		Peers:   t.Peers,
-		MTU:     t.MTU,
-		Listen:  s.listen,
-		Uptime:  s.now().Sub(s.started).Seconds(),
+		State:     t.State,
+		LastError: t.LastError,
+		IPv6Path:  "teredo",
+		Address:   addrString(t.Addr),
+		Server:    addrString(t.Server),
+		Mapped:    addrString(t.Mapped),
+		NAT:       t.NAT,
+		Peers:     t.Peers,
+		MTU:       t.MTU,
+		Listen:    s.listen,
+		Uptime:    s.now().Sub(s.started).Seconds(),
+	}
+	if s.ipv6Path != nil {
+		out.IPv6Path = s.ipv6Path()
 	}
 	if s.serverName != nil && t.Server.IsValid() {
 		if n := s.serverName(t.Server); n != t.Server.String() {
@@ -151,9 +161,35 @@ func orEmpty(m map[string]uint64) map[string]uint64 {
 	return m
 }
 
-// handler serves GET /status (JSON) and GET /metrics (Prometheus text).
+// healthy reports whether IPv6 works through the path in use, with a
+// one-line reason.
+func (s *statusSource) healthy() (bool, string) {
+	st := s.snapshot()
+	switch {
+	case st.IPv6Path == "native":
+		return true, "ok: IPv6 through the host"
+	case st.State == "qualified":
+		return true, "ok: IPv6 through Teredo"
+	case st.LastError != "":
+		return false, st.State + ": " + st.LastError
+	}
+	return false, st.State
+}
+
+// handler serves GET /status (JSON), GET /healthz (200 while IPv6 works,
+// 503 otherwise, with a one-line body for people and probes) and GET
+// /metrics (Prometheus text).
 func (s *statusSource) handler() http.Handler {
 	mux := http.NewServeMux()
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+		w.Header().Set("Cache-Control", "no-store")
+		ok, why := s.healthy()
+		if !ok {
+			w.WriteHeader(http.StatusServiceUnavailable)
+		}
+		fmt.Fprintln(w, why)
+	})
 	mux.HandleFunc("GET /status", func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Content-Type", "application/json")
 		enc := json.NewEncoder(w)
