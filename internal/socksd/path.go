@@ -22,10 +22,11 @@ const PathCheckInterval = 30 * time.Second
 // IPv6 connectivity must not use Teredo for it. Connections keep the path
 // they started on.
 type ipv6Path struct {
-	mode  string // "auto", "teredo", "direct"
-	probe func() bool
-	clk   clock.Clock
-	log   *slog.Logger
+	mode     string // "auto", "teredo", "direct"
+	probe    func() bool
+	clk      clock.Clock
+	log      *slog.Logger
+	onChange func(native bool) // after the first check, when auto changes path
 
 	nat atomic.Bool // IPv6 goes native
 
@@ -34,8 +35,8 @@ type ipv6Path struct {
 	stopped bool
 }
 
-func newIPv6Path(mode string, probe func() bool, clk clock.Clock, log *slog.Logger) *ipv6Path {
-	p := &ipv6Path{mode: mode, probe: probe, clk: clk, log: log}
+func newIPv6Path(mode string, probe func() bool, clk clock.Clock, log *slog.Logger, onChange func(native bool)) *ipv6Path {
+	p := &ipv6Path{mode: mode, probe: probe, clk: clk, log: log, onChange: onChange}
 	switch mode {
 	case "direct":
 		p.nat.Store(true)
@@ -50,8 +51,12 @@ func newIPv6Path(mode string, probe func() bool, clk clock.Clock, log *slog.Logg
 // check asks the kernel, then schedules the next check.
 func (p *ipv6Path) check(first bool) {
 	has := p.probe != nil && p.probe()
-	if p.nat.Swap(has) != has || first {
+	changed := p.nat.Swap(has) != has
+	if changed || first {
 		p.log.Info("IPv6 path", "path", pathName(has), "mode", p.mode)
+	}
+	if changed && !first && p.onChange != nil {
+		p.onChange(has)
 	}
 	p.mu.Lock()
 	defer p.mu.Unlock()

@@ -20,7 +20,8 @@ func TestIPv6Path(t *testing.T) {
 	var probes atomic.Int32
 	probe := func() bool { probes.Add(1); return route.Load() }
 
-	auto := newIPv6Path("auto", probe, fake, log)
+	var changes []bool
+	auto := newIPv6Path("auto", probe, fake, log, func(native bool) { changes = append(changes, native) })
 	if auto.native() || auto.String() != "teredo" || probes.Load() != 1 {
 		t.Fatalf("auto without a route: %v after %d probes", auto, probes.Load())
 	}
@@ -38,6 +39,9 @@ func TestIPv6Path(t *testing.T) {
 	if auto.native() {
 		t.Fatal("auto stayed native after the route went")
 	}
+	if len(changes) != 2 || !changes[0] || changes[1] {
+		t.Fatalf("changes announced: %v", changes)
+	}
 	auto.stop()
 	n := probes.Load()
 	fake.Advance(10 * PathCheckInterval)
@@ -48,7 +52,7 @@ func TestIPv6Path(t *testing.T) {
 	route.Store(true)
 	probes.Store(0)
 	for mode, want := range map[string]bool{"teredo": false, "direct": true} {
-		p := newIPv6Path(mode, probe, fake, log)
+		p := newIPv6Path(mode, probe, fake, log, nil)
 		fake.Advance(PathCheckInterval)
 		if p.native() != want {
 			t.Errorf("%s: native %v", mode, p.native())

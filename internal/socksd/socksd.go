@@ -200,7 +200,13 @@ func Run(ctx context.Context, cfg *Config, e Env) (code int) {
 			e.Log.Warn("closing the Teredo stack", "err", err)
 		}
 	}()
-	path := newIPv6Path(cfg.IPv6, e.NativeIPv6, e.Clock, e.Log)
+	path := newIPv6Path(cfg.IPv6, e.NativeIPv6, e.Clock, e.Log, func(native bool) {
+		if native {
+			say("IPv6 through the host's own route from now on")
+		} else {
+			say("IPv6 through Teredo from now on: the host has no global IPv6 route")
+		}
+	})
 	defer path.stop()
 
 	he := &happyeyeballs.Dialer{
@@ -289,6 +295,8 @@ func Run(ctx context.Context, cfg *Config, e Env) (code int) {
 		say("SOCKS5 on %s; IPv6 through the host (-ipv6 direct)", socksLn.Addr())
 	case st.State == "qualified":
 		hello(st.Addr, st.Server)
+	case path.native():
+		say("SOCKS5 on %s; IPv6 through the host's own route while it has one, Teredo qualifying meanwhile", socksLn.Addr())
 	default:
 		say("SOCKS5 on %s; IPv6 destinations get \"network unreachable\" until Teredo qualifies", socksLn.Addr())
 	}
