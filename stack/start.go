@@ -96,6 +96,12 @@ func (s *Stack) setOffline(reason error) {
 		s.lastErr = reason
 	}
 	s.mu.Unlock()
+	if errors.Is(reason, client.ErrNoServer) {
+		// Waiting for the first server name to resolve, which says
+		// itself whether it failed.
+		s.log.Debug("teredo: offline", "reason", reason)
+		return
+	}
 	s.log.Warn("teredo: offline", "reason", reason)
 }
 
@@ -147,9 +153,13 @@ func (s *Stack) initNames() ([]netip.Addr, error) {
 		s.cfg.Resolver = net.DefaultResolver
 	}
 	for _, n := range s.cfg.ServerNames {
-		if a, err := netip.ParseAddr(n); err == nil && !a.Unmap().Is4() {
-			return nil, fmt.Errorf("stack: server %s is not an IPv4 address", n)
-		} else if err == nil && !slices.Contains(servers, a.Unmap()) && s.cfg.IsGlobal(a.Unmap()) {
+		a, err := netip.ParseAddr(n)
+		switch {
+		case err != nil: // a name, resolved later
+		case !a.Unmap().Is4() || !s.cfg.IsGlobal(a.Unmap()):
+			// A literal cannot get better with time: refuse it now.
+			return nil, fmt.Errorf("stack: server %s is not a global unicast IPv4 address", n)
+		case !slices.Contains(servers, a.Unmap()):
 			servers = append(servers, a.Unmap())
 		}
 	}

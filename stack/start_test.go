@@ -183,3 +183,14 @@ func TestStartLiteralServer(t *testing.T) {
 		t.Fatalf("a literal got a name: %q", s.ServerName(serverPrimary))
 	}
 }
+
+// TestStartRefusesBadLiterals fails at once for a server literal that no
+// retry can make usable.
+func TestStartRefusesBadLiterals(t *testing.T) {
+	for _, n := range []string{"10.0.0.1", "2001:db8::1"} {
+		_, err := stack.Start(stack.Config{ServerNames: []string{n}, Conn: nil, LocalAddr: netip.MustParseAddrPort("127.0.0.1:0")})
+		if err == nil || !strings.Contains(err.Error(), "not a global unicast IPv4 address") {
+			t.Errorf("%s: %v", n, err)
+		}
+	}
+}

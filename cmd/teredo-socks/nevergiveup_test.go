@@ -60,6 +60,8 @@ func (r stepResolver) next(t *testing.T) lookup {
 	}
 }
 
+var hintRe = regexp.MustCompile(`^teredo-socks: not qualified yet \(no Teredo server address: resolve teredo.test: lookup teredo.test: no such host\); still trying, with backoff. .* -server`)
+
 var servingRe = regexp.MustCompile(`^teredo-socks: SOCKS5 on (\S+); IPv6 destinations get "network unreachable" until Teredo qualifies$`)
 
 // healthz returns /healthz's status code and body.
@@ -118,6 +120,7 @@ func TestProxyNeverGivesUp(t *testing.T) {
 	}, nil, nil)
 	e.Lookup = demoLookup(fakeLookup(map[string][]string{"local.test": {"127.0.0.1"}}))
 	e.NativeIPv6 = func() bool { return false }
+	e.Clock = fake
 
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan int, 1)
@@ -167,6 +170,10 @@ func TestProxyNeverGivesUp(t *testing.T) {
 	if st := statusOf(t, status); st["state"] == "qualified" || !strings.Contains(st["last_error"].(string), "no such host") || st["ipv6_path"] != "teredo" {
 		t.Fatalf("status while qualifying: %v", st)
 	}
+
+	// The user watching the terminal is told why, once.
+	fake.Advance(socksd.HintDelay)
+	out.wait(t, hintRe, 10*time.Second)
 
 	// The name resolves now.
 	l.reply <- []netip.Addr{in.ServerAddr()}

@@ -136,6 +136,11 @@ func HostEnv(stdout, stderr io.Writer, log *slog.Logger) Env {
 	}
 }
 
+// HintDelay is how long Run waits for qualification before it tells the
+// user why it has none yet: one server's three router solicitations, and
+// a margin.
+const HintDelay = 15 * time.Second
+
 // shutdownTimeout bounds the graceful part of shutdown.
 const shutdownTimeout = 3 * time.Second
 
@@ -303,8 +308,24 @@ func Run(ctx context.Context, cfg *Config, e Env) (code int) {
 	if statusLn != nil {
 		say("status on http://%s/status, /healthz and /metrics", statusLn.Addr())
 	}
+	// A user watching the terminal learns why nothing happens, once.
+	stillTrying := make(chan struct{})
+	if cfg.IPv6 != "direct" && !greeted {
+		hint := e.Clock.AfterFunc(HintDelay, func() { close(stillTrying) })
+		defer hint.Stop()
+	}
 	for {
 		select {
+		case <-stillTrying:
+			stillTrying = nil
+			if greeted {
+				continue
+			}
+			why := t.Status().LastError
+			if why == "" {
+				why = "no answer yet"
+			}
+			say("not qualified yet (%s); still trying, with backoff. Public Teredo servers come and go: pick another with -server HOST[,HOST...], or try -demo", why)
 		case ev := <-events:
 			if ev.Kind == EvQualified && !greeted {
 				hello(ev.Addr, ev.Server)
