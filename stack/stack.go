@@ -171,6 +171,7 @@ type Stack struct {
 	qualified chan struct{} // closed at the first client.Qualified
 	qualOnce  sync.Once
 	lastErr   error // why not qualified; guarded by mu
+	ready     bool  // the address is in place and the client qualified; guarded by mu
 }
 
 // Start opens the socket, builds the network stack and starts qualifying

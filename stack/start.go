@@ -69,7 +69,7 @@ func (s *Stack) Ready() error {
 	switch {
 	case s.closed:
 		return net.ErrClosed
-	case s.lastErr != nil || !s.addr.IsValid():
+	case !s.ready:
 		return ErrNotQualified
 	}
 	return nil
@@ -82,6 +82,7 @@ func (s *Stack) Qualified() <-chan struct{} { return s.qualified }
 func (s *Stack) setQualified(ev client.Qualified) {
 	s.mu.Lock()
 	s.lastErr = nil
+	s.ready = true // after setAddr: the address is in the netstack
 	s.mu.Unlock()
 	s.log.Info("teredo: qualified", "addr", ev.Addr, "server", ev.Server, "mapped", ev.Mapped)
 	s.qualOnce.Do(func() { close(s.qualified) })
@@ -92,6 +93,7 @@ func (s *Stack) setOffline(reason error) {
 		reason = client.ErrNoReply
 	}
 	s.mu.Lock()
+	s.ready = false
 	if !errors.Is(reason, client.ErrNoServer) || s.lastErr == nil {
 		s.lastErr = reason
 	}

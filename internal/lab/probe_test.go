@@ -18,7 +18,7 @@ import (
 
 // probeCmd is the lab's driver of the project's client library (stack, dialer,
 // listener), run inside a client namespace and steered over HTTP on its loopback.
-const probeCmd = "./lab/internal/cmd/teredo-probe"
+const probeCmd = "./internal/lab/internal/cmd/teredo-probe"
 
 var probeReadyRE = regexp.MustCompile(`teredo-probe: ready (\{.*\})`)
 

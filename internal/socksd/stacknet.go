@@ -77,8 +77,14 @@ func (n *stackNet) ServerName(a netip.Addr) string {
 func (n *stackNet) Status() TeredoStatus {
 	st := n.s.Status()
 	c, l := st.Client, st.Link
+	state := c.State.String()
+	if c.State == client.StateQualified && n.s.Ready() != nil {
+		// The stack has yet to put the address in place (its event
+		// follows): not usable yet.
+		state = client.StateQualifying.String()
+	}
 	out := TeredoStatus{
-		State:  c.State.String(),
+		State:  state,
 		Addr:   c.Addr,
 		Server: c.Server,
 		Mapped: c.Mapped,
