@@ -14,8 +14,8 @@ import (
 // A name with an IPv6 and an IPv4 address: IPv6 is preferred but its path
 // (here a stand-in for a Teredo stack that is not qualified yet) fails at
 // once, so the IPv4 attempt through the host starts without waiting out
-// the fallback delay. A real program sets Dial6 to a Teredo dialer, e.g.
-// dialer.New(s).DialContext with the address's String.
+// the fallback delay. A real program sets Dial6 to a Teredo stack's
+// dialer: FromDialContext(dialer.New(s).DialContext).
 func Example() {
 	ln, err := net.Listen("tcp4", "127.0.0.1:0")
 	if err != nil {
@@ -34,9 +34,7 @@ func Example() {
 		Dial6: func(ctx context.Context, network string, dst netip.AddrPort) (net.Conn, error) {
 			return nil, &net.OpError{Op: "dial", Net: network, Err: syscall.ENETUNREACH}
 		},
-		Dial4: func(ctx context.Context, network string, dst netip.AddrPort) (net.Conn, error) {
-			return host.DialContext(ctx, network, dst.String())
-		},
+		Dial4: happyeyeballs.FromDialContext(host.DialContext),
 		Lookup: func(ctx context.Context, network, name string) ([]netip.Addr, error) {
 			if network == "ip6" {
 				return []netip.Addr{netip.MustParseAddr("2001:db8::1")}, nil

@@ -35,6 +35,14 @@ var ErrRefused = errors.New("happyeyeballs: address family refused")
 // "tcp4" or "tcp6", matching the destination's family.
 type DialFunc func(ctx context.Context, network string, dst netip.AddrPort) (net.Conn, error)
 
+// FromDialContext adapts a dial function that takes "host:port", such as
+// net.Dialer.DialContext or dialer.Dialer.DialContext of a Teredo stack.
+func FromDialContext(dial func(ctx context.Context, network, address string) (net.Conn, error)) DialFunc {
+	return func(ctx context.Context, network string, dst netip.AddrPort) (net.Conn, error) {
+		return dial(ctx, network, dst.String())
+	}
+}
+
 // Dialer connects to names and addresses over IPv6 and IPv4. Its zero
 // value is not usable: set Dial6. Its methods are safe for concurrent use.
 type Dialer struct {
