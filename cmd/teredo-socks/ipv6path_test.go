@@ -12,6 +12,9 @@ import (
 	"time"
 
 	"github.com/teredo-go/teredo/internal/socksd"
+	"github.com/teredo-go/teredo/proto"
+	"github.com/teredo-go/teredo/socks5"
+	"github.com/teredo-go/teredo/stack"
 )
 
 // startLoopback6Echo echoes TCP on [::1], standing in for a host reached
@@ -83,28 +86,41 @@ func TestProxyIPv6Direct(t *testing.T) {
 }
 
 // TestProxyIPv6Auto runs -ipv6 auto with and without a native route next
-// to a Teredo stack on an in-process internet: [::1] is reachable through
-// the host only, never through Teredo.
+// to a Teredo stack that never qualifies (its server does not exist): with
+// the route, [::1] is reached through the host; without, the request goes
+// to Teredo and gets "network unreachable" at once.
 func TestProxyIPv6Auto(t *testing.T) {
 	echo := startLoopback6Echo(t)
+	pc, err := net.ListenPacket("udp4", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	deadPort := uint16(pc.LocalAddr().(*net.UDPAddr).Port)
+	pc.Close()
 	for _, native := range []bool{true, false} {
 		out := newLineWriter()
-		in := newDemoInternet(t)
 		log := slog.New(slog.NewTextHandler(testLogWriter{t}, nil))
 		e := socksd.HostEnv(out, out, log)
-		e.Start = internetStarter(in, netip.AddrPort{}, log, nil)
+		e.Start = socksd.StackStarter(stack.Config{
+			Servers:    []netip.Addr{netip.MustParseAddr("127.0.0.1")},
+			ServerPort: deadPort,
+			IsGlobal:   proto.AnyIPv4,
+			LocalAddr:  netip.MustParseAddrPort("127.0.0.1:0"),
+			Logger:     log,
+		}, nil, nil)
 		e.NativeIPv6 = func() bool { return native }
-		re := regexp.MustCompile(`^teredo-socks: (?:qualified as \S+ via .*; )?SOCKS5 on ([^;\s]+)`)
-		listen := runProxy(t, e, re, "-ipv6", "auto")
+		listen := runProxy(t, e, regexp.MustCompile(`^teredo-socks: SOCKS5 on ([^;\s]+);`), "-ipv6", "auto")
 		c, err := socksConnect(listen, echo.Addr().String(), echo.Port())
 		switch {
 		case native && err != nil:
 			t.Fatalf("native: CONNECT to %v: %v", echo, err)
-		case !native && err == nil:
+		case native:
 			c.Close()
-			t.Fatalf("through Teredo: CONNECT to %v succeeded", echo)
 		case err == nil:
 			c.Close()
+			t.Fatalf("without a route: CONNECT to %v succeeded", echo)
+		case !errors.Is(err, replyError(socks5.ReplyNetworkUnreachable)):
+			t.Fatalf("without a route: CONNECT to %v: %v, want network unreachable from Teredo", echo, err)
 		}
 	}
 }

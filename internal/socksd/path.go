@@ -26,9 +26,9 @@ type ipv6Path struct {
 	probe    func() bool
 	clk      clock.Clock
 	log      *slog.Logger
-	onChange func(native bool) // after the first check, when auto changes path
+	onChange func(native bool) // when auto changes path, after the first check
 
-	nat atomic.Bool // IPv6 goes native
+	route atomic.Bool // the last probe found a global IPv6 route
 
 	mu      sync.Mutex
 	timer   clock.Timer
@@ -38,9 +38,10 @@ type ipv6Path struct {
 func newIPv6Path(mode string, probe func() bool, clk clock.Clock, log *slog.Logger, onChange func(native bool)) *ipv6Path {
 	p := &ipv6Path{mode: mode, probe: probe, clk: clk, log: log, onChange: onChange}
 	switch mode {
-	case "direct":
-		p.nat.Store(true)
 	case "teredo":
+	case "direct":
+		// Always native; the probe only tells /healthz whether that works.
+		p.check(true)
 	default:
 		p.mode = "auto"
 		p.check(true)
@@ -51,11 +52,11 @@ func newIPv6Path(mode string, probe func() bool, clk clock.Clock, log *slog.Logg
 // check asks the kernel, then schedules the next check.
 func (p *ipv6Path) check(first bool) {
 	has := p.probe != nil && p.probe()
-	changed := p.nat.Swap(has) != has
+	changed := p.route.Swap(has) != has
 	if changed || first {
-		p.log.Info("IPv6 path", "path", pathName(has), "mode", p.mode)
+		p.log.Info("IPv6 route", "global", has, "mode", p.mode)
 	}
-	if changed && !first && p.onChange != nil {
+	if changed && !first && p.onChange != nil && p.mode == "auto" {
 		p.onChange(has)
 	}
 	p.mu.Lock()
@@ -65,7 +66,14 @@ func (p *ipv6Path) check(first bool) {
 	}
 }
 
-func (p *ipv6Path) native() bool { return p.nat.Load() }
+// native reports whether IPv6 goes through the host now.
+func (p *ipv6Path) native() bool {
+	return p.mode == "direct" || p.mode == "auto" && p.route.Load()
+}
+
+// up reports whether the native path works: the host had a global IPv6
+// route at the last check.
+func (p *ipv6Path) up() bool { return p.route.Load() }
 
 // String is the path in use, for /status: "native" or "teredo".
 func (p *ipv6Path) String() string { return pathName(p.native()) }

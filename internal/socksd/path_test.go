@@ -49,19 +49,23 @@ func TestIPv6Path(t *testing.T) {
 		t.Fatalf("probing after stop: %d → %d, %d timers", n, probes.Load(), fake.Pending())
 	}
 
+	// teredo never asks; direct is always native and asks only for
+	// /healthz's sake.
 	route.Store(true)
 	probes.Store(0)
-	for mode, want := range map[string]bool{"teredo": false, "direct": true} {
-		p := newIPv6Path(mode, probe, fake, log, nil)
-		fake.Advance(PathCheckInterval)
-		if p.native() != want {
-			t.Errorf("%s: native %v", mode, p.native())
-		}
-		p.stop()
+	tp := newIPv6Path("teredo", probe, fake, log, nil)
+	fake.Advance(PathCheckInterval)
+	if tp.native() || probes.Load() != 0 {
+		t.Errorf("teredo: native %v after %d probes", tp.native(), probes.Load())
 	}
-	if probes.Load() != 0 {
-		t.Errorf("%d probes outside auto", probes.Load())
+	tp.stop()
+	dp := newIPv6Path("direct", probe, fake, log, func(bool) { t.Error("direct announced a path change") })
+	route.Store(false)
+	fake.Advance(PathCheckInterval)
+	if !dp.native() || dp.up() {
+		t.Errorf("direct without a route: native %v, up %v", dp.native(), dp.up())
 	}
+	dp.stop()
 }
 
 func TestNativeSource(t *testing.T) {

@@ -265,7 +265,7 @@ func Run(ctx context.Context, cfg *Config, e Env) (code int) {
 		}
 	}()
 	if statusLn != nil {
-		src := &statusSource{teredo: t.Status, socks: srv.Stats, serverName: t.ServerName, ipv6Path: path.String,
+		src := &statusSource{teredo: t.Status, socks: srv.Stats, serverName: t.ServerName, ipv6Path: path.String, nativeUp: path.up,
 			listen: socksLn.Addr().String(), started: e.Clock.Now(), now: e.Clock.Now}
 		httpSrv := &http.Server{Handler: src.handler(), ReadHeaderTimeout: 10 * time.Second, ErrorLog: slog.NewLogLogger(e.Log.Handler(), slog.LevelDebug)}
 		go httpSrv.Serve(statusLn)

@@ -36,6 +36,7 @@ type statusSource struct {
 	socks      func() socks5.Stats
 	serverName func(netip.Addr) string // the -server name an address came from
 	ipv6Path   func() string           // "teredo" or "native"; nil means "teredo"
+	nativeUp   func() bool             // the native path has a route; nil means yes
 	listen     string
 	started    time.Time
 	now        func() time.Time
@@ -166,6 +167,8 @@ func orEmpty(m map[string]uint64) map[string]uint64 {
 func (s *statusSource) healthy() (bool, string) {
 	st := s.snapshot()
 	switch {
+	case st.IPv6Path == "native" && s.nativeUp != nil && !s.nativeUp():
+		return false, "no global IPv6 route on the host"
 	case st.IPv6Path == "native":
 		return true, "ok: IPv6 through the host"
 	case st.State == "qualified":

@@ -102,6 +102,7 @@ func TestHealthz(t *testing.T) {
 		{"offline", "teredo client: no reply from server", "teredo", 503, "offline: teredo client: no reply from server\n"},
 		{"offline", "no reply", "native", 200, "ok: IPv6 through the host\n"},
 		{"disabled", "", "native", 200, "ok: IPv6 through the host\n"},
+		{"disabled", "", "native-down", 503, "no global IPv6 route on the host\n"},
 	} {
 		src := testStatusSource()
 		inner := src.teredo
@@ -110,7 +111,9 @@ func TestHealthz(t *testing.T) {
 			st.State, st.LastError = tt.state, tt.lastErr
 			return st
 		}
-		src.ipv6Path = func() string { return tt.path }
+		path, down := strings.CutSuffix(tt.path, "-down")
+		src.ipv6Path = func() string { return path }
+		src.nativeUp = func() bool { return !down }
 		h := src.handler()
 		res, body := get(t, h, "/healthz")
 		if res.StatusCode != tt.code || body != tt.body {
@@ -118,7 +121,7 @@ func TestHealthz(t *testing.T) {
 		}
 		_, body = get(t, h, "/status")
 		var st map[string]any
-		if err := json.Unmarshal([]byte(body), &st); err != nil || st["state"] != tt.state || st["last_error"] != tt.lastErr || st["ipv6_path"] != tt.path {
+		if err := json.Unmarshal([]byte(body), &st); err != nil || st["state"] != tt.state || st["last_error"] != tt.lastErr || st["ipv6_path"] != path {
 			t.Errorf("status %v (%v)", st, err)
 		}
 	}
