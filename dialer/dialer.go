@@ -91,7 +91,10 @@ func (d *Dialer) Dial(network, address string) (net.Conn, error) {
 // TCP connections are *TCPConn, UDP and ping ones *UDPConn. On a ping
 // socket, each Write sends one ICMPv6 echo request given from its 8-byte
 // header on (type 128; the stack sets the identifier and checksum), and
-// each Read returns one echo reply from its header on.
+// each Read returns one echo reply from its header on. Through a stack
+// that is not qualified (stack.Start returned before it was) it fails at
+// once with the stack's stack.ErrNotQualified, which matches
+// syscall.ENETUNREACH.
 func (d *Dialer) DialContext(ctx context.Context, network, address string) (net.Conn, error) {
 	if err := notReady(d.Network); err != nil {
 		return nil, &net.OpError{Op: "dial", Net: network, Err: err}

@@ -86,7 +86,9 @@ var _ net.Listener = (*Listener)(nil)
 
 // Listen listens for TCP connections on network "tcp" or "tcp6" at
 // address ("[::]:port", ":port", or the Teredo address and a port; port 0
-// picks one). Accepted connections are *dialer.TCPConn.
+// picks one). Accepted connections are *dialer.TCPConn. Like a dial, it
+// fails at once with stack.ErrNotQualified through a stack that has no
+// Teredo address yet.
 func Listen(n Network, network, address string) (*Listener, error) {
 	if err := notReady(n); err != nil {
 		return nil, &net.OpError{Op: "listen", Net: network, Err: err}
