@@ -98,9 +98,16 @@ func TestStartNeverGivesUp(t *testing.T) {
 	}
 	defer s.Close()
 	qualified := make(chan client.Qualified, 1)
+	offline := make(chan client.Offline, 1)
 	defer s.Subscribe(func(ev stack.Event) {
-		if q, ok := ev.(client.Qualified); ok {
-			qualified <- q
+		switch ev := ev.(type) {
+		case client.Qualified:
+			qualified <- ev
+		case client.Offline:
+			select {
+			case offline <- ev:
+			default:
+			}
 		}
 	})()
 
@@ -156,6 +163,29 @@ func TestStartNeverGivesUp(t *testing.T) {
 		t.Fatalf("listen once qualified: %v", err)
 	}
 	ln.Close()
+
+	// The server goes away: the next refresh and its retries go
+	// unanswered, and the stack is not ready again until it comes back.
+	srv.Close()
+	<-served
+	for len(offline) > 0 {
+		<-offline // the one from before the name resolved
+	}
+	fake.Advance(client.RefreshInterval)
+	for range client.QualificationTries {
+		fake.Advance(client.QualificationDelay)
+	}
+	select {
+	case <-offline:
+	case <-time.After(10 * time.Second):
+		t.Fatalf("not offline without the server: %+v", s.Status())
+	}
+	if err := s.Ready(); !errors.Is(err, stack.ErrNotQualified) {
+		t.Fatalf("Ready while offline: %v", err)
+	}
+	if err := s.Status().LastError; !errors.Is(err, client.ErrNoReply) {
+		t.Fatalf("last error while offline: %v", err)
+	}
 }
 
 // TestStartLiteralServer needs no resolver: an IPv4 literal among
