@@ -90,7 +90,7 @@ func parseConfig(args []string, getenv func(string) string, stderr io.Writer) (*
 		fwds    forwardList
 	)
 	fs.StringVar(&c.Listen, "listen", "127.0.0.1:1080", "SOCKS5 listen `address`; a non-loopback address needs -user and -pass")
-	fs.StringVar(&servers, "server", DefaultServer, "Teredo server `host[,host...]`, tried in order")
+	fs.StringVar(&servers, "server", DefaultServer, "Teredo server `host[,host...]`, tried in order, retried with backoff until stopped; names are resolved again before each round")
 	fs.StringVar(&bind, "bind", "", "local UDP endpoint `IPv4:port` of the Teredo client (default: any address, random port)")
 	fs.StringVar(&c.User, "user", "", "SOCKS5 user name (RFC 1929)")
 	fs.StringVar(&c.Pass, "pass", "", "SOCKS5 password (RFC 1929)")
@@ -98,7 +98,7 @@ func parseConfig(args []string, getenv func(string) string, stderr io.Writer) (*
 	fs.StringVar(&c.Prefer, "prefer", "ipv4", "family tried first for names with A and AAAA records: `ipv4` or ipv6")
 	fs.StringVar(&c.IPv6, "ipv6", "auto", "IPv6 destinations: `auto` (the host's own IPv6 while it has a global route, Teredo otherwise; checked every 30 s), teredo, or direct (the host's only)")
 	fs.Var(&fwds, "forward", "accept TCP on the Teredo address's `PORT=HOST:PORT` and forward it (repeatable)")
-	fs.StringVar(&c.Status, "status", "", "serve GET /status (JSON) and /metrics (Prometheus) on `address`; no authentication, so keep it on loopback")
+	fs.StringVar(&c.Status, "status", "", "serve GET /status (JSON), /healthz (200 while IPv6 works, else 503) and /metrics (Prometheus) on `address`; no authentication, so keep it on loopback")
 	fs.BoolVar(&c.Demo, "demo", false, "run against a built-in in-process Teredo internet (no root, no network)")
 	fs.BoolVar(&c.Verbose, "v", false, "verbose (debug) logging")
 	fs.Usage = func() {
