@@ -318,8 +318,8 @@ func Run(ctx context.Context, cfg *Config, e Env) (code int) {
 		select {
 		case <-stillTrying:
 			stillTrying = nil
-			if greeted {
-				continue
+			if greeted || path.native() {
+				continue // nothing the user waits for
 			}
 			why := t.Status().LastError
 			if why == "" {
