@@ -220,6 +220,11 @@ func (s *statusSource) writeMetrics(w *metrics.Writer) {
 		qualified = 1
 	}
 	w.Gauge("teredo_socks_qualified", "Whether the Teredo client has an address (1) or not (0).", qualified)
+	native := 0.0
+	if st.IPv6Path == "native" {
+		native = 1
+	}
+	w.Gauge("teredo_socks_ipv6_native", "Whether IPv6 goes through the host's own route (1) or through Teredo (0), per -ipv6.", native)
 	w.Header("teredo_socks_info", "The Teredo address, server, mapped endpoint and NAT type, as labels.", metrics.Gauge)
 	w.Sample("teredo_socks_info", 1, "state", st.State, "address", st.Address, "server", st.Server, "mapped", st.Mapped, "nat", st.NAT)
 	w.Gauge("teredo_socks_peers", "Entries in the Teredo peer list.", float64(st.Peers))

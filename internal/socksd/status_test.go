@@ -134,6 +134,7 @@ func TestStatusMetrics(t *testing.T) {
 	}
 	for _, line := range []string{
 		"teredo_socks_qualified 1",
+		"teredo_socks_ipv6_native 0",
 		`teredo_socks_info{state="qualified",address="2001:0:7f00:2::1",server="192.0.2.10",mapped="198.51.100.7:4242",nat="restricted"} 1`,
 		"teredo_socks_peers 3",
 		"teredo_socks_client_tx_fast_total 10",
