@@ -3,6 +3,7 @@ package client
 import (
 	"encoding/binary"
 	"errors"
+	"fmt"
 	"io"
 	"net/netip"
 	"time"
@@ -176,7 +177,7 @@ func (c *Client) failRound(reason error) {
 	c.stopNAT()
 	if !q.offline {
 		q.offline = true
-		c.emit(Offline{Reason: reason})
+		c.emit(Offline{Reason: fmt.Errorf("server %v: %w", q.srv, reason)})
 	}
 	q.tried++
 	n := len(c.servers)
