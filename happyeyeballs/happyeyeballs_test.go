@@ -303,11 +303,11 @@ func TestHappyEyeballs(t *testing.T) {
 
 	t.Run("loser is closed", func(t *testing.T) {
 		var p pipeConns
-		release := make(chan struct{})
 		_, d, fc, out := setup(t, false, map[string]func(context.Context) (net.Conn, error){
-			// The first attempt ignores cancellation and succeeds late.
+			// The first attempt succeeds late, once the winner's arrival
+			// has cancelled it, as a dial that ignores cancellation would.
 			"192.0.2.1": func(ctx context.Context) (net.Conn, error) {
-				<-release
+				<-ctx.Done()
 				return p.succeed(ctx)
 			},
 			"2001:db8::1": p.succeed,
@@ -316,8 +316,6 @@ func TestHappyEyeballs(t *testing.T) {
 		waitPending(t, fc, 1)
 		fc.Advance(DefaultFallbackDelay)
 		waitStarted(t, d, "2001:db8::1")
-		time.Sleep(10 * time.Millisecond) // let the winner arrive first
-		close(release)
 		o := result(t, out)
 		if o.err != nil {
 			t.Fatal(o.err)

@@ -180,7 +180,9 @@ type Stack struct {
 // keeps trying every server, backing off, until Close, resolving
 // ServerNames again before each cycle; until it is qualified, Dial and
 // Listen through it fail with ErrNotQualified. Subscribe tells when it is
-// qualified (client.Qualified), and Status why it is not yet.
+// qualified (client.Qualified), and Status why it is not yet; events from
+// before a Subscribe are not replayed, so check Ready (or wait on
+// Qualified) after subscribing.
 func Start(cfg Config) (*Stack, error) {
 	if len(cfg.Servers) == 0 && len(cfg.ServerNames) == 0 {
 		return nil, errors.New("stack: no Teredo server configured")

@@ -294,6 +294,11 @@ func Run(ctx context.Context, cfg *Config, e Env) (code int) {
 				say("%s", h)
 			}
 		}
+		// Its event may have come before the subscription.
+		if nat := t.Status().NAT; nat != "" && nat != "unknown" {
+			rep.nat = nat
+			say("NAT type: %s", nat)
+		}
 	}
 	switch st := t.Status(); {
 	case cfg.IPv6 == "direct":
