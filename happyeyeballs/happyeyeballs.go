@@ -205,7 +205,9 @@ func (r *Dialer) race(ctx context.Context, res *resolution, port uint16) (net.Co
 
 	done := ctx.Done()
 	for {
-		if due && winner == nil && !stopped {
+		// ctx.Err: an attempt failing because the caller gave up may be
+		// read before ctx.Done is; it must not start another.
+		if due && winner == nil && !stopped && ctx.Err() == nil {
 			start()
 		}
 		if pending == 0 && (winner != nil || stopped || !res.more()) {
