@@ -165,27 +165,27 @@ func (s *Stack) initNames() ([]netip.Addr, error) {
 			servers = append(servers, a.Unmap())
 		}
 	}
-	ctx, cancel := context.WithCancel(context.Background())
 	s.names = &nameResolver{
 		kick:   make(chan struct{}, 1),
 		done:   make(chan struct{}),
-		ctx:    ctx,
-		cancel: cancel,
 		byAddr: map[netip.Addr]string{},
 	}
 	return servers, nil
 }
 
+// startResolver starts the goroutine that resolves the names, once the
+// stack is built: a Start that fails before has nothing to stop.
 func (s *Stack) startResolver() {
 	if s.names == nil {
 		return
 	}
+	s.names.ctx, s.names.cancel = context.WithCancel(context.Background())
 	s.onBackoff(0)
 	go s.resolveLoop()
 }
 
 func (s *Stack) stopResolver() {
-	if s.names == nil {
+	if s.names == nil || s.names.cancel == nil {
 		return
 	}
 	s.names.cancel()
