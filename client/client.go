@@ -50,6 +50,7 @@ import (
 	"time"
 
 	"github.com/teredo-go/teredo/clock"
+	"github.com/teredo-go/teredo/internal/ratelimit"
 	"github.com/teredo-go/teredo/peer"
 	"github.com/teredo-go/teredo/proto"
 )
@@ -58,6 +59,10 @@ import (
 type Transport interface {
 	WriteTo(b []byte, to netip.AddrPort) error
 }
+
+// DefaultMaxPeers bounds the client's peer list when Config.MaxPeers is
+// zero: an application talks to a few thousand peers at most.
+const DefaultMaxPeers = 4096
 
 // Config configures a Client.
 type Config struct {
@@ -73,9 +78,9 @@ type Config struct {
 	Logger *slog.Logger
 	// Rand supplies keys and nonces; defaults to crypto/rand.
 	Rand io.Reader
-	// IsGlobal decides which IPv4 addresses may be servers and mapped
+	// IPv4Filter decides which IPv4 addresses may be servers and mapped
 	// addresses; defaults to proto.IsGlobalUnicastIPv4.
-	IsGlobal proto.IPv4Filter
+	IPv4Filter proto.IPv4Filter
 	// Servers are the primary server IPv4 addresses, tried in order. It
 	// may be empty if the caller supplies them later with SetServers (a
 	// caller still resolving server names); the client then waits offline.
@@ -83,21 +88,34 @@ type Config struct {
 	// Secondary is the second address of Servers[0]; other servers use
 	// their address + 1, as Windows and Miredo assume.
 	Secondary netip.Addr
+	// SecondaryPort is the port of Servers[0]'s secondary; zero means
+	// ServerPort. A single-address server (a teredo-gateway with
+	// -secondary-port) offers its secondary role on another port of its
+	// primary address: set SecondaryPort to that port (Secondary zero
+	// then means Servers[0]). Other servers use ServerPort.
+	SecondaryPort uint16
 	// ServerPort defaults to 3544.
 	ServerPort uint16
-	// MaxPeers bounds the peer list (default 4096).
+	// MaxPeers bounds the peer list (default DefaultMaxPeers).
 	MaxPeers int
 	// InboundEchoRate (tests per second, default DefaultInboundEchoRate)
 	// and InboundEchoBurst (default DefaultInboundEchoBurst) bound, for the
 	// whole client, the echo tests that received packets from unverified
 	// sources start (RFC 4380 §5.2.3 case 6); a packet over the limit is
 	// dropped as "echo-rate-limit" and creates no peer entry. Echo tests
-	// for the application's own outbound packets are not counted. Zero or
-	// less means the default.
+	// for the application's own outbound packets are not counted. Zero
+	// means the default; a negative rate turns the limit off, as for every
+	// rate limit of this module.
 	InboundEchoRate  float64
 	InboundEchoBurst int
 	// ConeProbe adds a cone RS to the NAT classification (diagnostic only).
 	ConeProbe bool
+	// BubbleTTL is the IPv4 TTL of the first direct bubbles to a Teredo
+	// peer, which open our NAT but must not reach the peer's (see
+	// hoplimit.go). Zero means DefaultBubbleTTL; negative sends every
+	// bubble with the socket's TTL. It needs a Transport that implements
+	// TTLTransport; others send every bubble with the socket's TTL.
+	BubbleTTL int
 	// FixedRelay, if set, carries every packet to a non-Teredo destination
 	// and is trusted as their source, instead of the echo test.
 	FixedRelay netip.AddrPort
@@ -106,6 +124,11 @@ type Config struct {
 	// passes datagrams received on its discovery socket (joined to
 	// 224.0.0.253, port 3544) to ReceiveDiscovery.
 	LocalDiscovery bool
+	// LocalAddrs, if set, returns the client's local UDP endpoints (at
+	// most proto.MaxAltAddresses are used) for RFC 6081's hairpinning
+	// extension: indirect bubbles to a peer behind the same public IPv4
+	// carry them in an Alternate Address trailer (see hairpin.go).
+	LocalAddrs func() []netip.AddrPort
 	// OnEvent receives state changes, in order, without locks held. It must
 	// not call Receive or Transmit synchronously.
 	OnEvent func(Event)
@@ -128,6 +151,9 @@ type Qualified struct {
 	Server netip.Addr
 	Mapped netip.AddrPort
 	MTU    int
+	// Public is the address the IPv6 internet sees, if the server is a
+	// teredo-gateway that announced its public prefix; zero otherwise.
+	Public netip.Addr
 }
 
 // AddressChanged reports that, while qualified, the NAT mapping and so the
@@ -201,6 +227,12 @@ type Status struct {
 	MTU      int
 	Peers    int
 	Counters Counters
+
+	// PublicAddr is the address the IPv6 internet sees, when the server
+	// is a teredo-gateway: Addr's interface identifier in the public /64
+	// the gateway announced in its RA (proto.OptPublicPrefix). Zero for
+	// other servers, whose clients are seen at Addr.
+	PublicAddr netip.Addr
 }
 
 // Counters are cumulative packet counts. TxFast counts packets handed back
@@ -216,6 +248,9 @@ type Counters struct {
 	EchoRequests, ICMPErrors       uint64
 	PeerTable                      peer.Stats
 	Drops                          map[string]uint64
+
+	// TTLBubbles counts direct bubbles sent with Config.BubbleTTL.
+	TTLBubbles uint64
 }
 
 // PeerState reports what the client knows about reaching dst, for a dialer
@@ -236,12 +271,13 @@ func (c *Client) PeerState(dst netip.Addr) peer.State {
 
 // Client is the Teredo client role. Its methods are safe for concurrent use.
 type Client struct {
-	cfg  Config
-	clk  clock.Clock
-	log  *slog.Logger
-	glob proto.IPv4Filter
-	port uint16
-	key  [32]byte
+	cfg       Config
+	clk       clock.Clock
+	log       *slog.Logger
+	glob      proto.IPv4Filter
+	port      uint16
+	key       [32]byte
+	bubbleKey [32]byte // proto.BubbleSource secret, derived from key
 
 	peers  *peer.Table
 	up     atomic.Pointer[link] // nil unless qualified
@@ -259,15 +295,18 @@ type Client struct {
 
 	evMu sync.Mutex // serializes OnEvent calls
 
-	icmpLimit *bucket // ICMPv6 errors we deliver
-	echoLimit *bucket // echo tests started by inbound packets
-	pingMax   int     // echo requests in a series (the peer table's limit)
+	icmpLimit *ratelimit.Limiter // ICMPv6 errors we deliver
+	echoLimit *ratelimit.Limiter // echo tests started by inbound packets
+	pingMax   int                // echo requests in a series (the peer table's limit)
 
 	replyMu   sync.Mutex
 	seed      maphash.Seed
 	replySeen [replySlots]replySlot
 
 	ctr counters
+	ttl hopLimiter
+	// answerLimit bounds, client-wide, the answers to direct bubbles.
+	answerLimit *ratelimit.Limiter
 }
 
 // link is the immutable snapshot of a qualified client that the data path
@@ -280,6 +319,7 @@ type link struct {
 	serverAP netip.AddrPort
 	mtu      int
 	errSrc   netip.Addr // source of the ICMPv6 errors we generate
+	public   netip.Addr // see Status.PublicAddr
 }
 
 // New validates cfg and returns a client; Start begins qualification.
@@ -290,11 +330,14 @@ func New(cfg Config) (*Client, error) {
 	if cfg.Deliver == nil {
 		return nil, errors.New("teredo client: Config.Deliver is required")
 	}
-	if cfg.IsGlobal == nil {
-		cfg.IsGlobal = proto.IsGlobalUnicastIPv4
+	if cfg.IPv4Filter == nil {
+		cfg.IPv4Filter = proto.IsGlobalUnicastIPv4
 	}
-	if err := checkServers(cfg.Servers, cfg.IsGlobal); err != nil {
+	if err := checkServers(cfg.Servers, cfg.IPv4Filter); err != nil {
 		return nil, err
+	}
+	if cfg.SecondaryPort != 0 && !cfg.Secondary.IsValid() && len(cfg.Servers) > 0 {
+		cfg.Secondary = cfg.Servers[0]
 	}
 	if cfg.Secondary.IsValid() && !cfg.Secondary.Is4() {
 		return nil, fmt.Errorf("teredo client: secondary %v is not IPv4", cfg.Secondary)
@@ -314,13 +357,16 @@ func New(cfg Config) (*Client, error) {
 	if cfg.ServerPort == 0 {
 		cfg.ServerPort = proto.Port
 	}
-	if !(cfg.InboundEchoRate > 0) { // NaN too
+	if cfg.MaxPeers <= 0 {
+		cfg.MaxPeers = DefaultMaxPeers
+	}
+	if cfg.InboundEchoRate == 0 || cfg.InboundEchoRate != cfg.InboundEchoRate { // zero or NaN
 		cfg.InboundEchoRate = DefaultInboundEchoRate
 	}
 	if cfg.InboundEchoBurst <= 0 {
 		cfg.InboundEchoBurst = DefaultInboundEchoBurst
 	}
-	c := &Client{cfg: cfg, clk: cfg.Clock, log: cfg.Logger, glob: cfg.IsGlobal, port: cfg.ServerPort}
+	c := &Client{cfg: cfg, clk: cfg.Clock, log: cfg.Logger, glob: cfg.IPv4Filter, port: cfg.ServerPort}
 	c.servers = slices.Clone(cfg.Servers)
 	if len(c.servers) > 0 {
 		c.primary = c.servers[0]
@@ -328,15 +374,18 @@ func New(cfg Config) (*Client, error) {
 	if _, err := io.ReadFull(cfg.Rand, c.key[:]); err != nil {
 		return nil, fmt.Errorf("teredo client: reading key: %w", err)
 	}
+	c.bubbleKey = c.mac("bubble")
 	c.peers = peer.New(peer.Config{
 		MaxPeers: cfg.MaxPeers,
 		Clock:    cfg.Clock,
 		OnTimer:  c.onPeerTimer,
 	})
-	c.icmpLimit = newBucket(icmpRate, icmpBurst)
-	c.echoLimit = newBucket(cfg.InboundEchoRate, cfg.InboundEchoBurst)
+	c.icmpLimit = ratelimit.NewLimiter(ratelimit.Rate{PerSecond: icmpRate, Burst: icmpBurst})
+	c.echoLimit = ratelimit.NewLimiter(ratelimit.Rate{PerSecond: cfg.InboundEchoRate, Burst: cfg.InboundEchoBurst})
 	c.pingMax = c.peers.Config().Ping.Max
 	c.seed = maphash.MakeSeed()
+	c.ttl.init(cfg.Transport, cfg.BubbleTTL)
+	c.answerLimit = ratelimit.NewLimiter(ratelimit.Rate{PerSecond: answerRate, Burst: answerBurst})
 	return c, nil
 }
 
@@ -447,7 +496,7 @@ func (c *Client) Status() Status {
 	}
 	c.mu.Unlock()
 	if l := c.up.Load(); l != nil {
-		s.Addr, s.Mapped, s.MTU = l.ip, l.mapped, l.mtu
+		s.Addr, s.Mapped, s.MTU, s.PublicAddr = l.ip, l.mapped, l.mtu, l.public
 	}
 	s.Counters = c.ctr.snapshot()
 	s.Counters.PeerTable = c.peers.Stats()

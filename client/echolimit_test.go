@@ -52,7 +52,7 @@ func TestInboundEchoLimit(t *testing.T) {
 		configBurst int
 	}{
 		{name: "defaults", wantRate: DefaultInboundEchoRate, wantBurst: DefaultInboundEchoBurst},
-		{name: "negative means default", configRate: -1, configBurst: -5, wantRate: DefaultInboundEchoRate, wantBurst: DefaultInboundEchoBurst},
+		{name: "zero means default", configRate: 0, configBurst: -5, wantRate: DefaultInboundEchoRate, wantBurst: DefaultInboundEchoBurst},
 		{name: "NaN means default", configRate: math.NaN(), wantRate: DefaultInboundEchoRate, wantBurst: DefaultInboundEchoBurst},
 		{name: "configured", configRate: 2, configBurst: 4, wantRate: 2, wantBurst: 4},
 	} {
@@ -108,6 +108,22 @@ func TestInboundEchoLimit(t *testing.T) {
 	}
 }
 
+// TestInboundEchoLimitDisabled checks that a negative rate turns the limit
+// off, as for every rate limit of the module: every new source gets its
+// echo test.
+func TestInboundEchoLimitDisabled(t *testing.T) {
+	h := newHarness(t, func(c *Config) { c.InboundEchoRate = -1 })
+	us := h.qualify()
+	n := 3 * DefaultInboundEchoBurst
+	h.flood(us, 0, n)
+	if got := h.takeEchoes(); len(got) != n {
+		t.Fatalf("%d echo requests for %d new sources, want all", len(got), n)
+	}
+	if d := h.drops("echo-rate-limit"); d != 0 {
+		t.Fatalf("echo-rate-limit drops %d with the limit off", d)
+	}
+}
+
 func TestInboundEchoLimitSparesOutbound(t *testing.T) {
 	h := newHarness(t, func(c *Config) { c.InboundEchoBurst = 4 })
 	us := h.qualify()
@@ -153,13 +169,13 @@ func TestInboundEchoLimitSparesOutbound(t *testing.T) {
 }
 
 func TestInboundEchoLimitTeredoSource(t *testing.T) {
-	// A Teredo source from another mapping is tested with an echo request
-	// too, and pays for it like a native one.
+	// A Teredo source from another mapping is tested with bubbles (see
+	// holdTeredo), and pays for it like an echo test.
 	h := newHarness(t, func(c *Config) { c.InboundEchoBurst = 1 })
 	us := h.qualify()
 	h.c.Receive(ipPacket(peerAddr, us, "nat"), relay2AP)
-	if got := h.takeEchoes(); len(got) != 1 || got[0] != peerAddr {
-		t.Fatalf("echo requests %v", got)
+	if b, other := bubbles(h.net.take()); len(b) != 2 || len(other) != 0 {
+		t.Fatalf("bubbles %v, other %v", b, other)
 	}
 	h.flood(us, 0, 1)
 	if got := h.takeEchoes(); len(got) != 0 || h.drops("echo-rate-limit") != 1 {
@@ -187,28 +203,5 @@ func TestInboundEchoLimitNewSeries(t *testing.T) {
 	h.flood(us, 0, 1)
 	if got := h.takeEchoes(); len(got) != 0 || h.drops("echo-rate-limit") != 1 {
 		t.Fatalf("new series: echo requests %v, drops %v", got, h.c.Status().Counters.Drops)
-	}
-}
-
-func TestBucket(t *testing.T) {
-	b := newBucket(4, 2)
-	now := t0
-	for i, want := range []bool{true, true, false} {
-		if b.allow(now) != want {
-			t.Fatalf("call %d at start: want %v", i, want)
-		}
-	}
-	now = now.Add(250 * time.Millisecond) // one token
-	if !b.allow(now) || b.allow(now) {
-		t.Fatal("one token after 250 ms")
-	}
-	if b.allow(now.Add(-time.Second)) {
-		t.Fatal("a clock going back filled the bucket")
-	}
-	now = now.Add(time.Hour) // capped at the burst
-	for i, want := range []bool{true, true, false} {
-		if b.allow(now) != want {
-			t.Fatalf("call %d after an hour: want %v", i, want)
-		}
 	}
 }

@@ -10,7 +10,7 @@ import (
 // fuzzClient is a qualified client with a trusted peer, a pending peer and
 // local discovery on, so that random input reaches every branch.
 func fuzzClient(t *testing.T) (*harness, netip.Addr) {
-	h := newHarness(t, func(c *Config) { c.LocalDiscovery = true; c.IsGlobal = proto.AnyIPv4 })
+	h := newHarness(t, func(c *Config) { c.LocalDiscovery = true; c.IPv4Filter = proto.AnyIPv4 })
 	us := h.qualify()
 	h.trustPeer(us, peerMapped)
 	h.c.Transmit([][]byte{ipPacket(us, nativeDst, "x")})
@@ -30,6 +30,12 @@ func FuzzReceive(f *testing.F) {
 	// for an echo test, or, with bit 8, refused by the spent echo limit.
 	f.Add(ipPacket(nativeDst, us, "held"), uint16(3544), byte(3|4))
 	f.Add(ipPacket(nativeSrc(1000), us, "refused"), uint16(3544), byte(3|4|8))
+	// RFC 6081: an indirect bubble from a peer behind our public IPv4 with an
+	// Alternate Address trailer, and a direct bubble from a link-local source.
+	var alt proto.Trailers
+	alt.NumAltAddresses, alt.AltAddresses[0] = 1, netip.MustParseAddrPort("192.168.1.3:4000")
+	f.Add(alt.Append(append(proto.AppendOrigin(nil, netip.AddrPortFrom(mappedUs.Addr(), 6000)), proto.AppendBubble(nil, netip.MustParseAddr("fe80::1"), us, 0)...)), uint16(3544), byte(2|4))
+	f.Add(proto.AppendBubble(nil, netip.MustParseAddr("fe80::1"), us, 0), uint16(5000), byte(0|4))
 	f.Fuzz(func(t *testing.T, b []byte, port uint16, which byte) {
 		h, us := fuzzClient(t)
 		if which&8 != 0 {

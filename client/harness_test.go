@@ -31,8 +31,9 @@ var (
 func ap(a netip.Addr) netip.AddrPort { return netip.AddrPortFrom(a, proto.Port) }
 
 type sent struct {
-	b  []byte
-	to netip.AddrPort
+	b   []byte
+	to  netip.AddrPort
+	ttl int // IPv4 TTL given with WriteToTTL (ttlNet); 0: the socket's
 }
 
 // fakeNet is the client's Transport: it records every datagram.
@@ -45,7 +46,10 @@ type fakeNet struct {
 }
 
 func (f *fakeNet) WriteTo(b []byte, to netip.AddrPort) error {
-	d := sent{append([]byte(nil), b...), to}
+	return f.record(sent{b: append([]byte(nil), b...), to: to})
+}
+
+func (f *fakeNet) record(d sent) error {
 	if f.respond != nil && f.respond(d) {
 		return nil
 	}

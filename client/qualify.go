@@ -102,12 +102,24 @@ func (c *Client) stopTimers() {
 
 func (c *Client) serverAP(s netip.Addr) netip.AddrPort { return netip.AddrPortFrom(s, c.port) }
 
-// secondary returns the second address of the current server.
-func (c *Client) secondary() netip.Addr {
+// isServerPort reports whether RAs may come from port: the servers' port,
+// or the configured secondary port of a single-address server.
+func (c *Client) isServerPort(port uint16) bool {
+	return port == c.port || (port == c.cfg.SecondaryPort && port != 0)
+}
+
+// secondary returns the secondary address and port of the current server.
+// Config.Secondary belongs to the first server of Config.Servers, wherever
+// it is in the list now.
+func (c *Client) secondary() netip.AddrPort {
 	if c.cfg.Secondary.IsValid() && c.q.srv == c.primary {
-		return c.cfg.Secondary
+		port := c.port
+		if c.cfg.SecondaryPort != 0 {
+			port = c.cfg.SecondaryPort
+		}
+		return netip.AddrPortFrom(c.cfg.Secondary, port)
 	}
-	return c.q.srv.Next()
+	return c.serverAP(c.q.srv.Next())
 }
 
 // startRound begins qualification with server idx.
@@ -278,7 +290,7 @@ func (c *Client) acceptRA(ra *proto.RA, from netip.AddrPort) error {
 	}
 	old := c.up.Load()
 	wasUp := q.state == StateQualified && old != nil
-	if wasUp && old.mapped == ra.Mapped && old.mtu == mtu {
+	if wasUp && old.mapped == ra.Mapped && old.mtu == mtu && old.public == publicAddr(ra.Public, old.ip) {
 		c.scheduleRefresh()
 		return nil
 	}
@@ -297,6 +309,7 @@ func (c *Client) acceptRA(ra *proto.RA, from netip.AddrPort) error {
 		serverAP: c.serverAP(q.srv),
 		mtu:      mtu,
 		errSrc:   proto.ServerLinkLocal(q.srv),
+		public:   publicAddr(ra.Public, a),
 	}
 	c.up.Store(l)
 	q.state = StateQualified
@@ -308,11 +321,11 @@ func (c *Client) acceptRA(ra *proto.RA, from netip.AddrPort) error {
 		c.emit(AddressChanged{Old: old.ip, New: a})
 		c.startNAT()
 	case wasUp:
-		c.emit(Qualified{Addr: a, Server: q.srv, Mapped: ra.Mapped, MTU: mtu})
+		c.emit(Qualified{Addr: a, Server: q.srv, Mapped: ra.Mapped, MTU: mtu, Public: l.public})
 	default:
-		c.log.Info("teredo client: qualified", "addr", a, "server", q.srv, "mapped", ra.Mapped, "mtu", mtu)
+		c.log.Info("teredo client: qualified", "addr", a, "server", q.srv, "mapped", ra.Mapped, "mtu", mtu, "public", l.public)
 		c.peers.Flush()
-		c.emit(Qualified{Addr: a, Server: q.srv, Mapped: ra.Mapped, MTU: mtu})
+		c.emit(Qualified{Addr: a, Server: q.srv, Mapped: ra.Mapped, MTU: mtu, Public: l.public})
 		c.startNAT()
 		if c.cfg.LocalDiscovery {
 			c.schedule(&c.disc, c.randomDuration(0, time.Second), c.onDiscoveryTimer)
@@ -320,6 +333,18 @@ func (c *Client) acceptRA(ra *proto.RA, from netip.AddrPort) error {
 	}
 	c.scheduleRefresh()
 	return nil
+}
+
+// publicAddr is the address a gateway's client with Teredo address a has
+// in the public /64 pfx: a's interface identifier in pfx (the zero Addr
+// without a prefix).
+func publicAddr(pfx netip.Prefix, a netip.Addr) netip.Addr {
+	if !pfx.IsValid() || pfx.Bits() != 64 || !a.Is6() {
+		return netip.Addr{}
+	}
+	p, b := pfx.Addr().As16(), a.As16()
+	copy(b[:8], p[:8])
+	return netip.AddrFrom16(b)
 }
 
 func (c *Client) scheduleRefresh() {
@@ -347,7 +372,7 @@ func (c *Client) sendNATProbe(fresh bool) {
 	n.tries++
 	c.ctr.rs.Add(1)
 	if n.phase == natSecondary {
-		c.queue(proto.AppendRS(nil, n.nonce, false), c.serverAP(c.secondary()))
+		c.queue(proto.AppendRS(nil, n.nonce, false), c.secondary())
 	} else {
 		c.queue(proto.AppendRS(nil, n.nonce, true), c.serverAP(c.q.srv))
 	}
@@ -364,6 +389,7 @@ func (c *Client) stopNAT() {
 func (c *Client) finishNAT(t NATType) {
 	c.stopNAT()
 	c.nat.result = t
+	c.ttl.symmetric.Store(t == NATSymmetric)
 	c.log.Info("teredo client: NAT classified", "type", t)
 	c.emit(NATClassified{Type: t})
 }
@@ -387,10 +413,10 @@ func (c *Client) onNATTimer() {
 
 func (c *Client) natSecondaryRA(ra *proto.RA, from netip.AddrPort) error {
 	sec := c.secondary()
-	if err := c.checkRA(ra, from, c.serverAP(sec), proto.RSSourceRestricted); err != nil {
+	if err := c.checkRA(ra, from, sec, proto.RSSourceRestricted); err != nil {
 		return err
 	}
-	if ra.Server != c.q.srv && ra.Server != sec {
+	if ra.Server != c.q.srv && ra.Server != sec.Addr() {
 		return errRAServer
 	}
 	c.ctr.ra.Add(1)
@@ -416,7 +442,7 @@ func (c *Client) natSecondaryRA(ra *proto.RA, from netip.AddrPort) error {
 func (c *Client) natConeRA(ra *proto.RA, from netip.AddrPort) error {
 	// The server answers a cone RS from its other address; only that proves
 	// the NAT lets in traffic from an endpoint it never saw.
-	if err := c.checkRA(ra, from, c.serverAP(c.secondary()), proto.RSSourceCone); err != nil {
+	if err := c.checkRA(ra, from, c.secondary(), proto.RSSourceCone); err != nil {
 		return err
 	}
 	c.ctr.ra.Add(1)

@@ -19,7 +19,7 @@ func (c *Client) Receive(b []byte, from netip.AddrPort) []byte {
 		return nil
 	}
 	ip := pkt.IPv6
-	if from.Port() == c.port && len(ip) > proto.IPv6HeaderLen && ip[6] == proto.ProtoICMPv6 && ip[proto.IPv6HeaderLen] == proto.ICMPRouterAdvert {
+	if c.isServerPort(from.Port()) && len(ip) > proto.IPv6HeaderLen && ip[6] == proto.ProtoICMPv6 && ip[proto.IPv6HeaderLen] == proto.ICMPRouterAdvert {
 		c.handleRA(&pkt, from)
 		return nil
 	}
@@ -57,6 +57,10 @@ func (c *Client) receiveSlow(pkt *proto.Packet, from netip.AddrPort, l *link) []
 		c.ctr.drop(dropMulticast)
 		return nil
 	case isLinkLocal(&src):
+		if bubble && dst == l.addr {
+			c.directBubble(src, from, l, now)
+			return nil
+		}
 		// Keeps RAs and other link-local traffic out of the stack.
 		c.ctr.drop(dropLinkLocalSource)
 		return nil
@@ -128,7 +132,9 @@ func (c *Client) indirectBubble(pkt *proto.Packet, from netip.AddrPort, l *link,
 		return
 	}
 	c.ctr.bubbleReplies.Add(1)
-	c.write(proto.AppendBubble(nil, l.ip, proto.Src(ip), 0), to)
+	answer := proto.AppendBubble(nil, l.ip, proto.Src(ip), 0)
+	c.write(answer, to)
+	c.answerAlternates(pkt, to, answer, l, now)
 }
 
 // echoProof is RFC 4380 §5.2.3 case 2: an echo reply carrying the nonce of
@@ -187,7 +193,7 @@ func (c *Client) fromTeredo(ip []byte, src, dst [16]byte, from netip.AddrPort, d
 	// sender got it, so its actual source is its mapping even if it differs
 	// from its address (a peer behind a symmetric NAT).
 	viaNonce := bubble && !dstOurs && netip.AddrFrom16(dst) == c.bubbleSource(src)
-	if (match || viaNonce) && (!c.glob(from.Addr()) || from.Port() == 0) {
+	if (match || viaNonce) && (!c.glob(from.Addr()) || from.Port() == 0) && !(viaNonce && c.sameNATSource(src, from, l)) {
 		c.ctr.drop(dropNonGlobal)
 		return nil
 	}
@@ -253,7 +259,7 @@ func (c *Client) holdAndTest(ip []byte, src [16]byte, from netip.AddrPort, l *li
 		// A new entry always starts a test: pay first, so that a refused
 		// packet creates no entry. If another goroutine creates it in
 		// between, the token is spent on this packet anyway.
-		if !c.echoLimit.allow(now) {
+		if !c.echoLimit.Allow(now) {
 			c.ctr.drop(dropEchoRate)
 			return
 		}
@@ -265,11 +271,15 @@ func (c *Client) holdAndTest(ip []byte, src [16]byte, from netip.AddrPort, l *li
 // hold queues the inbound packet ip on p and plans its echo test; paid says
 // a token of the echo limit was already taken. Under the peer table's lock.
 func (c *Client) hold(p *peer.Peer, a *action, ip []byte, from netip.AddrPort, l *link, now time.Time, paid bool) {
+	if k := p.Addr().As16(); proto.IsTeredoBytes(k[:]) {
+		c.holdTeredo(p, a, ip, from, now, paid)
+		return
+	}
 	if p.Unreachable && p.PingsExhausted() {
 		a.dropHeld = true
 		return
 	}
-	if !paid && c.startsEchoTest(p) && !c.echoLimit.allow(now) {
+	if !paid && c.startsEchoTest(p) && !c.echoLimit.Allow(now) {
 		c.ctr.drop(dropEchoRate)
 		return
 	}

@@ -156,27 +156,48 @@ func TestReceiveCase6HeldUntilEcho(t *testing.T) {
 		})
 	}
 	t.Run("teredo source with another mapping", func(t *testing.T) {
+		// A peer behind a symmetric NAT: its packet is held while a bubble
+		// series (direct to the mapping in its address, indirect through
+		// its server) asks it to answer from the mapping it uses towards
+		// us; the answer, to our HMAC bubble source, releases the packet.
 		h := newHarness(t, nil)
 		us := h.qualify()
 		in := ipPacket(peerAddr, us, "nat")
 		if h.c.Receive(in, relay2AP) != nil {
 			t.Fatal("delivered")
 		}
-		ds := h.net.take()
-		if len(ds) != 1 {
-			t.Fatalf("%+v", ds)
+		b, other := bubbles(h.net.take())
+		if len(b) != 2 || len(other) != 0 || b[0].to != peerMapped || b[1].to != ap(peerServer) {
+			t.Fatalf("bubbles %+v, other %+v", b, other)
 		}
-		_, _, _, body := echoRequest(t, ds[0])
-		// The retry timer keeps using echo requests, not bubbles.
+		// The retry timer repeats the bubbles.
 		h.advance(retryDelay)
-		ds = h.net.take()
-		if len(ds) != 1 {
-			t.Fatalf("retry %+v", ds)
+		if b, other := bubbles(h.net.take()); len(b) != 2 || len(other) != 0 {
+			t.Fatalf("retry: bubbles %+v, other %+v", b, other)
 		}
-		echoRequest(t, ds[0])
-		h.c.Receive(echoReply(peerAddr, us, body), relay2AP)
-		if d := h.takeDelivered(); len(d) != 1 {
-			t.Fatal("held packet not delivered")
+		// An answer from another endpoint proves that one, and the held
+		// packet from relay2AP is not delivered by it.
+		answer := proto.AppendBubble(nil, peerAddr, h.c.bubbleSource(peerAddr.As16()), 0)
+		h.c.Receive(answer, relay2AP)
+		if d := h.takeDelivered(); len(d) != 1 || !bytes.Equal(d[0], in) {
+			t.Fatalf("held packet not delivered: %d", len(d))
+		}
+		if got := h.c.Receive(in, relay2AP); !bytes.Equal(got, in) {
+			t.Fatal("not case 1 after the bubble answer")
+		}
+	})
+	t.Run("teredo source answered from elsewhere", func(t *testing.T) {
+		h := newHarness(t, nil)
+		us := h.qualify()
+		h.c.Receive(ipPacket(peerAddr, us, "nat"), relay2AP)
+		h.net.take()
+		answer := proto.AppendBubble(nil, peerAddr, h.c.bubbleSource(peerAddr.As16()), 0)
+		h.c.Receive(answer, peerMapped)
+		if d := h.takeDelivered(); len(d) != 0 {
+			t.Fatal("held packet delivered though the peer answered from another mapping")
+		}
+		if h.drops("unverified-source") != 1 {
+			t.Fatalf("drops %v", h.c.Status().Counters.Drops)
 		}
 	})
 	t.Run("echo tests are rate limited", func(t *testing.T) {

@@ -40,6 +40,7 @@ type action struct {
 	bubble   bool           // send direct and indirect bubbles
 	local    bool           // the peer is a valid local peer: unicast and discovery bubbles
 	direct   netip.AddrPort // direct bubble destination
+	ttl      int            // the direct bubble's IPv4 TTL; 0: the socket's
 	echo     bool           // send an echo request with nonce
 	nonce    [8]byte
 	flush    []peer.Packet // queue to flush to flushTo
@@ -135,6 +136,7 @@ func (c *Client) bubble(p *peer.Peer, a *action) {
 	a.bubble = true
 	a.local = p.Local && p.Valid()
 	a.direct = p.Mapping
+	a.ttl = c.ttl.forBubble(p.Bubbles())
 	p.Arm(retryDelay)
 }
 
@@ -182,8 +184,8 @@ func (c *Client) act(a *action, dst [16]byte, l *link, now time.Time) {
 		} else {
 			src := c.bubbleSource(dst)
 			b := proto.AppendBubble(nil, src, peerIP, 0)
-			c.write(b, a.direct)
-			c.write(b, c.serverAP(proto.ServerBytes(dst[:])))
+			c.writeTTL(b, a.direct, a.ttl)
+			c.write(c.appendAlternates(b, dst, l), c.serverAP(proto.ServerBytes(dst[:])))
 		}
 	}
 	if a.echo {

@@ -8,7 +8,6 @@ import (
 	"errors"
 	"hash/maphash"
 	"net/netip"
-	"sync"
 	"sync/atomic"
 	"time"
 
@@ -16,7 +15,7 @@ import (
 )
 
 // mac returns HMAC-SHA256 under the client's secret key of a label and
-// parts. Bubble sources and echo nonces come from it, so that replies can be
+// parts. The bubble-source secret and echo nonces come from it, so that replies can be
 // checked without keeping per-packet state and cannot be guessed.
 func (c *Client) mac(label string, parts ...[]byte) [32]byte {
 	h := hmac.New(sha256.New, c.key[:])
@@ -29,13 +28,10 @@ func (c *Client) mac(label string, parts ...[]byte) [32]byte {
 	return out
 }
 
-// bubbleSource is the link-local source of our bubbles to peer: an HMAC of
-// the peer's address, so that a reply sent back to it proves the sender saw
-// our bubble, even from a mapping other than the one in its address
-// (a peer behind a symmetric NAT).
+// bubbleSource is the link-local source of our bubbles to peer (see
+// proto.BubbleSource).
 func (c *Client) bubbleSource(peer [16]byte) netip.Addr {
-	m := c.mac("bubble", peer[:])
-	return proto.LinkLocalFromID([8]byte(m[:8]))
+	return proto.BubbleSource(&c.bubbleKey, &peer)
 }
 
 // echoNonce derives the 64-bit nonce of an echo test series towards dst
@@ -86,6 +82,8 @@ const (
 	dropBadLength
 	dropIndication
 	dropEchoRate
+	dropAnswerRate
+	dropBadTrailer
 	numDropReasons
 )
 
@@ -95,7 +93,7 @@ var dropNames = [numDropReasons]string{
 	"ra-invalid", "ra-nonce", "unverified-bubble", "unverified-source",
 	"server-packet", "send-error", "icmp-rate-limit", "bad-source", "closed",
 	"discovery", "truncated", "not-ipv6", "bad-length", "bad-indication",
-	"echo-rate-limit",
+	"echo-rate-limit", "answer-rate-limit", "bad-trailer",
 }
 
 type counters struct {
@@ -103,6 +101,7 @@ type counters struct {
 	rxDelivered, rxHeldDelivered   atomic.Uint64
 	rs, ra, bubbles, bubbleReplies atomic.Uint64
 	echo, icmpErrors               atomic.Uint64
+	ttlBubbles                     atomic.Uint64
 	drops                          [numDropReasons]atomic.Uint64
 }
 
@@ -116,6 +115,7 @@ func (c *counters) snapshot() Counters {
 		EchoRequests: c.echo.Load(), ICMPErrors: c.icmpErrors.Load(),
 		Drops: make(map[string]uint64),
 	}
+	s.TTLBubbles = c.ttlBubbles.Load()
 	for i := range c.drops {
 		if n := c.drops[i].Load(); n > 0 {
 			s.Drops[dropNames[i]] = n
@@ -147,47 +147,13 @@ const (
 	icmpBurst = 10
 )
 
-// bucket is a token bucket on the client's clock. It is filled at creation,
-// so a burst is allowed at once.
-type bucket struct {
-	mu     sync.Mutex
-	rate   float64 // tokens per second
-	burst  float64
-	tokens float64
-	last   time.Time
-}
-
-func newBucket(rate float64, burst int) *bucket {
-	return &bucket{rate: rate, burst: float64(burst), tokens: float64(burst)}
-}
-
-// allow takes a token at now if there is one. Callers read the clock before
-// the lock, so times may come slightly out of order: an earlier one than
-// the last adds nothing.
-func (b *bucket) allow(now time.Time) bool {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	switch {
-	case b.last.IsZero():
-		b.last = now
-	case now.After(b.last):
-		b.tokens = min(b.tokens+now.Sub(b.last).Seconds()*b.rate, b.burst)
-		b.last = now
-	}
-	if b.tokens < 1 {
-		return false
-	}
-	b.tokens--
-	return true
-}
-
 // unreachable delivers an ICMPv6 Destination Unreachable, code 0 (no route:
 // one of the two codes gVisor acts on), about the outbound packet pkt.
 func (c *Client) unreachable(pkt []byte, now time.Time) {
 	if len(pkt) < proto.IPv6HeaderLen || !proto.MayReplyWithError(pkt) {
 		return
 	}
-	if !c.icmpLimit.allow(now) {
+	if !c.icmpLimit.Allow(now) {
 		c.ctr.drop(dropICMPRateLimit)
 		return
 	}

@@ -299,7 +299,7 @@ func (d *Dialer) dialUDP(raddr netip.AddrPort) (net.Conn, error) {
 	full := tcpip.FullAddress{NIC: n.NICID(), Addr: tcpip.AddrFrom16(raddr.Addr().As16()), Port: raddr.Port()}
 	c, err := gonet.DialUDP(n.Netstack(), nil, &full, ipv6.ProtocolNumber)
 	if err != nil {
-		return nil, fromString(err.Error())
+		return nil, fromMessage(err.Error())
 	}
 	return NewUDPConn(c), nil
 }

@@ -323,3 +323,25 @@ func TestPing(t *testing.T) {
 		c.Close()
 	}
 }
+
+// TestByMessage checks that every gVisor error whose message gonet may hand
+// back is one errnoOf translates, and that TranslateError recovers it from
+// the flattened message as FromTCPIP does from the typed error.
+func TestByMessage(t *testing.T) {
+	for msg, terr := range byMessage {
+		if errno, _ := errnoOf(terr); errno == 0 {
+			t.Errorf("%T (%q) has no errno", terr, msg)
+		}
+		want, _ := errnoOf(terr)
+		flat := &net.OpError{Op: "read", Net: "tcp", Err: errors.New(msg)}
+		if got := TranslateError(flat); !errors.Is(got, want) {
+			t.Errorf("TranslateError(%q) = %v, want errors.Is %v", msg, got, want)
+		}
+		if got := FromTCPIP(terr); !errors.Is(got, want) {
+			t.Errorf("FromTCPIP(%T) = %v, want errors.Is %v", terr, got, want)
+		}
+	}
+	if got := TranslateError(errors.New("something else")); got.Error() != "something else" {
+		t.Errorf("unknown error rewritten to %v", got)
+	}
+}

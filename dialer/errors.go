@@ -47,52 +47,102 @@ func (e *Error) Temporary() bool { return e.Timeout() }
 
 var _ net.Error = (*Error)(nil)
 
-// errnoOf maps gVisor's errors to kernel error numbers. It is read-only.
-var errnoOf = map[string]struct {
-	errno    syscall.Errno
-	sentinel error
-}{
-	(&tcpip.ErrConnectionRefused{}).String():         {syscall.ECONNREFUSED, nil},
-	(&tcpip.ErrHostUnreachable{}).String():           {syscall.EHOSTUNREACH, nil},
-	(&tcpip.ErrHostDown{}).String():                  {syscall.EHOSTDOWN, nil},
-	(&tcpip.ErrNetworkUnreachable{}).String():        {syscall.ENETUNREACH, nil},
-	(&tcpip.ErrNoNet{}).String():                     {syscall.ENONET, nil},
-	(&tcpip.ErrTimeout{}).String():                   {syscall.ETIMEDOUT, nil},
-	(&tcpip.ErrConnectionReset{}).String():           {syscall.ECONNRESET, nil},
-	(&tcpip.ErrConnectionAborted{}).String():         {syscall.ECONNABORTED, nil},
-	(&tcpip.ErrAborted{}).String():                   {syscall.ECONNABORTED, nil},
-	(&tcpip.ErrNotConnected{}).String():              {syscall.ENOTCONN, nil},
-	(&tcpip.ErrAlreadyConnected{}).String():          {syscall.EISCONN, nil},
-	(&tcpip.ErrAlreadyConnecting{}).String():         {syscall.EALREADY, nil},
-	(&tcpip.ErrPortInUse{}).String():                 {syscall.EADDRINUSE, nil},
-	(&tcpip.ErrDuplicateAddress{}).String():          {syscall.EADDRINUSE, nil},
-	(&tcpip.ErrBadLocalAddress{}).String():           {syscall.EADDRNOTAVAIL, nil},
-	(&tcpip.ErrMessageTooLong{}).String():            {syscall.EMSGSIZE, nil},
-	(&tcpip.ErrNoBufferSpace{}).String():             {syscall.ENOBUFS, nil},
-	(&tcpip.ErrWouldBlock{}).String():                {syscall.EAGAIN, nil},
-	(&tcpip.ErrDestinationRequired{}).String():       {syscall.EDESTADDRREQ, nil},
-	(&tcpip.ErrInvalidOptionValue{}).String():        {syscall.EINVAL, nil},
-	(&tcpip.ErrBadAddress{}).String():                {syscall.EFAULT, nil},
-	(&tcpip.ErrClosedForSend{}).String():             {syscall.EPIPE, nil},
-	(&tcpip.ErrInvalidEndpointState{}).String():      {syscall.EINVAL, net.ErrClosed},
-	(&tcpip.ErrAddressFamilyNotSupported{}).String(): {syscall.EAFNOSUPPORT, nil},
-	(&tcpip.ErrNotSupported{}).String():              {syscall.EOPNOTSUPP, nil},
-	(&tcpip.ErrNoPortAvailable{}).String():           {syscall.EADDRNOTAVAIL, nil},
-	(&tcpip.ErrAlreadyBound{}).String():              {syscall.EINVAL, nil},
-	(&tcpip.ErrNotPermitted{}).String():              {syscall.EPERM, nil},
+// errnoOf is the one translation of gVisor's errors: the kernel error
+// number a socket would have returned, and what else the error matches.
+// Unknown errors get neither.
+func errnoOf(err tcpip.Error) (syscall.Errno, error) {
+	switch err.(type) {
+	case *tcpip.ErrConnectionRefused:
+		return syscall.ECONNREFUSED, nil
+	case *tcpip.ErrHostUnreachable:
+		return syscall.EHOSTUNREACH, nil
+	case *tcpip.ErrHostDown:
+		return syscall.EHOSTDOWN, nil
+	case *tcpip.ErrNetworkUnreachable:
+		return syscall.ENETUNREACH, nil
+	case *tcpip.ErrNoNet:
+		return syscall.ENONET, nil
+	case *tcpip.ErrTimeout:
+		return syscall.ETIMEDOUT, nil
+	case *tcpip.ErrConnectionReset:
+		return syscall.ECONNRESET, nil
+	case *tcpip.ErrConnectionAborted, *tcpip.ErrAborted:
+		return syscall.ECONNABORTED, nil
+	case *tcpip.ErrNotConnected:
+		return syscall.ENOTCONN, nil
+	case *tcpip.ErrAlreadyConnected:
+		return syscall.EISCONN, nil
+	case *tcpip.ErrAlreadyConnecting:
+		return syscall.EALREADY, nil
+	case *tcpip.ErrPortInUse, *tcpip.ErrDuplicateAddress:
+		return syscall.EADDRINUSE, nil
+	case *tcpip.ErrBadLocalAddress, *tcpip.ErrNoPortAvailable:
+		return syscall.EADDRNOTAVAIL, nil
+	case *tcpip.ErrMessageTooLong:
+		return syscall.EMSGSIZE, nil
+	case *tcpip.ErrNoBufferSpace:
+		return syscall.ENOBUFS, nil
+	case *tcpip.ErrWouldBlock:
+		return syscall.EAGAIN, nil
+	case *tcpip.ErrDestinationRequired:
+		return syscall.EDESTADDRREQ, nil
+	case *tcpip.ErrInvalidOptionValue, *tcpip.ErrAlreadyBound:
+		return syscall.EINVAL, nil
+	case *tcpip.ErrBadAddress:
+		return syscall.EFAULT, nil
+	case *tcpip.ErrClosedForSend:
+		return syscall.EPIPE, nil
+	case *tcpip.ErrInvalidEndpointState:
+		return syscall.EINVAL, net.ErrClosed
+	case *tcpip.ErrAddressFamilyNotSupported:
+		return syscall.EAFNOSUPPORT, nil
+	case *tcpip.ErrNotSupported:
+		return syscall.EOPNOTSUPP, nil
+	case *tcpip.ErrNotPermitted:
+		return syscall.EPERM, nil
+	}
+	return 0, nil
 }
+
+// byMessage recovers the gVisor error behind a message: gonet (gVisor's
+// net.Conn adapter) returns errors.New(err.String()), which loses the type
+// that errnoOf switches on. It is read-only, and built from the same types
+// as errnoOf, so that the translation itself never looks at text.
+var byMessage = func() map[string]tcpip.Error {
+	m := make(map[string]tcpip.Error)
+	for _, e := range []tcpip.Error{
+		&tcpip.ErrConnectionRefused{}, &tcpip.ErrHostUnreachable{}, &tcpip.ErrHostDown{},
+		&tcpip.ErrNetworkUnreachable{}, &tcpip.ErrNoNet{}, &tcpip.ErrTimeout{},
+		&tcpip.ErrConnectionReset{}, &tcpip.ErrConnectionAborted{}, &tcpip.ErrAborted{},
+		&tcpip.ErrNotConnected{}, &tcpip.ErrAlreadyConnected{}, &tcpip.ErrAlreadyConnecting{},
+		&tcpip.ErrPortInUse{}, &tcpip.ErrDuplicateAddress{}, &tcpip.ErrBadLocalAddress{},
+		&tcpip.ErrMessageTooLong{}, &tcpip.ErrNoBufferSpace{}, &tcpip.ErrWouldBlock{},
+		&tcpip.ErrDestinationRequired{}, &tcpip.ErrInvalidOptionValue{}, &tcpip.ErrBadAddress{},
+		&tcpip.ErrClosedForSend{}, &tcpip.ErrInvalidEndpointState{},
+		&tcpip.ErrAddressFamilyNotSupported{}, &tcpip.ErrNotSupported{},
+		&tcpip.ErrNoPortAvailable{}, &tcpip.ErrAlreadyBound{}, &tcpip.ErrNotPermitted{},
+	} {
+		m[e.String()] = e
+	}
+	return m
+}()
 
 // FromTCPIP converts a gVisor error to an *Error.
 func FromTCPIP(err tcpip.Error) error {
 	if err == nil {
 		return nil
 	}
-	return fromString(err.String())
+	errno, sentinel := errnoOf(err)
+	return &Error{Msg: err.String(), Errno: errno, Sentinel: sentinel}
 }
 
-func fromString(msg string) *Error {
-	m := errnoOf[msg]
-	return &Error{Msg: msg, Errno: m.errno, Sentinel: m.sentinel}
+// fromMessage converts an error gonet flattened to its message.
+func fromMessage(msg string) *Error {
+	e := &Error{Msg: msg}
+	if terr, ok := byMessage[msg]; ok {
+		e.Errno, e.Sentinel = errnoOf(terr)
+	}
+	return e
 }
 
 // errDeadline is the error of an operation whose deadline passed. It wraps
@@ -108,8 +158,8 @@ func TranslateError(err error) error {
 		if err == nil || err == io.EOF {
 			return err
 		}
-		if _, ok := errnoOf[err.Error()]; ok {
-			return fromString(err.Error())
+		if _, ok := byMessage[err.Error()]; ok {
+			return fromMessage(err.Error())
 		}
 		return err
 	}
@@ -120,7 +170,7 @@ func TranslateError(err error) error {
 	if ne, ok := inner.(net.Error); ok && ne.Timeout() {
 		inner = errDeadline
 	} else {
-		inner = fromString(inner.Error())
+		inner = fromMessage(inner.Error())
 	}
 	return &net.OpError{Op: op.Op, Net: op.Net, Source: op.Source, Addr: op.Addr, Err: inner}
 }

@@ -42,13 +42,13 @@ func clientPeers(tb testing.TB) (a, b *client.Client, addrA, addrB netip.AddrPor
 		if err != nil {
 			tb.Fatal(err)
 		}
-		ep := New(conn, nil, Options{})
+		ep := New(conn, nil, Options{DisableGSO: true, DisableGRO: true})
 		qualified := make(chan struct{}, 1)
 		c, err := client.New(client.Config{
-			Transport: conn,
-			Deliver:   func([]byte) {},
-			IsGlobal:  proto.AnyIPv4,
-			Servers:   []netip.Addr{netip.MustParseAddr("192.0.2.1")},
+			Transport:  conn,
+			Deliver:    func([]byte) {},
+			IPv4Filter: proto.AnyIPv4,
+			Servers:    []netip.Addr{netip.MustParseAddr("192.0.2.1")},
 			OnEvent: func(ev client.Event) {
 				if _, ok := ev.(client.Qualified); ok {
 					select {
@@ -117,7 +117,7 @@ func BenchmarkClientPath(b *testing.B) {
 	tb6, _ := cb.Addr()
 
 	b.Run("transmit", func(b *testing.B) {
-		ep := New(&sinkConn{from: addrB}, ca, Options{})
+		ep := New(&sinkConn{from: addrB}, ca, Options{DisableGSO: true, DisableGRO: true})
 		const batch = 47
 		var pl stack.PacketBufferList
 		for range batch {
@@ -144,7 +144,7 @@ func BenchmarkClientPath(b *testing.B) {
 
 	b.Run("receive", func(b *testing.B) {
 		conn := &sinkConn{from: addrB, datagram: teredoPacket(tb6, ta, proto.MinMTU-header.IPv6MinimumSize)}
-		ep := New(conn, ca, Options{})
+		ep := New(conn, ca, Options{DisableGSO: true, DisableGRO: true})
 		ep.disp.Store(&dispatcherBox{nopDispatcher{}})
 		msgs := ep.rmsgs
 		b.ReportAllocs()

@@ -45,7 +45,6 @@ type Tunnel interface {
 
 // Defaults for Options fields left zero.
 const (
-	DefaultMTU = proto.MinMTU
 	// DefaultBatchSize matches fifo.BatchSize rounded up, so that one batch
 	// of the fifo queueing discipline fits one sendmmsg.
 	DefaultBatchSize = 64
@@ -64,22 +63,25 @@ type Options struct {
 	// ReadBufferSize is the size of each receive buffer; longer datagrams
 	// are truncated by the socket and then dropped by the tunnel.
 	ReadBufferSize int
+	// The offloads are on by default; the Disable switches turn them off,
+	// as everywhere in this module.
+	//
 	// GSO advertises gVisor's software segmentation offload, so that TCP
 	// hands large segments to the stack's own splitter, which is cheaper than
 	// building each MSS-sized segment separately.
-	GSO bool
+	DisableGSO bool
 	// GRO coalesces the TCP segments of each receive batch with gVisor's
 	// generic receive offload before they enter the stack. The endpoint
 	// then claims RX checksum offload and verifies UDP, ICMPv6 and
 	// unmerged TCP checksums itself (see validChecksum).
-	GRO bool
+	DisableGRO bool
 	// Logger receives unexpected socket errors; nil discards them.
 	Logger *slog.Logger
 }
 
 func (o Options) withDefaults() Options {
 	if o.MTU == 0 {
-		o.MTU = DefaultMTU
+		o.MTU = proto.MinMTU
 	}
 	if o.BatchSize <= 0 {
 		o.BatchSize = DefaultBatchSize
@@ -248,7 +250,7 @@ func (e *Endpoint) readLoop(done chan struct{}) {
 	// batch, so that TCP processes one large segment instead of dozens.
 	// It verifies TCP checksums itself before merging.
 	var coalescer gro.GRO
-	coalescer.Init(e.opts.GRO)
+	coalescer.Init(!e.opts.DisableGRO)
 	for {
 		for i := range msgs {
 			msgs[i].N = 0
@@ -314,7 +316,7 @@ func (e *Endpoint) receive(t Tunnel, db *dispatcherBox, coalescer *gro.GRO, b []
 		e.rxNotAttached.Add(1)
 		return
 	}
-	if e.opts.GRO && !validChecksum(ip, true) {
+	if !e.opts.DisableGRO && !validChecksum(ip, true) {
 		e.rxBadChecksum.Add(1)
 		return
 	}
@@ -343,7 +345,7 @@ func (e *Endpoint) inject(ip []byte) {
 		e.rxNotAttached.Add(1)
 		return
 	}
-	if e.opts.GRO && !validChecksum(ip, false) {
+	if !e.opts.DisableGRO && !validChecksum(ip, false) {
 		e.rxBadChecksum.Add(1)
 		return
 	}
@@ -496,7 +498,7 @@ func (e *Endpoint) SetLinkAddress(tcpip.LinkAddress) {}
 // Capabilities implements stack.NetworkLinkEndpoint. Checksums are neither
 // verified nor computed here, so the stack must do both.
 func (e *Endpoint) Capabilities() stack.LinkEndpointCapabilities {
-	if e.opts.GRO {
+	if !e.opts.DisableGRO {
 		return stack.CapabilityRXChecksumOffload
 	}
 	return stack.CapabilityNone
@@ -504,7 +506,7 @@ func (e *Endpoint) Capabilities() stack.LinkEndpointCapabilities {
 
 // GSOMaxSize implements stack.GSOEndpoint.
 func (e *Endpoint) GSOMaxSize() uint32 {
-	if e.opts.GSO {
+	if !e.opts.DisableGSO {
 		return stack.GVisorGSOMaxSize
 	}
 	return 0
@@ -512,7 +514,7 @@ func (e *Endpoint) GSOMaxSize() uint32 {
 
 // SupportedGSO implements stack.GSOEndpoint.
 func (e *Endpoint) SupportedGSO() stack.SupportedGSO {
-	if e.opts.GSO {
+	if !e.opts.DisableGSO {
 		return stack.GVisorGSOSupported
 	}
 	return stack.GSONotSupported

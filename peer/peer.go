@@ -12,6 +12,7 @@
 package peer
 
 import (
+	"github.com/teredo-go/teredo/proto"
 	"net/netip"
 	"sync"
 	"sync/atomic"
@@ -59,7 +60,7 @@ type Limit struct {
 	Window   time.Duration
 }
 
-// Config configures a Table. Zero fields take the client defaults.
+// Config configures a Table. Zero fields take the defaults below.
 type Config struct {
 	// MaxPeers bounds the table; when it is full, the least recently used
 	// entry (approximated with the CLOCK algorithm) makes room.
@@ -87,20 +88,17 @@ type Config struct {
 	OnTimer func(addr netip.Addr)
 }
 
-// Defaults of the client role (RFC 4380 §5.2.4, §5.2.6, §5.2.9).
+// Defaults for Config fields left zero: the peer list of RFC 4380 §5.2.4,
+// §5.2.6 and §5.2.9. The roles pass their own bounds (client.DefaultMaxPeers,
+// relay.DefaultMaxPeers and relay.DefaultExpiry): this package knows no
+// role.
 const (
 	DefaultMaxPeers      = 4096
 	DefaultValidity      = 30 * time.Second
 	DefaultLocalValidity = 600 * time.Second
-	DefaultClientExpiry  = 600 * time.Second
+	DefaultExpiry        = 600 * time.Second
 	DefaultQueuePackets  = 8
-	DefaultQueueBytes    = 8 * 1280
-)
-
-// Defaults of the relay role (RFC 4380 §5.4, Miredo's relay).
-const (
-	DefaultRelayMaxPeers = 65536
-	DefaultRelayExpiry   = 30 * time.Second
+	DefaultQueueBytes    = 8 * proto.MinMTU
 )
 
 // DefaultBubbleLimit is RFC 4380 §5.2.6: not within 2 s of the last bubble,
@@ -111,16 +109,6 @@ var DefaultBubbleLimit = Limit{Interval: 2 * time.Second, Max: 4, Window: 300 * 
 // request and up to 3 repeats, 2 s apart. A new series may start after 30 s,
 // the validity period, so that a destination that was down is tried again.
 var DefaultPingLimit = Limit{Interval: 2 * time.Second, Max: 4, Window: 30 * time.Second}
-
-// RelayConfig returns the relay's defaults: 65536 peers, 30 s expiry, and
-// bubbles every 2 s up to 3 repeats (the owner drops the entry after that).
-func RelayConfig() Config {
-	return Config{
-		MaxPeers: DefaultRelayMaxPeers,
-		Expiry:   DefaultRelayExpiry,
-		Bubble:   Limit{Interval: 2 * time.Second, Max: 4, Window: 300 * time.Second},
-	}
-}
 
 func (c *Config) setDefaults() {
 	if c.MaxPeers <= 0 {
@@ -133,7 +121,7 @@ func (c *Config) setDefaults() {
 		c.LocalValidity = DefaultLocalValidity
 	}
 	if c.Expiry <= 0 {
-		c.Expiry = DefaultClientExpiry
+		c.Expiry = DefaultExpiry
 	}
 	if c.QueuePackets <= 0 {
 		c.QueuePackets = DefaultQueuePackets

@@ -316,7 +316,9 @@ func TestRelayBubbleSeries(t *testing.T) {
 	var tab *Table
 	var sentAt []time.Duration
 	gone := false
-	cfg := RelayConfig()
+	// The relay's table (relay.New): 65536 peers, 30 s expiry, the default
+	// bubble limit.
+	cfg := Config{MaxPeers: 65536, Expiry: 30 * time.Second}
 	cfg.Clock = clk
 	cfg.OnTimer = func(a netip.Addr) {
 		tab.Update(a.As16(), false, clk.Now(), func(p *Peer) {

@@ -1,6 +1,7 @@
 package proto
 
 import (
+	"crypto/sha256"
 	"encoding/binary"
 	"net/netip"
 )
@@ -151,4 +152,20 @@ func LinkLocalFromID(id [8]byte) netip.Addr {
 	copy(b[8:], id[:])
 	b[8] &^= 0x03
 	return netip.AddrFrom16(b)
+}
+
+// BubbleSource returns the link-local source address of bubbles to peer:
+// fe80::/64 with an interface identifier hashed from a role's random secret
+// and the peer's address. A bubble sent back to that address proves that
+// its sender saw ours, whatever mapping it comes from (a peer behind a
+// symmetric NAT), without per-bubble state; the secret keeps anyone else
+// from forging one. Client and relay both use it, as Miredo's
+// SendBubbleFromDst and CheckBubble do. The input has a fixed length, so a
+// secret-prefix hash is a sound MAC here, and it does not allocate.
+func BubbleSource(secret *[32]byte, peer *[16]byte) netip.Addr {
+	var in [48]byte
+	copy(in[:32], secret[:])
+	copy(in[32:], peer[:])
+	sum := sha256.Sum256(in[:])
+	return LinkLocalFromID([8]byte(sum[:8]))
 }

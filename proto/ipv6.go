@@ -35,7 +35,8 @@ const (
 	UnreachPort       = 4
 )
 
-// MinMTU is the IPv6 minimum MTU and Teredo's default link MTU.
+// MinMTU is the IPv6 minimum MTU and Teredo's link MTU (RFC 4380 §5.1.2),
+// the one MTU constant of this module.
 const MinMTU = 1280
 
 // The accessors below take a validated IPv6 packet (see Packet.Parse): at

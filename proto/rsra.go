@@ -55,7 +55,22 @@ type RAParams struct {
 	Client netip.AddrPort // the client's mapped endpoint: the origin indication
 	Dst    netip.Addr     // the RS's link-local source
 	MTU    uint32         // 0 omits the MTU option
+	// Public, if valid, adds a public prefix option: the /64 a gateway
+	// maps its clients' Teredo addresses to (see OptPublicPrefix).
+	Public netip.Prefix
 }
+
+// OptPublicPrefix is the type of the option by which a teredo-gateway
+// tells its clients the /64 to which it maps their Teredo addresses
+// (RFC 6296 style). It is 253, an ND option type that RFC 4727 sets
+// aside for experiments: RFC 4861 §4.6 makes every node ignore options it
+// does not know, and Miredo and Windows do, whereas a second prefix
+// information option makes Miredo refuse the advertisement ("multiple
+// Teredo prefixes"). Layout, 24 bytes: type, length 3, prefix length (64),
+// a zero byte, the ASCII magic "TGW1", the 16-byte prefix.
+const OptPublicPrefix = 253
+
+var publicMagic = [4]byte{'T', 'G', 'W', '1'}
 
 // AppendRA appends the UDP payload of a router advertisement in Miredo's
 // layout: authentication and origin indications, then an RA from the
@@ -65,7 +80,7 @@ type RAParams struct {
 func AppendRA(b []byte, p *RAParams) []byte {
 	b = AppendAuth(b, &Auth{Nonce: p.Nonce})
 	b = AppendOrigin(b, p.Client)
-	var body [12 + 32 + 8]byte
+	var body [12 + 32 + 8 + 24]byte
 	// hop limit, flags, router lifetime, reachable time: 0; retransmit 2000.
 	binary.BigEndian.PutUint32(body[8:12], 2000)
 	pio := body[12:44]
@@ -80,6 +95,14 @@ func AppendRA(b []byte, p *RAParams) []byte {
 		mtu[0], mtu[1] = 5, 1
 		binary.BigEndian.PutUint32(mtu[4:8], p.MTU)
 		n = 52
+	}
+	if p.Public.IsValid() && p.Public.Addr().Is6() {
+		o := body[n : n+24]
+		o[0], o[1], o[2] = OptPublicPrefix, 3, byte(p.Public.Bits())
+		copy(o[4:8], publicMagic[:])
+		a := p.Public.Masked().Addr().As16()
+		copy(o[8:24], a[:])
+		n += 24
 	}
 	return AppendICMPv6(b, ServerLinkLocal(p.Server), p.Dst, 255, ICMPRouterAdvert, 0, body[:n])
 }
@@ -97,6 +120,9 @@ type RA struct {
 	MTU uint32
 	// Dst is the IPv6 destination of the advertisement.
 	Dst netip.Addr
+	// Public is the prefix of a public prefix option (OptPublicPrefix),
+	// the zero value if there was none or it was not a /64.
+	Public netip.Prefix
 }
 
 // ParseRA validates a parsed packet as a Teredo router advertisement
@@ -148,6 +174,13 @@ func ParseRA(p *Packet) (RA, error) {
 			}
 			prefixes++
 			ra.Server = netip.AddrFrom4([4]byte(pfx[4:8]))
+		case OptPublicPrefix:
+			if l == 24 && o[2] == 64 && [4]byte(o[4:8]) == publicMagic {
+				a := netip.AddrFrom16([16]byte(o[8:24]))
+				if a.IsGlobalUnicast() && !a.Is4In6() && !IsTeredo(a) {
+					ra.Public = netip.PrefixFrom(a, 64).Masked()
+				}
+			}
 		case 5: // MTU
 			if l != 8 {
 				return ra, ErrRAOption

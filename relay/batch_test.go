@@ -158,11 +158,11 @@ func TestRunBatchDevice(t *testing.T) {
 	peerAddr := teredoAddr(serverIP, clientMap)
 	r.table.Update(peerAddr.As16(), true, r.now(), func(p *peer.Peer) { p.Trust(clientMap) })
 	const n = 10
-	for i := range n { // queued before Run, so that the first read takes them all
+	for i := range n { // queued before Serve, so that the first read takes them all
 		dev.in <- udpPacket(native, peerAddr, []byte{byte(i)})
 	}
 	done := make(chan error, 1)
-	go func() { done <- r.Run(context.Background()) }()
+	go func() { done <- r.Serve(context.Background()) }()
 	client.SetReadDeadline(time.Now().Add(5 * time.Second))
 	msgs := []udpio.Message{{Buffers: [][]byte{make([]byte, 2048)}}}
 	for i := range n {
@@ -176,7 +176,7 @@ func TestRunBatchDevice(t *testing.T) {
 	}
 	r.Close()
 	if err := <-done; err != nil {
-		t.Errorf("Run: %v", err)
+		t.Errorf("Serve: %v", err)
 	}
 	if dev.reads != 1 {
 		t.Errorf("%d packets took %d ReadPackets calls, want 1", n, dev.reads)
@@ -214,7 +214,7 @@ func TestRunBatchWriter(t *testing.T) {
 	r, client := newLoopRelay(t, Config{Device: dev, IPv4Filter: proto.AnyIPv4})
 	peerAddr := teredoAddr(serverIP, clientMap)
 	payloads := []string{"a", "b", "bad", "c", "to teredo", "d"}
-	for _, p := range payloads { // queued before Run, so that one read takes them all
+	for _, p := range payloads { // queued before Serve, so that one read takes them all
 		dst := native
 		if p == "to teredo" {
 			dst = teredoAddr(serverIP, clientMap2) // dropped: not served
@@ -224,14 +224,14 @@ func TestRunBatchWriter(t *testing.T) {
 		}
 	}
 	done := make(chan error, 1)
-	go func() { done <- r.Run(context.Background()) }()
+	go func() { done <- r.Serve(context.Background()) }()
 	deadline := time.Now().Add(5 * time.Second)
 	for r.Counter(RxForwarded)+r.Counter(RxErrors) < 5 && time.Now().Before(deadline) {
 		time.Sleep(time.Millisecond)
 	}
 	r.Close()
 	if err := <-done; err != nil {
-		t.Errorf("Run: %v", err)
+		t.Errorf("Serve: %v", err)
 	}
 	var got []string
 	for _, p := range dev.take() {

@@ -3,6 +3,7 @@ package relay
 import (
 	"encoding/json"
 	"fmt"
+	"io"
 	"net/http"
 	"slices"
 	"sync/atomic"
@@ -151,8 +152,15 @@ func (r *Relay) Status() Status {
 	return s
 }
 
-// WriteMetrics writes the counters in the Prometheus text exposition format.
-func (r *Relay) WriteMetrics(w *metrics.Writer) {
+// WritePrometheus writes the counters to w in the Prometheus text exposition
+// format, the same text GET /metrics serves.
+func (r *Relay) WritePrometheus(w io.Writer) error {
+	mw := metrics.NewWriter(w)
+	r.writeMetrics(mw)
+	return mw.Err()
+}
+
+func (r *Relay) writeMetrics(w *metrics.Writer) {
 	ts := r.table.Stats()
 	w.Header("teredo_relay_events_total", "Packets forwarded, bubbles sent and packets dropped, by event.", metrics.Counter)
 	for c := range numCounters {
@@ -185,6 +193,6 @@ func (r *Relay) Handler() http.Handler {
 		enc.SetIndent("", "  ")
 		_ = enc.Encode(r.Status())
 	})
-	mux.Handle("/metrics", metrics.Handler(r.WriteMetrics))
+	mux.Handle("/metrics", metrics.Handler(r.writeMetrics))
 	return mux
 }

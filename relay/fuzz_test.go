@@ -7,7 +7,6 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/teredo-go/teredo/internal/metrics"
 	"github.com/teredo-go/teredo/proto"
 )
 
@@ -97,8 +96,9 @@ func TestDeviceCounters(t *testing.T) {
 		t.Errorf("a device without counters shows %v", st.Device)
 	}
 	var sb strings.Builder
-	w := metrics.NewWriter(&sb)
-	h.r.WriteMetrics(w)
+	if err := h.r.WritePrometheus(&sb); err != nil {
+		t.Fatal(err)
+	}
 	for _, want := range []string{
 		`teredo_relay_device_events_total{event="coalesced"} 40`,
 		`teredo_relay_device_events_total{event="read_super"} 3`,

@@ -3,6 +3,7 @@ package relay
 import (
 	"net/netip"
 
+	"github.com/teredo-go/teredo/internal/ratelimit"
 	"github.com/teredo-go/teredo/peer"
 	"github.com/teredo-go/teredo/proto"
 )
@@ -14,12 +15,16 @@ func (r *Relay) receive(b []byte, from netip.AddrPort, sc *scratch) {
 		r.ctr.inc(RxDropMalformed)
 		return
 	}
+	ip := p.IPv6
+	if r.cfg.Other != nil && (p.HasAuth || p.HasOrigin || !r.inPrefix(ip[8:24]) || r.inPrefix(ip[24:40])) {
+		r.cfg.Other(b, from)
+		return
+	}
 	if p.HasAuth || p.HasOrigin {
 		// Router advertisements and server-relayed bubbles are for clients.
 		r.ctr.inc(RxDropIndication)
 		return
 	}
-	ip := p.IPv6
 	src := [16]byte(ip[8:24])
 	if !r.inPrefix(src[:]) {
 		r.ctr.inc(RxDropSrcNotTeredo)
@@ -52,10 +57,10 @@ func (r *Relay) receive(b []byte, from netip.AddrPort, sc *scratch) {
 		}
 		symmetric = true
 	}
-	var k [16]byte
+	var k ratelimit.Key
 	a4 := from.Addr().As4()
 	copy(k[:4], a4[:])
-	if !r.rxLimit.allow(k, r.ts(now)) {
+	if !r.rxLimit.Allow(k, now) {
 		r.ctr.inc(RxDropRateLimited)
 		return
 	}

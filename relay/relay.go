@@ -19,8 +19,6 @@ package relay
 import (
 	"context"
 	"crypto/rand"
-	"crypto/sha256"
-	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
@@ -32,6 +30,7 @@ import (
 	"time"
 
 	"github.com/teredo-go/teredo/clock"
+	"github.com/teredo-go/teredo/internal/ratelimit"
 	"github.com/teredo-go/teredo/peer"
 	"github.com/teredo-go/teredo/proto"
 	"github.com/teredo-go/teredo/udpio"
@@ -57,7 +56,8 @@ type Device interface {
 // BatchDevice is a Device that can return several packets per read, as
 // package relay/tun's does. The relay then routes each batch and sends the
 // packets for Teredo peers with one WriteBatch, so that the socket can
-// coalesce a bulk stream to one peer into few sends (udpio.Options.GSO).
+// coalesce a bulk stream to one peer into few sends (UDP GSO, see
+// udpio.Options.DisableGSO).
 type BatchDevice interface {
 	Device
 	// ReadPackets blocks until at least one packet is available, then
@@ -83,7 +83,7 @@ type BatchWriter interface {
 }
 
 // CountingDevice is a Device that counts its own work, as package
-// relay/tun's offload does; Status and WriteMetrics include its counters.
+// relay/tun's offload does; Status and WritePrometheus include its counters.
 type CountingDevice interface {
 	Device
 	// DeviceCounters returns cumulative counters by snake_case name.
@@ -92,16 +92,21 @@ type CountingDevice interface {
 
 // Defaults for Config fields left zero.
 const (
-	DefaultMaxPeers       = peer.DefaultRelayMaxPeers
-	DefaultExpiry         = peer.DefaultRelayExpiry
-	DefaultBubbleInterval = 2 * time.Second
-	DefaultBubbleRepeats  = 3
-	DefaultICMPInterval   = 100 * time.Millisecond // Miredo: 10 errors per second
-	DefaultSourceRate     = 100                    // slow-path packets per second per source
-	DefaultSourceBurst    = 200
-	DefaultBatchSize      = 32
-	DefaultMaxPacket      = 8192
+	DefaultMaxPeers     = 65536                  // Miredo's relay
+	DefaultExpiry       = 30 * time.Second       // RFC 4380 §5.4: the peer validity
+	DefaultICMPInterval = 100 * time.Millisecond // Miredo: 10 errors per second
+	DefaultSourceRate   = 100                    // slow-path packets per second per source
+	DefaultSourceBurst  = 200
+	DefaultBatchSize    = 32
+	DefaultMaxPacket    = 8192
 )
+
+// sourceTableSize bounds each per-source rate-limit table; sources beyond
+// it that are still limited share one overflow bucket.
+const sourceTableSize = 4096
+
+// ErrServing is returned by a second call to Serve.
+var ErrServing = errors.New("relay: Serve already called")
 
 // Config configures a Relay.
 type Config struct {
@@ -131,6 +136,14 @@ type Config struct {
 	HostSpecific bool
 	IsLocal      func(netip.Addr) bool
 
+	// Other, if set, receives the datagrams a relay does not forward
+	// itself: those with an authentication or origin indication (router
+	// solicitations), those from non-Teredo sources and those to Teredo
+	// destinations, which the relay would drop. A Teredo gateway hands
+	// them to the server that shares the relay's socket. It runs on the
+	// receive goroutine; b and its bytes are valid only during the call.
+	Other func(b []byte, from netip.AddrPort)
+
 	// DropUnknownPeers drops data from Teredo clients that have no table
 	// entry even when their mapping checks out, as Miredo does. By default
 	// such a packet creates a trusted entry: RFC 4380 §5.4.2 allows either,
@@ -149,11 +162,11 @@ type Config struct {
 	Expiry   time.Duration
 	// QueuePackets and QueueBytes bound each peer's queue (peer defaults).
 	QueuePackets, QueueBytes int
-	// BubbleInterval and BubbleRepeats set the bubble schedule (default
-	// 2 s and 3 repeats); after the last one goes unanswered for
-	// BubbleInterval, the entry is dropped.
-	BubbleInterval time.Duration
-	BubbleRepeats  int
+	// Bubble is the bubble schedule toward a new peer, as peer.Config.Bubble
+	// (zero Max means peer.DefaultBubbleLimit: one every 2 s, 4 in all).
+	// After the last one goes unanswered for Bubble.Interval, the entry is
+	// dropped.
+	Bubble peer.Limit
 	// ICMPInterval is the minimum spacing of ICMPv6 errors (default 100 ms).
 	ICMPInterval time.Duration
 	// ICMPSource is the source of ICMPv6 errors. The relay owns no address
@@ -201,11 +214,8 @@ func (c *Config) setDefaults() error {
 	if c.Expiry <= 0 {
 		c.Expiry = DefaultExpiry
 	}
-	if c.BubbleInterval <= 0 {
-		c.BubbleInterval = DefaultBubbleInterval
-	}
-	if c.BubbleRepeats <= 0 {
-		c.BubbleRepeats = DefaultBubbleRepeats
+	if c.Bubble.Max <= 0 || c.Bubble.Interval <= 0 {
+		c.Bubble = peer.DefaultBubbleLimit
 	}
 	if c.ICMPInterval <= 0 {
 		c.ICMPInterval = DefaultICMPInterval
@@ -226,8 +236,8 @@ func (c *Config) setDefaults() error {
 	return nil
 }
 
-// Relay is a running Teredo relay. Create it with New, run it with Run and
-// stop it with Close or by cancelling Run's context.
+// Relay is a running Teredo relay. Create it with New, run it with Serve and
+// stop it with Close or by cancelling Serve's context.
 type Relay struct {
 	cfg    Config
 	conn   udpio.Conn
@@ -241,11 +251,10 @@ type Relay struct {
 	started time.Time
 	ctr     counters
 
-	rxLimit *sourceLimiter // per UDP source IPv4, receive slow path
-	txLimit *sourceLimiter // per IPv6 source /64, new peers
+	rxLimit *ratelimit.Table // per UDP source IPv4, receive slow path
+	txLimit *ratelimit.Table // per IPv6 source /64, new peers
 
-	icmpMu   sync.Mutex
-	icmpRate gcra
+	icmpLimit *ratelimit.Limiter // ICMPv6 errors, one per ICMPInterval
 
 	timerPool sync.Pool // *[]byte scratch for timer callbacks
 
@@ -256,7 +265,7 @@ type Relay struct {
 	done      chan struct{}
 }
 
-// New returns a relay for cfg. It does no I/O until Run.
+// New returns a relay for cfg. It does no I/O until Serve.
 func New(cfg Config) (*Relay, error) {
 	if err := cfg.setDefaults(); err != nil {
 		return nil, err
@@ -275,35 +284,40 @@ func New(cfg Config) (*Relay, error) {
 	if _, err := rand.Read(r.secret[:]); err != nil {
 		return nil, fmt.Errorf("relay: nonce secret: %w", err)
 	}
-	key := binary.LittleEndian.Uint64(r.secret[24:])
-	if cfg.SourceRate > 0 {
-		r.rxLimit = newSourceLimiter(4096, cfg.SourceRate, cfg.SourceBurst, key)
-		r.txLimit = newSourceLimiter(4096, cfg.SourceRate, cfg.SourceBurst, ^key)
-	}
-	pc := peer.RelayConfig()
-	pc.MaxPeers = cfg.MaxPeers
-	pc.Expiry = cfg.Expiry
-	pc.QueuePackets = cfg.QueuePackets
-	pc.QueueBytes = cfg.QueueBytes
-	pc.Bubble.Interval = cfg.BubbleInterval
-	pc.Bubble.Max = cfg.BubbleRepeats + 1
-	pc.Clock = cfg.Clock
-	pc.OnTimer = r.onTimer
-	r.table = peer.New(pc)
+	src := ratelimit.Rate{PerSecond: float64(cfg.SourceRate), Burst: cfg.SourceBurst}
+	r.rxLimit = ratelimit.NewTable(src, sourceTableSize)
+	r.txLimit = ratelimit.NewTable(src, sourceTableSize)
+	r.icmpLimit = ratelimit.NewLimiter(ratelimit.Rate{PerSecond: float64(time.Second) / float64(cfg.ICMPInterval), Burst: 1})
+	r.table = peer.New(peer.Config{
+		MaxPeers:     cfg.MaxPeers,
+		Expiry:       cfg.Expiry,
+		QueuePackets: cfg.QueuePackets,
+		QueueBytes:   cfg.QueueBytes,
+		Bubble:       cfg.Bubble,
+		Clock:        cfg.Clock,
+		OnTimer:      r.onTimer,
+	})
 	return r, nil
 }
 
 // Addr returns the Teredo side's local address.
 func (r *Relay) Addr() netip.AddrPort { return r.conn.LocalAddr() }
 
-// Run forwards packets until ctx is done or Close is called, then closes the
-// socket and the device. It returns nil after a normal stop, or the error
-// that stopped a reader.
-func (r *Relay) Run(ctx context.Context) error {
+// Serve forwards packets until ctx is done or Close is called, then closes
+// the socket and the device. It returns nil after a normal stop, the error
+// that stopped a reader, ErrServing if called twice, or net.ErrClosed if
+// called after Close (as server.Server.Serve).
+func (r *Relay) Serve(ctx context.Context) error {
 	r.runMu.Lock()
+	select {
+	case <-r.closed:
+		r.runMu.Unlock()
+		return net.ErrClosed
+	default:
+	}
 	if r.running {
 		r.runMu.Unlock()
-		return errors.New("relay: Run called twice")
+		return ErrServing
 	}
 	r.running = true
 	r.runMu.Unlock()
@@ -350,7 +364,7 @@ func (r *Relay) shutdown() {
 func (r *Relay) Close() error {
 	r.runMu.Lock()
 	running := r.running
-	r.running = true // a later Run must not start
+	r.running = true // a later Serve must not start
 	r.runMu.Unlock()
 	r.shutdown()
 	if running {
@@ -361,24 +375,15 @@ func (r *Relay) Close() error {
 
 func (r *Relay) now() time.Time { return r.cfg.Clock.Now() }
 
-// ts is a clock reading in nanoseconds since New, for the rate limiters.
-func (r *Relay) ts(now time.Time) int64 { return int64(now.Sub(r.epoch)) }
-
 // inPrefix reports whether the 16-byte address a is in the Teredo prefix.
 func (r *Relay) inPrefix(a []byte) bool {
 	return a[0] == r.prefix[0] && a[1] == r.prefix[1] && a[2] == r.prefix[2] && a[3] == r.prefix[3]
 }
 
-// bubbleSource is the link-local source of our bubbles to the peer at addr:
-// a keyed hash of the address, so that a bubble in reply, whatever mapping
-// it comes from, proves that its sender saw ours (Miredo's
-// SendBubbleFromDst/CheckBubble).
+// bubbleSource is the link-local source of our bubbles to the peer at addr
+// (see proto.BubbleSource).
 func (r *Relay) bubbleSource(addr *[16]byte) netip.Addr {
-	var in [48]byte
-	copy(in[:32], r.secret[:])
-	copy(in[32:], addr[:])
-	sum := sha256.Sum256(in[:])
-	return proto.LinkLocalFromID([8]byte(sum[:8]))
+	return proto.BubbleSource(&r.secret, addr)
 }
 
 // readTeredo is the receive loop.

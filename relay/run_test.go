@@ -2,6 +2,8 @@ package relay
 
 import (
 	"context"
+	"errors"
+	"net"
 	"net/netip"
 	"testing"
 	"time"
@@ -38,14 +40,14 @@ func newLoopRelay(t *testing.T, cfg Config) (*Relay, udpio.Conn) {
 	return r, client
 }
 
-// TestRun drives the relay through its two readers with the real clock:
+// TestServe drives the relay through its two readers with the real clock:
 // a packet from the IPv6 side to a client that has already talked to the
 // relay, and one back.
-func TestRun(t *testing.T) {
+func TestServe(t *testing.T) {
 	dev := newFakeDevice()
 	r, client := newLoopRelay(t, Config{Device: dev})
 	done := make(chan error, 1)
-	go func() { done <- r.Run(context.Background()) }()
+	go func() { done <- r.Serve(context.Background()) }()
 
 	peerAddr := teredoAddr(serverIP, clientMap)
 	up := udpPacket(peerAddr, native, []byte("up"))
@@ -73,11 +75,11 @@ func TestRun(t *testing.T) {
 	}
 	r.Close()
 	if err := <-done; err != nil {
-		t.Errorf("Run: %v", err)
+		t.Errorf("Serve: %v", err)
 	}
 }
 
-func TestRunContext(t *testing.T) {
+func TestServeContext(t *testing.T) {
 	nw := udpiotest.NewNetwork()
 	conn, _ := nw.Listen(relayAddr)
 	r, err := New(Config{Conn: conn, Device: newFakeDevice()})
@@ -86,13 +88,14 @@ func TestRunContext(t *testing.T) {
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
-	go func() { done <- r.Run(ctx) }()
+	go func() { done <- r.Serve(ctx) }()
 	cancel()
 	if err := <-done; err != nil {
-		t.Errorf("Run: %v", err)
+		t.Errorf("Serve: %v", err)
 	}
-	if err := r.Run(context.Background()); err == nil {
-		t.Error("second Run did not fail")
+	// Serve closed the relay on its way out.
+	if err := r.Serve(context.Background()); !errors.Is(err, net.ErrClosed) {
+		t.Errorf("second Serve: %v, want net.ErrClosed", err)
 	}
 	r.Close()
 	// The socket is closed.
@@ -139,5 +142,19 @@ func TestPrefix(t *testing.T) {
 	h.receive(udpPacket(peerAddr, native, nil), clientMap)
 	if len(h.dev.take()) != 1 {
 		t.Errorf("packet from a peer in the test prefix not delivered: %v", h.r.Status().Counters)
+	}
+}
+
+// TestServeAfterClose checks that Serve on a closed relay fails at once with
+// net.ErrClosed, as server.Server.Serve does.
+func TestServeAfterClose(t *testing.T) {
+	conn, _ := udpiotest.NewNetwork().Listen(relayAddr)
+	r, err := New(Config{Conn: conn, Device: newFakeDevice()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	r.Close()
+	if err := r.Serve(context.Background()); !errors.Is(err, net.ErrClosed) {
+		t.Errorf("Serve after Close: %v, want net.ErrClosed", err)
 	}
 }

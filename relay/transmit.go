@@ -5,6 +5,7 @@ import (
 	"net/netip"
 	"time"
 
+	"github.com/teredo-go/teredo/internal/ratelimit"
 	"github.com/teredo-go/teredo/peer"
 	"github.com/teredo-go/teredo/proto"
 )
@@ -82,13 +83,13 @@ func (r *Relay) transmitSlow(pkt []byte, dst *[16]byte, mapped netip.AddrPort, n
 		if p.Bubbles() == 0 && p.CountBubble() {
 			bubble = true
 			mapping = p.Mapping
-			p.Arm(r.cfg.BubbleInterval)
+			p.Arm(r.cfg.Bubble.Interval)
 		}
 	}
 	if !r.table.Update(*dst, false, now, f) {
-		var src [16]byte
+		var src ratelimit.Key
 		copy(src[:8], pkt[8:16]) // per /64: one host, or one site's hosts
-		if !r.txLimit.allow(src, r.ts(now)) {
+		if !r.txLimit.Allow(src, now) {
 			r.ctr.inc(TxDropRateLimited)
 			return netip.AddrPort{}
 		}
@@ -133,7 +134,7 @@ func (r *Relay) sendBubbles(b []byte, dst *[16]byte, mapping netip.AddrPort) []b
 }
 
 // onTimer runs the bubble schedule of one peer: another bubble every
-// BubbleInterval until BubbleRepeats are spent, then one more interval of
+// Bubble.Interval until Bubble.Max are spent, then one more interval of
 // waiting, then the entry goes and its queue is answered with ICMPv6
 // "address unreachable".
 func (r *Relay) onTimer(addr netip.Addr) {
@@ -156,13 +157,13 @@ func (r *Relay) onTimer(addr netip.Addr) {
 		case p.CountBubble():
 			bubble = true
 			mapping = p.Mapping
-			p.Arm(r.cfg.BubbleInterval)
+			p.Arm(r.cfg.Bubble.Interval)
 		case p.BubblesExhausted():
 			giveUp = true
 			p.Unreachable = true
 			pkts = p.TakeQueue(pkts)
 		default:
-			p.Arm(r.cfg.BubbleInterval)
+			p.Arm(r.cfg.Bubble.Interval)
 		}
 	})
 	bp, _ := r.timerPool.Get().(*[]byte)
@@ -210,11 +211,7 @@ func (r *Relay) unreachable(pkt []byte, sc *scratch) {
 	if !proto.MayReplyWithError(pkt) {
 		return
 	}
-	n := r.ts(r.now())
-	r.icmpMu.Lock()
-	ok := r.icmpRate.allow(n, r.cfg.ICMPInterval, 1)
-	r.icmpMu.Unlock()
-	if !ok {
+	if !r.icmpLimit.Allow(r.now()) {
 		r.ctr.inc(ICMPRateLimited)
 		return
 	}

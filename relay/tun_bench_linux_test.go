@@ -98,7 +98,7 @@ func newBenchRelay(b *testing.B, dev *tun.Device, d Device, relayOpts, clientOpt
 // r and reports an error Run returned.
 func runBenchRelay(b *testing.B, r *Relay) (stop func()) {
 	done := make(chan error, 1)
-	go func() { done <- r.Run(context.Background()) }()
+	go func() { done <- r.Serve(context.Background()) }()
 	return func() {
 		r.Close()
 		if err := <-done; err != nil {
@@ -116,7 +116,7 @@ func benchTUN(b *testing.B, batch, gso bool) {
 	if !batch {
 		d = singleDevice{dev}
 	}
-	r, rcv := newBenchRelay(b, dev, d, udpio.Options{GSO: gso}, udpio.Options{GRO: true})
+	r, rcv := newBenchRelay(b, dev, d, udpio.Options{DisableGSO: !gso, DisableGRO: true}, udpio.Options{DisableGSO: true})
 	defer rcv.Close()
 	peerAddr := teredoAddr(serverIP, rcv.LocalAddr())
 	r.table.Update(peerAddr.As16(), true, r.now(), func(p *peer.Peer) { p.Trust(rcv.LocalAddr()) })
@@ -127,8 +127,8 @@ func benchTUN(b *testing.B, batch, gso bool) {
 		b.Fatal(err)
 	}
 	defer src.Close()
-	payload := make([]byte, tun.MTU-proto.IPv6HeaderLen-8)
-	wantLen := tun.MTU
+	payload := make([]byte, proto.MinMTU-proto.IPv6HeaderLen-8)
+	wantLen := proto.MinMTU
 
 	// The receiver counts datagrams of the stream; the sender keeps at most
 	// window packets in flight so that no queue overflows.

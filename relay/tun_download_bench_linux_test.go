@@ -99,7 +99,7 @@ func (d *download) run() {
 				if t[13]&0x02 != 0 { // SYN: MSS for 1280-byte packets, window scale 7, SACK
 					u = &upload{src: d.self, dst: netip.AddrPortFrom(proto.Src(p), binary.BigEndian.Uint16(t[0:])), ack: seq + 1}
 					isn, nxt, spans = seq+1, 0, spans[:0]
-					const mss = tun.MTU - 60
+					const mss = proto.MinMTU - 60
 					d.conn.WriteTo(u.segment(out, d.iss, 0x12, []byte{2, 4, mss >> 8, mss & 0xff, 1, 3, 3, 7, 1, 1, 4, 2}, 0), d.relay)
 					continue
 				}
@@ -152,7 +152,7 @@ func benchDownload(b *testing.B, offload bool) {
 		dev.Close()
 		b.Fatalf("read offload %v", st.ReadOffload)
 	}
-	sock := udpio.Options{GSO: true, GRO: true}
+	sock := udpio.Options{}
 	r, client := newBenchRelay(b, dev, dev, sock, sock)
 	d := &download{
 		conn:  client,
@@ -174,7 +174,7 @@ func benchDownload(b *testing.B, offload bool) {
 		b.Fatalf("connect through the relay: %v (%+v)", err, r.Status().Counters)
 	}
 	defer c.Close()
-	const mss = tun.MTU - 60
+	const mss = proto.MinMTU - 60
 	total := int64(b.N) * mss
 	chunk := make([]byte, 256<<10)
 	for i := range chunk {

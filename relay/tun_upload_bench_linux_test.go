@@ -130,7 +130,7 @@ func benchUpload(b *testing.B, coalesce bool) {
 	if !coalesce {
 		d = perPacketDevice{dev}
 	}
-	sock := udpio.Options{GSO: true, GRO: true}
+	sock := udpio.Options{}
 	r, client := newBenchRelay(b, dev, d, sock, sock)
 	defer runBenchRelay(b, r)()
 
@@ -182,8 +182,8 @@ func benchUpload(b *testing.B, coalesce bool) {
 	}()
 
 	// Handshake: MSS for 1280-byte packets and window scaling.
-	const iss, mss = 1 << 30, tun.MTU - 60
-	pkt := make([]byte, tun.MTU)
+	const iss, mss = 1 << 30, proto.MinMTU - 60
+	pkt := make([]byte, proto.MinMTU)
 	var sa []byte
 	for i := 0; sa == nil; i++ {
 		if i == 50 {
@@ -226,7 +226,7 @@ func benchUpload(b *testing.B, coalesce bool) {
 		window = 256
 		rto    = 20 * time.Millisecond
 	)
-	mem := make([]byte, batch*tun.MTU)
+	mem := make([]byte, batch*proto.MinMTU)
 	msgs := make([]udpio.Message, batch)
 	for i := range msgs {
 		msgs[i].Buffers = [][]byte{nil}
@@ -264,7 +264,7 @@ func benchUpload(b *testing.B, coalesce bool) {
 		limit := uint64(min(u.wnd.Load(), window*mss))
 		m := 0
 		for m < batch && nxt != end && inflight+mss <= limit {
-			seg := u.segment(mem[m*tun.MTU:], u.isn+uint32(nxt), 0x10, nil, 0)
+			seg := u.segment(mem[m*proto.MinMTU:], u.isn+uint32(nxt), 0x10, nil, 0)
 			seg = seg[:len(seg)+mss]
 			copy(seg[60:], payload[:])
 			binary.BigEndian.PutUint16(seg[4:], 20+mss)

@@ -21,6 +21,24 @@ type Config struct {
 	Secondary netip.Addr
 	// Port is the UDP port on both addresses; zero means proto.Port (3544).
 	Port uint16
+	// SingleAddress runs the server on Primary alone, as on a host with one
+	// IPv4 address: Secondary is ignored. Qualification works unchanged;
+	// clients cannot tell a symmetric NAT from a restricted one (they
+	// report it as unknown), and cone RSs are dropped, since no other
+	// address can answer them, so clients fall back to restricted
+	// qualification.
+	SingleAddress bool
+	// SecondaryPort, in single-address mode, opens a second socket on
+	// Primary at this port to play the secondary's role. It is an
+	// extension: only clients configured with that address and port (ours,
+	// client.Config.SecondaryPort) use it to detect a symmetric NAT, which
+	// maps each destination port apart; a port-restricted cone NAT blocks
+	// the cone RA from it while an address-restricted one lets it in.
+	SecondaryPort uint16
+	// PublicPrefix, if valid, is the /64 a gateway maps its clients'
+	// Teredo addresses to; RAs then carry it in a proto.OptPublicPrefix
+	// option, from which clients compute their public address.
+	PublicPrefix netip.Prefix
 	// MTU is the link MTU advertised in RAs; zero means proto.MinMTU
 	// (1280). It must be at least 1280.
 	MTU uint32
@@ -57,21 +75,33 @@ func (c Config) withDefaults() (Config, error) {
 		return c, fmt.Errorf("%w: primary address %v is not IPv4", ErrConfig, c.Primary)
 	}
 	c.Primary = c.Primary.Unmap()
-	if !c.Secondary.IsValid() {
+	if c.Port == 0 {
+		c.Port = proto.Port
+	}
+	if c.SingleAddress {
+		c.Secondary = netip.Addr{}
+		if c.SecondaryPort == c.Port {
+			return c, fmt.Errorf("%w: secondary port %d equals the port", ErrConfig, c.Port)
+		}
+	} else if c.SecondaryPort != 0 {
+		return c, fmt.Errorf("%w: a secondary port needs single-address mode", ErrConfig)
+	}
+	if c.SingleAddress {
+		// No secondary address to check.
+	} else if !c.Secondary.IsValid() {
 		c.Secondary = c.Primary.Next()
 		if !c.Secondary.IsValid() {
 			return c, fmt.Errorf("%w: primary %v has no next address for the secondary", ErrConfig, c.Primary)
 		}
 	}
-	if !c.Secondary.Is4() && !c.Secondary.Is4In6() {
-		return c, fmt.Errorf("%w: secondary address %v is not IPv4", ErrConfig, c.Secondary)
-	}
-	c.Secondary = c.Secondary.Unmap()
-	if c.Secondary == c.Primary {
-		return c, fmt.Errorf("%w: secondary address equals primary %v", ErrConfig, c.Primary)
-	}
-	if c.Port == 0 {
-		c.Port = proto.Port
+	if !c.SingleAddress {
+		if !c.Secondary.Is4() && !c.Secondary.Is4In6() {
+			return c, fmt.Errorf("%w: secondary address %v is not IPv4", ErrConfig, c.Secondary)
+		}
+		c.Secondary = c.Secondary.Unmap()
+		if c.Secondary == c.Primary {
+			return c, fmt.Errorf("%w: secondary address equals primary %v", ErrConfig, c.Primary)
+		}
 	}
 	switch {
 	case c.MTU == 0:
@@ -83,12 +113,15 @@ func (c Config) withDefaults() (Config, error) {
 		c.IPv4Filter = proto.IsGlobalUnicastIPv4
 	}
 	for _, a := range []netip.Addr{c.Primary, c.Secondary} {
-		if !c.IPv4Filter(a) {
+		if a.IsValid() && !c.IPv4Filter(a) {
 			return c, fmt.Errorf("%w: %v is not a global unicast IPv4 address", ErrConfig, a)
 		}
 	}
 	if c.RateLimit.PerSecond != c.RateLimit.PerSecond { // NaN
 		return c, fmt.Errorf("%w: rate limit is NaN", ErrConfig)
+	}
+	if c.PublicPrefix.IsValid() && (!c.PublicPrefix.Addr().Is6() || c.PublicPrefix.Bits() != 64) {
+		return c, fmt.Errorf("%w: public prefix %v is not an IPv6 /64", ErrConfig, c.PublicPrefix)
 	}
 	if c.Clock == nil {
 		c.Clock = clock.Real{}
@@ -98,8 +131,20 @@ func (c Config) withDefaults() (Config, error) {
 	}
 	if c.Listen == nil {
 		c.Listen = func(laddr netip.AddrPort) (udpio.Conn, error) {
-			return udpio.Listen(laddr, udpio.Options{})
+			return udpio.Listen(laddr, udpio.Options{DisableGSO: true, DisableGRO: true})
 		}
 	}
 	return c, nil
+}
+
+// secondaryAddrPort is where the secondary socket listens, or the zero
+// value if the server has none.
+func (c Config) secondaryAddrPort() netip.AddrPort {
+	switch {
+	case !c.SingleAddress:
+		return netip.AddrPortFrom(c.Secondary, c.Port)
+	case c.SecondaryPort != 0:
+		return netip.AddrPortFrom(c.Primary, c.SecondaryPort)
+	}
+	return netip.AddrPort{}
 }

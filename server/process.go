@@ -9,6 +9,7 @@ import (
 	"sync/atomic"
 
 	"github.com/teredo-go/teredo/clock"
+	"github.com/teredo-go/teredo/internal/ratelimit"
 	"github.com/teredo-go/teredo/proto"
 )
 
@@ -122,6 +123,9 @@ const (
 	DropSendError
 	// DropIPv6OutputError: the IPv6 output failed.
 	DropIPv6OutputError
+	// DropNoSecondary: a cone RS to a single-address server, which has no
+	// other address or port to answer it from.
+	DropNoSecondary
 
 	// NumDropReasons is the number of drop reasons (including NotDropped).
 	NumDropReasons
@@ -143,6 +147,7 @@ var dropNames = [NumDropReasons]string{
 	DropRateLimited:       "rate_limited",
 	DropSendError:         "send_error",
 	DropIPv6OutputError:   "ipv6_output_error",
+	DropNoSecondary:       "no_secondary",
 }
 
 // String returns the reason's metric label, such as "malformed".
@@ -183,11 +188,12 @@ type Processor struct {
 	primary, secondary netip.AddrPort
 	llAddr             netip.Addr // the server's link-local address
 	mtu                uint32
+	public             netip.Prefix
 	global             proto.IPv4Filter
 	out                IPv6Output
 	clock              clock.Clock
 	log                *slog.Logger
-	limit              *limiter
+	limit              *ratelimit.Table
 	scratch            sync.Pool
 
 	received   atomic.Uint64
@@ -208,14 +214,15 @@ func NewProcessor(cfg Config) (*Processor, error) {
 	}
 	p := &Processor{
 		primary:   netip.AddrPortFrom(cfg.Primary, cfg.Port),
-		secondary: netip.AddrPortFrom(cfg.Secondary, cfg.Port),
+		secondary: cfg.secondaryAddrPort(),
 		llAddr:    proto.ServerLinkLocal(cfg.Primary),
 		mtu:       cfg.MTU,
+		public:    cfg.PublicPrefix,
 		global:    cfg.IPv4Filter,
 		out:       cfg.IPv6Output,
 		clock:     cfg.Clock,
 		log:       cfg.Logger,
-		limit:     newLimiter(cfg.RateLimit, cfg.Clock.Now()),
+		limit:     newLimiter(cfg.RateLimit),
 	}
 	p.scratch.New = func() any { b := make([]byte, 0, maxOut); return &b }
 	return p, nil
@@ -302,7 +309,7 @@ func (p *Processor) process(sock Socket, payload []byte, src netip.AddrPort, tx 
 	if mapped.Port() == 0 || !p.global(mapped.Addr()) {
 		return drop(DropMappedNotGlobal)
 	}
-	if !p.limit.allow(src.Addr(), p.clock.Now()) {
+	if !p.limit.Allow(sourceKey(src.Addr()), p.clock.Now()) {
 		return drop(DropRateLimited)
 	}
 	// The IPv6 packet and its trailer are contiguous at the end of payload.
@@ -327,10 +334,13 @@ func (p *Processor) process(sock Socket, payload []byte, src netip.AddrPort, tx 
 }
 
 func (p *Processor) answerRS(sock Socket, pkt *proto.Packet, src netip.AddrPort, cone bool, tx Sender) Result {
-	if !p.limit.allow(src.Addr(), p.clock.Now()) {
+	if !p.limit.Allow(sourceKey(src.Addr()), p.clock.Now()) {
 		return drop(DropRateLimited)
 	}
 	from := sock
+	if cone && !p.secondary.IsValid() {
+		return drop(DropNoSecondary)
+	}
 	if cone {
 		// §5.3.2: a cone RS is answered from the other address, so that
 		// only a cone NAT lets the RA through.
@@ -342,6 +352,7 @@ func (p *Processor) answerRS(sock Socket, pkt *proto.Packet, src netip.AddrPort,
 		Client: src,
 		Dst:    proto.Src(pkt.IPv6),
 		MTU:    p.mtu,
+		Public: p.public,
 	}
 	bp := p.scratch.Get().(*[]byte)
 	b := proto.AppendRA((*bp)[:0], &ra)
@@ -361,7 +372,7 @@ func (p *Processor) forwardIPv6(ip []byte, src netip.AddrPort) Result {
 	if p.out == nil {
 		return drop(DropNoIPv6Output)
 	}
-	if !p.limit.allow(src.Addr(), p.clock.Now()) {
+	if !p.limit.Allow(sourceKey(src.Addr()), p.clock.Now()) {
 		return drop(DropRateLimited)
 	}
 	if err := p.out.WriteIPv6(ip); err != nil {
@@ -392,7 +403,7 @@ func (p *Processor) Stats() Stats {
 		ForwardedTeredo: p.fwdTeredo.Load(),
 		ForwardedIPv6:   p.fwdIPv6.Load(),
 		SendErrors:      p.sendErrors.Load(),
-		RateSources:     p.limit.sources(),
+		RateSources:     p.limit.Len(),
 	}
 	for i := range p.drops {
 		s.Drops[i] = p.drops[i].Load()

@@ -58,6 +58,9 @@ func New(cfg Config) (*Server, error) {
 	}
 	s := &Server{p: p, log: cfg.Logger, done: make(chan struct{})}
 	for i, ap := range []netip.AddrPort{p.primary, p.secondary} {
+		if !ap.IsValid() {
+			continue // single-address mode without a secondary port
+		}
 		c, err := cfg.Listen(ap)
 		if err != nil {
 			for _, c := range s.conns[:i] {
@@ -70,7 +73,9 @@ func New(cfg Config) (*Server, error) {
 	return s, nil
 }
 
-// Addrs returns the primary and secondary addresses the server listens on.
+// Addrs returns the primary and secondary addresses the server listens on;
+// secondary is the zero value in single-address mode without a secondary
+// port.
 func (s *Server) Addrs() (primary, secondary netip.AddrPort) {
 	return s.p.primary, s.p.secondary
 }
@@ -97,6 +102,9 @@ func (s *Server) Serve(ctx context.Context) error {
 	s.serving = true
 	errc := make(chan error, len(s.conns))
 	for i := range s.conns {
+		if s.conns[i] == nil {
+			continue
+		}
 		s.loops.Add(1)
 		go func() {
 			defer s.loops.Done()
@@ -137,6 +145,9 @@ func (s *Server) Close() error {
 	close(s.done)
 	var err error
 	for _, c := range s.conns {
+		if c == nil {
+			continue
+		}
 		if e := c.Close(); e != nil && err == nil {
 			err = e
 		}
@@ -201,7 +212,7 @@ func newSendQueue(s *Server) *sendQueue {
 
 // SendFrom implements Sender.
 func (q *sendQueue) SendFrom(sock Socket, b []byte, dst netip.AddrPort) error {
-	if sock > Secondary {
+	if sock > Secondary || q.s.conns[sock] == nil {
 		return fmt.Errorf("server: no socket %v", sock)
 	}
 	if q.n[sock] == len(q.msgs[sock]) {

@@ -195,7 +195,7 @@ func TestLoopbackLoopGuard(t *testing.T) {
 	}
 }
 
-func TestStatusHandler(t *testing.T) {
+func TestHandler(t *testing.T) {
 	s, base := startServer(t, nil)
 	primary, _ := s.Addrs()
 	c := newTestClient(t, addrIn(base, 10))
@@ -207,7 +207,7 @@ func TestStatusHandler(t *testing.T) {
 		time.Sleep(5 * time.Millisecond)
 	}
 
-	h := StatusHandler(s.Status)
+	h := s.Handler()
 	rec := httptest.NewRecorder()
 	h.ServeHTTP(rec, httptest.NewRequest(http.MethodGet, "/status", nil))
 	if rec.Code != 200 || rec.Header().Get("Content-Type") != "application/json" {
@@ -285,7 +285,7 @@ func TestServeLifecycle(t *testing.T) {
 
 func TestNewListenError(t *testing.T) {
 	base := loopbackBase()
-	taken, err := udpio.Listen(netip.AddrPortFrom(addrIn(base, 2), proto.Port), udpio.Options{})
+	taken, err := udpio.Listen(netip.AddrPortFrom(addrIn(base, 2), proto.Port), udpio.Options{DisableGSO: true, DisableGRO: true})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -3,6 +3,7 @@ package server
 import (
 	"encoding/json"
 	"fmt"
+	"io"
 	"net/http"
 	"net/netip"
 
@@ -91,10 +92,17 @@ func (p *Processor) Status() Status {
 	}
 }
 
-// StatusHandler serves GET /status as JSON (see Status) and GET /metrics
-// in the Prometheus text format, from status, which is called per request
-// (Server.Status or Processor.Status).
-func StatusHandler(status func() Status) http.Handler {
+// Handler serves GET /status as JSON (see Status) and GET /metrics in the
+// Prometheus text format, as relay.Relay.Handler does.
+func (s *Server) Handler() http.Handler { return statusHandler(s.Status) }
+
+// Handler serves GET /status and GET /metrics for the processor, as
+// Server.Handler does.
+func (p *Processor) Handler() http.Handler { return statusHandler(p.Status) }
+
+// statusHandler serves the status and metrics from status, called per
+// request.
+func statusHandler(status func() Status) http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /status", func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Content-Type", "application/json")
@@ -103,13 +111,20 @@ func StatusHandler(status func() Status) http.Handler {
 		enc.Encode(status())
 	})
 	mux.Handle("GET /metrics", metrics.Handler(func(w *metrics.Writer) {
-		WriteMetrics(w, status().Stats)
+		writeMetrics(w, status().Stats)
 	}))
 	return mux
 }
 
-// WriteMetrics writes s as Prometheus metrics named teredo_server_*.
-func WriteMetrics(w *metrics.Writer, s Stats) {
+// WritePrometheus writes s to w as Prometheus metrics (text exposition
+// format) named teredo_server_*, the same text GET /metrics serves.
+func WritePrometheus(w io.Writer, s Stats) error {
+	mw := metrics.NewWriter(w)
+	writeMetrics(mw, s)
+	return mw.Err()
+}
+
+func writeMetrics(w *metrics.Writer, s Stats) {
 	w.Counter("teredo_server_received_total", "Datagrams received.", s.Received)
 	w.Counter("teredo_server_answered_rs_total", "Router solicitations answered with a router advertisement.", s.AnsweredRS)
 	w.Counter("teredo_server_forwarded_teredo_total", "Bubbles and ICMPv6 messages relayed to Teredo clients over UDP.", s.ForwardedTeredo)

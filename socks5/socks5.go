@@ -74,8 +74,10 @@ const (
 )
 
 // ErrServerClosed is returned by Serve once Close or Shutdown has been
-// called.
-var ErrServerClosed = errors.New("socks5: server closed")
+// called. It wraps net.ErrClosed, which server.Server.Serve and
+// relay.Relay.Serve return when called after Close, so that one
+// errors.Is(err, net.ErrClosed) test fits every role.
+var ErrServerClosed = fmt.Errorf("socks5: server closed: %w", net.ErrClosed)
 
 // Server is a SOCKS5 server. Set its fields before the first Serve and do
 // not change them afterwards. A Server must not be copied after first use.

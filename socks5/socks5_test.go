@@ -480,7 +480,7 @@ func TestShutdown(t *testing.T) {
 	if _, err := c.Read(make([]byte, 1)); err == nil {
 		t.Fatal("session survived Shutdown")
 	}
-	if err := s.Serve(ln); !errors.Is(err, ErrServerClosed) {
+	if err := s.Serve(ln); !errors.Is(err, ErrServerClosed) || !errors.Is(err, net.ErrClosed) {
 		t.Fatalf("Serve after Shutdown = %v", err)
 	}
 	if st := s.Stats(); st.Active != 0 {

@@ -75,10 +75,10 @@ func TestAddressChange(t *testing.T) {
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 		defer cancel()
 		s, err := stack.New(ctx, stack.Config{
-			Servers:  []netip.Addr{netip.MustParseAddr("192.0.2.1")},
-			Conn:     conn,
-			Clock:    clk,
-			IsGlobal: proto.AnyIPv4,
+			Servers:    []netip.Addr{netip.MustParseAddr("192.0.2.1")},
+			Conn:       conn,
+			Clock:      clk,
+			IPv4Filter: proto.AnyIPv4,
 		})
 		if err != nil {
 			t.Fatal(err)

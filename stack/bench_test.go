@@ -23,10 +23,10 @@ import (
 func BenchmarkTCPStream(b *testing.B) {
 	b.Run("default", func(b *testing.B) { benchStream(b) })
 	b.Run("no-gro", func(b *testing.B) { benchStream(b, func(c *stack.Config) { c.DisableGRO = true }) })
-	b.Run("no-udp-gso", func(b *testing.B) { benchStream(b, func(c *stack.Config) { c.DisableUDPGSO = true }) })
-	b.Run("no-udp-gro", func(b *testing.B) { benchStream(b, func(c *stack.Config) { c.DisableUDPGRO = true }) })
+	b.Run("no-udp-gso", func(b *testing.B) { benchStream(b, func(c *stack.Config) { c.Socket.DisableGSO = true }) })
+	b.Run("no-udp-gro", func(b *testing.B) { benchStream(b, func(c *stack.Config) { c.Socket.DisableGRO = true }) })
 	b.Run("no-udp-offload", func(b *testing.B) {
-		benchStream(b, func(c *stack.Config) { c.DisableUDPGSO, c.DisableUDPGRO = true, true })
+		benchStream(b, func(c *stack.Config) { c.Socket.DisableGSO, c.Socket.DisableGRO = true, true })
 	})
 }
 
@@ -106,7 +106,7 @@ func BenchmarkQualify(b *testing.B) {
 		Secondary:  serverSecondary,
 		ServerPort: port,
 		LocalAddr:  netip.MustParseAddrPort("127.0.0.1:0"),
-		IsGlobal:   proto.AnyIPv4,
+		IPv4Filter: proto.AnyIPv4,
 	}
 	b.ReportAllocs()
 	var newTime, closeTime time.Duration

@@ -177,7 +177,7 @@ func localDiscoveryInNetns(t *testing.T, parentNS string) {
 			Secondary:          netnsSecondary,
 			ServerPort:         netnsServerPort,
 			LocalAddr:          netip.AddrPortFrom(netnsClientIP, 0),
-			IsGlobal:           proto.AnyIPv4,
+			IPv4Filter:         proto.AnyIPv4,
 			LocalDiscovery:     true,
 			DiscoveryInterface: ifname,
 			Logger:             log.With("stack", name),

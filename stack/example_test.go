@@ -60,7 +60,7 @@ func Example_loopback() {
 		Servers:    []netip.Addr{netip.MustParseAddr("127.0.0.2")},
 		ServerPort: 33544,
 		LocalAddr:  netip.MustParseAddrPort("127.0.0.1:0"),
-		IsGlobal:   proto.AnyIPv4,
+		IPv4Filter: proto.AnyIPv4,
 	}
 	alice, err := stack.New(ctx, cfg)
 	if err != nil {

@@ -23,6 +23,7 @@ import (
 
 	"github.com/teredo-go/teredo/client"
 	"github.com/teredo-go/teredo/clock"
+	"github.com/teredo-go/teredo/dialer"
 	"github.com/teredo-go/teredo/link"
 	"github.com/teredo-go/teredo/peer"
 	"github.com/teredo-go/teredo/proto"
@@ -50,32 +51,45 @@ type Config struct {
 	// server failed, so a server that moves, or a name that did not
 	// resolve at boot, is picked up without a restart.
 	ServerNames []string
-	// Resolver resolves ServerNames; nil means the host's
-	// (net.DefaultResolver).
-	Resolver Resolver
 	// Secondary is the second address of Servers[0]; zero means its
 	// address + 1.
 	Secondary netip.Addr
+	// SecondaryPort, for a single-address server (teredo-gateway
+	// -secondary-port), is the port of the secondary on Secondary (or, if
+	// Secondary is zero, on Servers[0]); zero means ServerPort.
+	SecondaryPort uint16
 	// ServerPort defaults to 3544.
 	ServerPort uint16
 
 	// LocalAddr is the UDP socket's local address; the zero value means
 	// any address and an ephemeral port.
 	LocalAddr netip.AddrPort
-	// Socket tunes the UDP socket opened for LocalAddr.
+	// Socket tunes the UDP socket opened for LocalAddr; its DisableGSO and
+	// DisableGRO turn off the kernel's UDP offloads, which are on otherwise
+	// where the kernel has them.
 	Socket udpio.Options
 	// Conn, if set, is used instead of opening a socket (tests inject an
 	// in-memory one). The Stack closes it on Close either way.
 	Conn udpio.Conn
 
-	// IsGlobal decides which IPv4 addresses may be servers and mapped
+	// IPv4Filter decides which IPv4 addresses may be servers and mapped
 	// addresses; nil means the RFC 4380 rule. Tests on loopback use
 	// proto.AnyIPv4.
-	IsGlobal proto.IPv4Filter
+	IPv4Filter proto.IPv4Filter
 	// MaxPeers bounds the peer list; zero means the client's default.
 	MaxPeers int
 	// ConeProbe adds a cone RS to the background NAT classification.
 	ConeProbe bool
+	// NoHairpinning keeps the client's local endpoints out of its bubbles
+	// (RFC 6081's Alternate Address trailer, client.Config.LocalAddrs),
+	// which lets two clients behind one NAT that does not hairpin find each
+	// other without local discovery. The trailer only goes to peers behind
+	// the client's own public IPv4.
+	NoHairpinning bool
+	// BubbleTTL is client.Config.BubbleTTL: the IPv4 TTL of the first
+	// direct bubbles to a Teredo peer (0: client.DefaultBubbleTTL,
+	// negative: the socket's TTL for every bubble).
+	BubbleTTL int
 	// FixedRelay, if set, carries all traffic to non-Teredo destinations.
 	FixedRelay netip.AddrPort
 	// LocalDiscovery turns on RFC 4380 §5.2.8 local discovery: discovery
@@ -94,16 +108,10 @@ type Config struct {
 	// TCPReceiveBufferMax and TCPSendBufferMax bound TCP's auto-tuned
 	// buffers; zero means the defaults above.
 	TCPReceiveBufferMax, TCPSendBufferMax int
-	// DisableGSO turns off gVisor's in-stack segmentation offload.
-	DisableGSO bool
-	// DisableGRO turns off coalescing of received TCP segments (see
-	// link.Options.GRO).
-	DisableGRO bool
-	// DisableUDPGSO and DisableUDPGRO turn off the kernel's UDP
-	// segmentation and receive offloads on the socket the stack opens
-	// (see udpio.Options.GSO and GRO), which are on otherwise where the
-	// kernel has them.
-	DisableUDPGSO, DisableUDPGRO bool
+	// DisableGSO turns off gVisor's in-stack segmentation offload and
+	// DisableGRO the coalescing of received TCP segments (see
+	// link.Options).
+	DisableGSO, DisableGRO bool
 	// TCPRACK turns gVisor's RACK-TLP loss detection back on. It is off by
 	// default: at our gVisor pin (which predates the upstream RACK fix that
 	// Tailscale waited for before re-enabling RACK), a burst of losses,
@@ -114,6 +122,12 @@ type Config struct {
 	// BenchmarkTCPStream, six interleaved runs each: median about 1.6
 	// Gbit/s either way.
 	TCPRACK bool
+
+	// Resolver resolves ServerNames and the names given to Dial,
+	// DialContext and HTTPClient; nil means the host's
+	// (net.DefaultResolver). teredotest.Internet.Resolver knows the test
+	// hosts' names.
+	Resolver dialer.Resolver
 
 	// Clock, Logger and Rand default to the real clock, a discarding
 	// logger and crypto/rand.
@@ -190,8 +204,8 @@ func Start(cfg Config) (*Stack, error) {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)
 	}
-	if cfg.IsGlobal == nil {
-		cfg.IsGlobal = proto.IsGlobalUnicastIPv4
+	if cfg.IPv4Filter == nil {
+		cfg.IPv4Filter = proto.IsGlobalUnicastIPv4
 	}
 	s := &Stack{
 		cfg:       cfg,
@@ -208,16 +222,13 @@ func Start(cfg Config) (*Stack, error) {
 	}
 	s.conn = cfg.Conn
 	if s.conn == nil {
-		sock := cfg.Socket
-		sock.GSO = sock.GSO || !cfg.DisableUDPGSO
-		sock.GRO = sock.GRO || !cfg.DisableUDPGRO
-		c, err := udpio.Listen(cfg.LocalAddr, sock)
+		c, err := udpio.Listen(cfg.LocalAddr, cfg.Socket)
 		if err != nil {
 			return nil, fmt.Errorf("stack: %w", err)
 		}
 		s.conn = c
 	}
-	s.ep = link.New(s.conn, nil, link.Options{GSO: !cfg.DisableGSO, GRO: !cfg.DisableGRO, Logger: cfg.Logger})
+	s.ep = link.New(s.conn, nil, link.Options{Logger: cfg.Logger, DisableGSO: cfg.DisableGSO, DisableGRO: cfg.DisableGRO})
 	var tr client.Transport = s.conn
 	if s.dt = s.newDiscoveryTransport(); s.dt != nil {
 		tr = s.dt
@@ -228,7 +239,7 @@ func Start(cfg Config) (*Stack, error) {
 		Clock:      cfg.Clock,
 		Logger:     cfg.Logger,
 		Rand:       cfg.Rand,
-		IsGlobal:   cfg.IsGlobal,
+		IPv4Filter: cfg.IPv4Filter,
 		Servers:    servers,
 		Secondary:  cfg.Secondary,
 		ServerPort: cfg.ServerPort,
@@ -239,6 +250,9 @@ func Start(cfg Config) (*Stack, error) {
 		OnBackoff:  s.onBackoff,
 
 		LocalDiscovery: cfg.LocalDiscovery,
+		BubbleTTL:      cfg.BubbleTTL,
+		LocalAddrs:     s.localAddrs(),
+		SecondaryPort:  cfg.SecondaryPort,
 	})
 	if err != nil {
 		s.conn.Close()

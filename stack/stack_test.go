@@ -83,7 +83,7 @@ func newStack(t testing.TB, port uint16, tweaks ...func(*stack.Config)) *stack.S
 		Secondary:  serverSecondary,
 		ServerPort: port,
 		LocalAddr:  netip.MustParseAddrPort("127.0.0.1:0"),
-		IsGlobal:   proto.AnyIPv4,
+		IPv4Filter: proto.AnyIPv4,
 	}
 	for _, f := range tweaks {
 		f(&cfg)
@@ -198,7 +198,7 @@ func TestNoServer(t *testing.T) {
 		Servers:    []netip.Addr{serverPrimary},
 		ServerPort: port,
 		LocalAddr:  netip.MustParseAddrPort("127.0.0.1:0"),
-		IsGlobal:   proto.AnyIPv4,
+		IPv4Filter: proto.AnyIPv4,
 	})
 	if err == nil || !errors.Is(err, context.DeadlineExceeded) || !strings.Contains(err.Error(), "no reply from Teredo server 127.0.0.2") {
 		t.Fatalf("err = %v", err)

@@ -27,11 +27,6 @@ func (notQualifiedError) Error() string { return "teredo: not qualified (no Tere
 
 func (notQualifiedError) Is(target error) bool { return target == syscall.ENETUNREACH }
 
-// Resolver looks up IP addresses; *net.Resolver implements it.
-type Resolver interface {
-	LookupNetIP(ctx context.Context, network, host string) ([]netip.Addr, error)
-}
-
 // resolveTimeout bounds one name's lookup.
 const resolveTimeout = 10 * time.Second
 
@@ -158,7 +153,7 @@ func (s *Stack) initNames() ([]netip.Addr, error) {
 		a, err := netip.ParseAddr(n)
 		switch {
 		case err != nil: // a name, resolved later
-		case !a.Unmap().Is4() || !s.cfg.IsGlobal(a.Unmap()):
+		case !a.Unmap().Is4() || !s.cfg.IPv4Filter(a.Unmap()):
 			// A literal cannot get better with time: refuse it now.
 			return nil, fmt.Errorf("stack: server %s is not a global unicast IPv4 address", n)
 		case !slices.Contains(servers, a.Unmap()):
@@ -261,7 +256,7 @@ func (s *Stack) resolveServers(ctx context.Context) ([]netip.Addr, error) {
 		case i < 0:
 			errs = append(errs, fmt.Errorf("%s: no IPv4 address", n))
 			continue
-		case !s.cfg.IsGlobal(found[i].Unmap()):
+		case !s.cfg.IPv4Filter(found[i].Unmap()):
 			errs = append(errs, fmt.Errorf("%s: %v is not a global IPv4 address", n, found[i].Unmap()))
 			continue
 		}

@@ -23,7 +23,7 @@ func ExampleStart() {
 		ServerNames: []string{in.ServerAddr().String()}, // names are resolved again before each round
 		Secondary:   in.SecondaryAddr(),
 		LocalAddr:   netip.MustParseAddrPort("127.0.0.1:0"),
-		IsGlobal:    in.IPv4Filter(),
+		IPv4Filter:  in.IPv4Filter(),
 	})
 	if err != nil {
 		log.Fatal(err) // only local trouble: a bad Config, no socket

@@ -91,7 +91,7 @@ func TestStartNeverGivesUp(t *testing.T) {
 		Resolver:    res,
 		Conn:        conn,
 		Clock:       fake,
-		IsGlobal:    proto.AnyIPv4,
+		IPv4Filter:  proto.AnyIPv4,
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -198,7 +198,7 @@ func TestStartLiteralServer(t *testing.T) {
 		Secondary:   serverSecondary,
 		ServerPort:  port,
 		LocalAddr:   netip.MustParseAddrPort("127.0.0.1:0"),
-		IsGlobal:    proto.AnyIPv4,
+		IPv4Filter:  proto.AnyIPv4,
 	})
 	if err != nil {
 		t.Fatal(err)

@@ -22,10 +22,10 @@ import (
 func qualifyOn(tb testing.TB, ctx context.Context, in *teredotest.Internet) *stack.Stack {
 	tb.Helper()
 	s, err := stack.New(ctx, stack.Config{
-		Servers:   in.Servers(),
-		Secondary: in.SecondaryAddr(),
-		LocalAddr: netip.MustParseAddrPort("127.0.0.1:0"),
-		IsGlobal:  in.IPv4Filter(),
+		Servers:    in.Servers(),
+		Secondary:  in.SecondaryAddr(),
+		LocalAddr:  netip.MustParseAddrPort("127.0.0.1:0"),
+		IPv4Filter: in.IPv4Filter(),
 	})
 	if err != nil {
 		tb.Fatal(err)

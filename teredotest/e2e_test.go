@@ -26,10 +26,10 @@ func newClient(t *testing.T, in *teredotest.Internet) *stack.Stack {
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
 	s, err := stack.New(ctx, stack.Config{
-		Servers:   in.Servers(),
-		Secondary: in.SecondaryAddr(),
-		LocalAddr: netip.MustParseAddrPort("127.0.0.1:0"),
-		IsGlobal:  in.IPv4Filter(),
+		Servers:    in.Servers(),
+		Secondary:  in.SecondaryAddr(),
+		LocalAddr:  netip.MustParseAddrPort("127.0.0.1:0"),
+		IPv4Filter: in.IPv4Filter(),
 	})
 	if err != nil {
 		t.Fatalf("qualification: %v", err)

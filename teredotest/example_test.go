@@ -8,7 +8,6 @@ import (
 	"net/netip"
 	"time"
 
-	"github.com/teredo-go/teredo/dialer"
 	"github.com/teredo-go/teredo/stack"
 	"github.com/teredo-go/teredo/teredotest"
 )
@@ -29,19 +28,13 @@ func ExampleStart() {
 
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
-	s, err := stack.New(ctx, stack.Config{
-		Servers:   in.Servers(),
-		LocalAddr: netip.MustParseAddrPort("127.0.0.1:0"),
-		IsGlobal:  in.IPv4Filter(),
-	})
+	s, err := stack.New(ctx, in.ClientConfig())
 	if err != nil {
 		fmt.Println(err)
 		return
 	}
 	defer s.Close()
-	tr := &http.Transport{DialContext: dialer.New(s).DialContext}
-	defer tr.CloseIdleConnections()
-	resp, err := (&http.Client{Transport: tr}).Get(url + "/")
+	resp, err := s.HTTPClient().Get(url + "/")
 	if err != nil {
 		fmt.Println(err)
 		return
@@ -50,4 +43,20 @@ func ExampleStart() {
 	body, _ := io.ReadAll(resp.Body)
 	fmt.Println(string(body))
 	// Output: hello over IPv6
+}
+
+// AddName gives a host a name that the Resolver of ClientConfig resolves,
+// so that code under test can dial names as it would in production.
+func ExampleInternet_AddName() {
+	in, err := teredotest.Start()
+	if err != nil {
+		fmt.Println(err)
+		return
+	}
+	defer in.Close()
+	h, _ := in.AddHost(netip.Addr{})
+	in.AddName("www.example.test", h.Addr())
+	addrs, err := in.ClientConfig().Resolver.LookupNetIP(context.Background(), "ip6", "www.example.test")
+	fmt.Println(len(addrs) == 1 && addrs[0] == h.Addr(), err)
+	// Output: true <nil>
 }

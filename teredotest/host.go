@@ -63,6 +63,9 @@ func (in *Internet) AddHost(addr netip.Addr) (*Host, error) {
 }
 
 func (in *Internet) relayServes(addr netip.Addr) bool {
+	if in.gateway != nil && in.gateway.PublicPrefix().Contains(addr) {
+		return true
+	}
 	return addr.As16()[0] == 0x20 && addr.As16()[1] == 0x01 && addr.As16()[2] == 0 && addr.As16()[3] == 0
 }
 

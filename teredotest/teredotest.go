@@ -36,6 +36,7 @@ import (
 	"gvisor.dev/gvisor/pkg/tcpip/transport/tcp"
 	"gvisor.dev/gvisor/pkg/tcpip/transport/udp"
 
+	"github.com/teredo-go/teredo/gateway"
 	"github.com/teredo-go/teredo/proto"
 	"github.com/teredo-go/teredo/relay"
 	"github.com/teredo-go/teredo/relay/netstack"
@@ -60,7 +61,15 @@ type options struct {
 	relayCfg     func(*relay.Config)
 	hostSpecific bool
 	attempts     int
+	gateway      netip.Prefix
 }
+
+// WithGateway replaces the server on two addresses and the relay with one
+// teredo-gateway (package gateway) on a single loopback address, whose
+// clients appear on the IPv6 internet from public, a /64. The internet
+// then routes public, not 2001::/32, to it, as a VPS's provider would;
+// Server and Relay return nil, Gateway returns it.
+func WithGateway(public netip.Prefix) Option { return func(o *options) { o.gateway = public } }
 
 // WithHostSpecific makes the relay a host-specific relay for the
 // Internet's hosts: it forwards decapsulated packets only to addresses
@@ -81,6 +90,7 @@ type Internet struct {
 	primary netip.Addr
 	server  *server.Server
 	relay   *relay.Relay
+	gateway *gateway.Gateway
 	dev     *netstack.Device
 	stack   *stack.Stack
 
@@ -89,6 +99,7 @@ type Internet struct {
 
 	mu      sync.Mutex
 	hosts   map[netip.Addr]*Host
+	names   map[string][]netip.Addr // lower-case name -> addresses (AddName)
 	next    uint32
 	closers []io.Closer
 	closed  bool
@@ -120,6 +131,28 @@ func Start(opts ...Option) (*Internet, error) {
 		return nil, err
 	}
 	in.dev = dev
+	if o.gateway.IsValid() {
+		sub, err := subnet(o.gateway)
+		if err != nil {
+			in.teardown()
+			return nil, err
+		}
+		in.stack.SetRouteTable([]tcpip.Route{{Destination: sub, NIC: nicID}})
+		if err := in.listenGateway(o); err != nil {
+			in.teardown()
+			return nil, err
+		}
+		ctx, cancel := context.WithCancel(context.Background())
+		in.cancel = cancel
+		in.wg.Add(1)
+		go func() {
+			defer in.wg.Done()
+			if err := in.gateway.Serve(ctx); err != nil {
+				in.recordErr(fmt.Errorf("teredotest: gateway: %w", err))
+			}
+		}()
+		return in, nil
+	}
 	in.stack.SetRouteTable([]tcpip.Route{{Destination: teredoSubnet(), NIC: nicID}})
 
 	if err := in.listen(o); err != nil {
@@ -137,7 +170,7 @@ func Start(opts ...Option) (*Internet, error) {
 	}()
 	go func() {
 		defer in.wg.Done()
-		if err := in.relay.Run(ctx); err != nil {
+		if err := in.relay.Serve(ctx); err != nil {
 			in.recordErr(fmt.Errorf("teredotest: relay: %w", err))
 		}
 	}()
@@ -155,6 +188,53 @@ func teredoSubnet() tcpip.Subnet {
 	return s
 }
 
+// subnet converts an IPv6 prefix to a gVisor subnet.
+func subnet(p netip.Prefix) (tcpip.Subnet, error) {
+	if !p.Addr().Is6() {
+		return tcpip.Subnet{}, fmt.Errorf("teredotest: %v is not an IPv6 prefix", p)
+	}
+	p = p.Masked()
+	mask := make([]byte, 16)
+	for i := range p.Bits() {
+		mask[i/8] |= 0x80 >> (i % 8)
+	}
+	s, err := tcpip.NewSubnet(tcpip.AddrFromSlice(p.Addr().AsSlice()), tcpip.MaskFromBytes(mask))
+	if err != nil {
+		return tcpip.Subnet{}, fmt.Errorf("teredotest: subnet %v: %w", p, err)
+	}
+	return s, nil
+}
+
+// listenGateway starts a gateway on a free loopback address.
+func (in *Internet) listenGateway(o options) error {
+	var last error
+	for range o.attempts {
+		x, y, z := 1+rand.IntN(254), rand.IntN(256), 4*(1+rand.IntN(62))
+		addr := netip.AddrFrom4([4]byte{127, byte(x), byte(y), byte(z)})
+		g, err := gateway.New(gateway.Config{
+			Addr:       addr,
+			Prefix6:    o.gateway,
+			Device:     in.dev,
+			IPv4Filter: proto.AnyIPv4,
+			Logger:     in.log.With("role", "gateway"),
+			Relay:      o.relayCfg,
+			Listen: func(ap netip.AddrPort) (udpio.Conn, error) {
+				return udpio.Listen(ap, udpio.Options{DisableGSO: true})
+			},
+		})
+		if err != nil {
+			last = err
+			if errors.Is(err, syscall.EADDRINUSE) {
+				continue
+			}
+			return err
+		}
+		in.primary, in.gateway = addr, g
+		return nil
+	}
+	return fmt.Errorf("teredotest: no free loopback address after %d attempts: %w", o.attempts, last)
+}
+
 // listen finds a free block of four loopback addresses (server primary and
 // secondary on port 3544, relay on port 3544) and opens the sockets.
 func (in *Internet) listen(o options) error {
@@ -165,7 +245,7 @@ func (in *Internet) listen(o options) error {
 		x, y, z := 1+rand.IntN(254), rand.IntN(256), 4*(1+rand.IntN(62))
 		primary := netip.AddrFrom4([4]byte{127, byte(x), byte(y), byte(z)})
 		relayAP := netip.AddrPortFrom(netip.AddrFrom4([4]byte{127, byte(x), byte(y), byte(z + 2)}), proto.Port)
-		rconn, err := udpio.Listen(relayAP, udpio.Options{GRO: true})
+		rconn, err := udpio.Listen(relayAP, udpio.Options{DisableGSO: true})
 		if err != nil {
 			last = err
 			if errors.Is(err, syscall.EADDRINUSE) {
@@ -245,7 +325,15 @@ func (in *Internet) Servers() []netip.Addr { return []netip.Addr{in.primary} }
 func (in *Internet) IPv4Filter() proto.IPv4Filter { return proto.AnyIPv4 }
 
 // RelayAddr is the relay's Teredo-side endpoint.
-func (in *Internet) RelayAddr() netip.AddrPort { return in.relay.Addr() }
+func (in *Internet) RelayAddr() netip.AddrPort {
+	if in.gateway != nil {
+		return in.gateway.Addr()
+	}
+	return in.relay.Addr()
+}
+
+// Gateway returns the gateway of an Internet started WithGateway, or nil.
+func (in *Internet) Gateway() *gateway.Gateway { return in.gateway }
 
 // Relay returns the relay, for its counters and status.
 func (in *Internet) Relay() *relay.Relay { return in.relay }
@@ -293,6 +381,9 @@ func (in *Internet) Close() error {
 }
 
 func (in *Internet) teardown() {
+	if in.gateway != nil {
+		in.gateway.Close()
+	}
 	if in.relay != nil {
 		in.relay.Close()
 	}

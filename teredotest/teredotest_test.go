@@ -26,7 +26,7 @@ type rawClient struct {
 
 func newRawClient(t *testing.T, in *Internet) *rawClient {
 	t.Helper()
-	conn, err := udpio.Listen(netip.MustParseAddrPort("127.0.0.1:0"), udpio.Options{})
+	conn, err := udpio.Listen(netip.MustParseAddrPort("127.0.0.1:0"), udpio.Options{DisableGSO: true, DisableGRO: true})
 	if err != nil {
 		t.Fatal(err)
 	}

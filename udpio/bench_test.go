@@ -54,7 +54,7 @@ func segments(m udpio.Message) int {
 var benchBatches = []int{1, 8, 32}
 
 func benchPair(b *testing.B) (*udpio.UDPConn, *udpio.UDPConn) {
-	return benchPairOpts(b, udpio.Options{}, udpio.Options{})
+	return benchPairOpts(b, plain, plain)
 }
 
 func benchPairOpts(b *testing.B, xo, yo udpio.Options) (*udpio.UDPConn, *udpio.UDPConn) {
@@ -104,7 +104,7 @@ func BenchmarkRoundTripOffload(b *testing.B) {
 	for _, gro := range []bool{false, true} {
 		for _, n := range benchBatches[1:] {
 			b.Run(fmt.Sprintf("gro=%v/batch=%d", gro, n), func(b *testing.B) {
-				x, y := benchPairOpts(b, udpio.Options{GSO: true}, udpio.Options{GRO: gro})
+				x, y := benchPairOpts(b, udpio.Options{DisableGRO: true}, udpio.Options{DisableGSO: true, DisableGRO: !gro})
 				if gso, _ := x.Offload(); !gso {
 					b.Skip("no UDP GSO")
 				}

@@ -269,19 +269,19 @@ func Listen(laddr netip.AddrPort, opts Options) (*UDPConn, error) {
 	// The offloads are optimisations: a kernel without them (before 4.18
 	// and 5.0) refuses the option and the socket works without.
 	c.rc.Control(func(fd uintptr) {
-		if opts.GSO {
+		if !opts.DisableGSO {
 			_, err := unix.GetsockoptInt(int(fd), unix.SOL_UDP, unix.UDP_SEGMENT)
 			c.gso.Store(err == nil)
 		}
-		if opts.GRO {
+		if !opts.DisableGRO {
 			c.gro = unix.SetsockoptInt(int(fd), unix.SOL_UDP, unix.UDP_GRO, 1) == nil
 		}
 	})
 	return c, nil
 }
 
-// Offload reports whether GSO sends and GRO receives are in use: asked for
-// in Options, supported by the kernel, and (for GSO) not refused since.
+// Offload reports whether GSO sends and GRO receives are in use: not
+// disabled in Options, supported by the kernel, and (for GSO) not refused since.
 func (c *UDPConn) Offload() (gso, gro bool) { return c.gso.Load(), c.gro }
 
 func newUDPConn(pc *net.UDPConn, batch int) (*UDPConn, error) {

@@ -45,16 +45,16 @@ func sockopt(t *testing.T, c *udpio.UDPConn, level, opt int) int {
 
 // RFC 4380 §5.1.2: the DF bit is never set on Teredo packets.
 func TestPMTUDiscoveryOff(t *testing.T) {
-	c := listen(t, udpio.Options{})
+	c := listen(t, plain)
 	if got := sockopt(t, c, unix.IPPROTO_IP, unix.IP_MTU_DISCOVER); got != unix.IP_PMTUDISC_DONT {
 		t.Errorf("IP_MTU_DISCOVER = %d, want IP_PMTUDISC_DONT (%d)", got, unix.IP_PMTUDISC_DONT)
 	}
 }
 
 func TestBufferSizes(t *testing.T) {
-	sys := listen(t, udpio.Options{ReadBuffer: -1, WriteBuffer: -1})
+	sys := listen(t, udpio.Options{ReadBuffer: -1, WriteBuffer: -1, DisableGSO: true, DisableGRO: true})
 	sysRcv := sockopt(t, sys, unix.SOL_SOCKET, unix.SO_RCVBUF)
-	c := listen(t, udpio.Options{ReadBuffer: 6 << 20, WriteBuffer: 5 << 20})
+	c := listen(t, udpio.Options{ReadBuffer: 6 << 20, WriteBuffer: 5 << 20, DisableGSO: true, DisableGRO: true})
 	rcv := sockopt(t, c, unix.SOL_SOCKET, unix.SO_RCVBUF)
 	snd := sockopt(t, c, unix.SOL_SOCKET, unix.SO_SNDBUF)
 	t.Logf("system default SO_RCVBUF %d; with options SO_RCVBUF %d SO_SNDBUF %d", sysRcv, rcv, snd)
@@ -71,13 +71,13 @@ func TestBufferSizes(t *testing.T) {
 }
 
 func TestReuseAddr(t *testing.T) {
-	a := listen(t, udpio.Options{ReuseAddr: true})
-	b, err := udpio.Listen(a.LocalAddr(), udpio.Options{ReuseAddr: true})
+	a := listen(t, udpio.Options{ReuseAddr: true, DisableGSO: true, DisableGRO: true})
+	b, err := udpio.Listen(a.LocalAddr(), udpio.Options{ReuseAddr: true, DisableGSO: true, DisableGRO: true})
 	if err != nil {
 		t.Fatalf("second Listen on %v with ReuseAddr: %v", a.LocalAddr(), err)
 	}
 	b.Close()
-	c, err := udpio.Listen(a.LocalAddr(), udpio.Options{})
+	c, err := udpio.Listen(a.LocalAddr(), plain)
 	if err == nil {
 		c.Close()
 		t.Fatalf("second Listen on %v without ReuseAddr succeeded", a.LocalAddr())
@@ -88,7 +88,7 @@ func TestReuseAddr(t *testing.T) {
 // datagram sent there draws an ICMP port unreachable.
 func deadAddr(t *testing.T) netip.AddrPort {
 	t.Helper()
-	c, err := udpio.Listen(loopback, udpio.Options{})
+	c, err := udpio.Listen(loopback, plain)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -124,7 +124,7 @@ func provokeConnRefused(t *testing.T, c *udpio.UDPConn) {
 }
 
 func TestReadSkipsConnRefused(t *testing.T) {
-	a, b := listen(t, udpio.Options{}), listen(t, udpio.Options{})
+	a, b := listen(t, plain), listen(t, plain)
 	provokeConnRefused(t, a)
 	if err := b.WriteTo([]byte("still here"), a.LocalAddr()); err != nil {
 		t.Fatal(err)
@@ -150,7 +150,7 @@ func TestWriteRetriesAfterConnRefused(t *testing.T) {
 		{"WriteTo", (*udpio.UDPConn).WriteTo},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			a, b := listen(t, udpio.Options{}), listen(t, udpio.Options{})
+			a, b := listen(t, plain), listen(t, plain)
 			provokeConnRefused(t, a)
 			if err := tc.write(a, []byte("sent anyway"), b.LocalAddr()); err != nil {
 				t.Fatalf("write after ICMP error: %v", err)
@@ -168,7 +168,7 @@ func TestWriteRetriesAfterConnRefused(t *testing.T) {
 // A datagram the kernel rejects in the middle of a batch: sendmmsg sends
 // the ones before it, WriteBatch reports exactly which one failed.
 func TestWriteBatchPartial(t *testing.T) {
-	a, b := listen(t, udpio.Options{}), listen(t, udpio.Options{})
+	a, b := listen(t, plain), listen(t, plain)
 	dst := b.LocalAddr()
 	big := make([]byte, 40000)
 	msgs := []udpio.Message{
@@ -191,7 +191,7 @@ func TestWriteBatchPartial(t *testing.T) {
 }
 
 func TestTruncatedCounted(t *testing.T) {
-	a, b := listen(t, udpio.Options{}), listen(t, udpio.Options{})
+	a, b := listen(t, plain), listen(t, plain)
 	if err := a.WriteTo(bytes.Repeat([]byte("x"), 100), b.LocalAddr()); err != nil {
 		t.Fatal(err)
 	}
@@ -207,7 +207,7 @@ func TestTruncatedCounted(t *testing.T) {
 // TestSteadyStateAllocs guards the zero-allocation property the benchmarks
 // report: a batch round trip allocates nothing once warmed up.
 func TestSteadyStateAllocs(t *testing.T) {
-	a, b := listen(t, udpio.Options{}), listen(t, udpio.Options{})
+	a, b := listen(t, plain), listen(t, plain)
 	out, in := batches(32, b.LocalAddr())
 	b.SetReadDeadline(time.Now().Add(time.Minute))
 	var failed error

@@ -75,11 +75,11 @@ func checkDatagrams(t *testing.T, got [][]byte, want []udpio.Message) {
 }
 
 func TestGSO(t *testing.T) {
-	a := listen(t, udpio.Options{GSO: true})
+	a := listen(t, udpio.Options{DisableGRO: true})
 	if gso, _ := a.Offload(); !gso {
 		t.Skip("kernel without UDP_SEGMENT")
 	}
-	b, c := listen(t, udpio.Options{}), listen(t, udpio.Options{})
+	b, c := listen(t, plain), listen(t, plain)
 	tests := []struct {
 		name  string
 		sizes []int
@@ -135,11 +135,11 @@ func repeat(size, n int) []int {
 // which UDP GSO needs) is sent again datagram by datagram, and GSO stays
 // off for the socket.
 func TestGSOFallback(t *testing.T) {
-	a := listen(t, udpio.Options{GSO: true})
+	a := listen(t, udpio.Options{DisableGRO: true})
 	if gso, _ := a.Offload(); !gso {
 		t.Skip("kernel without UDP_SEGMENT")
 	}
-	b := listen(t, udpio.Options{})
+	b := listen(t, plain)
 	rc, _ := a.SyscallConn()
 	var serr error
 	rc.Control(func(fd uintptr) { serr = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_NO_CHECK, 1) })
@@ -163,8 +163,8 @@ func TestGSOFallback(t *testing.T) {
 // With GSO on the sender and GRO on the receiver, loopback hands the
 // receiver the coalesced message intact; NextSegment recovers the datagrams.
 func TestGRO(t *testing.T) {
-	a := listen(t, udpio.Options{GSO: true})
-	b := listen(t, udpio.Options{GRO: true})
+	a := listen(t, udpio.Options{DisableGRO: true})
+	b := listen(t, udpio.Options{DisableGSO: true})
 	gso, _ := a.Offload()
 	_, gro := b.Offload()
 	if !gso || !gro {
@@ -210,7 +210,7 @@ func TestNextSegment(t *testing.T) {
 // TestOffloadSteadyStateAllocs: a GSO send and GRO receive allocate
 // nothing once warmed up.
 func TestOffloadSteadyStateAllocs(t *testing.T) {
-	a, b := listen(t, udpio.Options{GSO: true}), listen(t, udpio.Options{GRO: true})
+	a, b := listen(t, udpio.Options{DisableGRO: true}), listen(t, udpio.Options{DisableGSO: true})
 	out := gsoBatch(repeat(1280, 32), []netip.AddrPort{b.LocalAddr()})
 	in := make([]udpio.Message, 8)
 	for i := range in {

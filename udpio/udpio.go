@@ -113,19 +113,24 @@ type Options struct {
 	// Zero means DefaultBatchSize.
 	BatchSize int
 
-	// GSO lets WriteBatch send each run of consecutive messages to one
-	// destination whose datagrams have equal sizes (the last may be
-	// shorter) as one UDP generic segmentation offload send (Linux
-	// UDP_SEGMENT), which the kernel splits into the same datagrams at a
-	// fraction of the per-datagram cost. Where the kernel lacks it or
-	// refuses a send, the datagrams go one by one (see Stats.GSOFallbacks).
-	GSO bool
+	// The offloads are on by default where the kernel has them; the
+	// Disable switches turn them off, as everywhere in this module.
+	//
+	// UDP generic segmentation offload (Linux UDP_SEGMENT) lets WriteBatch
+	// send each run of consecutive messages to one destination whose
+	// datagrams have equal sizes (the last may be shorter) as one send,
+	// which the kernel splits into the same datagrams at a fraction of the
+	// per-datagram cost. Where the kernel lacks it or refuses a send, the
+	// datagrams go one by one (see Stats.GSOFallbacks). DisableGSO turns it
+	// off.
+	DisableGSO bool
 
-	// GRO asks the kernel to coalesce received datagrams of one flow
-	// (Linux UDP_GRO): ReadBatch then returns messages holding several
-	// datagrams, marked by Message.SegmentSize. Receive buffers must then
-	// hold MaxGROSize bytes. Ignored where unsupported (see Offload).
-	GRO bool
+	// UDP generic receive offload (Linux UDP_GRO) makes the kernel coalesce
+	// received datagrams of one flow: ReadBatch then returns messages
+	// holding several datagrams, marked by Message.SegmentSize, and receive
+	// buffers must hold MaxGROSize bytes. A reader that handles one datagram
+	// per message sets DisableGRO.
+	DisableGRO bool
 }
 
 func (o Options) withDefaults() Options {

@@ -17,6 +17,10 @@ import (
 	"github.com/teredo-go/teredo/udpio/udpiotest"
 )
 
+// plain asks for a socket without offloads: one datagram per message, as
+// most tests expect.
+var plain = udpio.Options{DisableGSO: true, DisableGRO: true}
+
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
 
 var loopback = netip.MustParseAddrPort("127.0.0.1:0")
@@ -26,12 +30,12 @@ type pairFunc func(t *testing.T) (a, b udpio.Conn)
 
 func udpPair(t *testing.T) (udpio.Conn, udpio.Conn) {
 	t.Helper()
-	a, err := udpio.Listen(loopback, udpio.Options{})
+	a, err := udpio.Listen(loopback, plain)
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { a.Close() })
-	b, err := udpio.Listen(loopback, udpio.Options{})
+	b, err := udpio.Listen(loopback, plain)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -342,7 +346,7 @@ func testLongBatch(t *testing.T, pair pairFunc) {
 }
 
 func TestListenRejectsIPv6(t *testing.T) {
-	if c, err := udpio.Listen(netip.MustParseAddrPort("[::1]:0"), udpio.Options{}); !errors.Is(err, udpio.ErrNotIPv4) {
+	if c, err := udpio.Listen(netip.MustParseAddrPort("[::1]:0"), plain); !errors.Is(err, udpio.ErrNotIPv4) {
 		if c != nil {
 			c.Close()
 		}
@@ -351,7 +355,7 @@ func TestListenRejectsIPv6(t *testing.T) {
 }
 
 func TestListenZeroAddr(t *testing.T) {
-	c, err := udpio.Listen(netip.AddrPort{}, udpio.Options{})
+	c, err := udpio.Listen(netip.AddrPort{}, plain)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -362,13 +366,13 @@ func TestListenZeroAddr(t *testing.T) {
 }
 
 func ExampleListen() {
-	server, err := udpio.Listen(netip.MustParseAddrPort("127.0.0.1:0"), udpio.Options{})
+	server, err := udpio.Listen(netip.MustParseAddrPort("127.0.0.1:0"), plain)
 	if err != nil {
 		fmt.Println(err)
 		return
 	}
 	defer server.Close()
-	client, err := udpio.Listen(netip.MustParseAddrPort("127.0.0.1:0"), udpio.Options{})
+	client, err := udpio.Listen(netip.MustParseAddrPort("127.0.0.1:0"), plain)
 	if err != nil {
 		fmt.Println(err)
 		return

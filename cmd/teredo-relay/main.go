@@ -57,7 +57,7 @@ type options struct {
 	anyIPv4       bool
 	directBubbles bool
 	maxPeers      int
-	tunOffload    bool
+	noTunOffload  bool
 }
 
 func parseFlags(args []string, stderr io.Writer) (options, error) {
@@ -73,7 +73,7 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 	fs.BoolVar(&o.anyIPv4, "any-ipv4", false, "treat every IPv4 address as global unicast\n(for tests on loopback or private networks only)")
 	fs.BoolVar(&o.directBubbles, "direct-bubbles", false, "also send bubbles straight to clients' mappings\n(can make conntrack NATs remap clients; off by default)")
 	fs.IntVar(&o.maxPeers, "max-peers", relay.DefaultMaxPeers, "peer table size")
-	fs.BoolVar(&o.tunOffload, "tun-offload", true, "write clients' TCP segments to the TUN device coalesced, for the kernel to split (IFF_VNET_HDR GSO),\nand read TCP super-packets from it to split in the relay (TSO);\n-tun-offload=false reads and writes each packet on its own")
+	fs.BoolVar(&o.noTunOffload, "disable-tun-offload", false, "read and write each packet on its own instead of writing clients' TCP segments to the TUN device\ncoalesced, for the kernel to split (IFF_VNET_HDR GSO), and reading TCP super-packets to split in the relay (TSO)")
 	if err := fs.Parse(args); err != nil {
 		return o, err
 	}
@@ -138,11 +138,11 @@ func serve(ctx context.Context, o options, log *slog.Logger, stdout io.Writer) e
 	// receive buffer is four times the default: one lost datagram of a bulk
 	// upload costs the sender a recovery over its whole window, and the lab
 	// benchmark saw a few overflow 4 MiB on a busy 2-core machine.
-	conn, err := udpio.Listen(o.bind, udpio.Options{GSO: true, GRO: true, ReadBuffer: relayReadBuffer})
+	conn, err := udpio.Listen(o.bind, udpio.Options{ReadBuffer: relayReadBuffer})
 	if err != nil {
 		return err
 	}
-	dev, err := tun.Open(tun.Config{Name: o.tun, Routes: []netip.Prefix{o.prefix}, DisableOffload: !o.tunOffload})
+	dev, err := tun.Open(tun.Config{Name: o.tun, Routes: []netip.Prefix{o.prefix}, DisableOffload: o.noTunOffload})
 	if err != nil {
 		conn.Close()
 		return err
@@ -150,9 +150,9 @@ func serve(ctx context.Context, o options, log *slog.Logger, stdout io.Writer) e
 	if !dev.Configured() {
 		log.Warn(msgAsIs, "tun", dev.Name())
 	}
-	if st := dev.Stats(); o.tunOffload && !st.Offload {
+	if st := dev.Stats(); !o.noTunOffload && !st.Offload {
 		log.Warn(msgNoVnetHdr, "tun", dev.Name())
-	} else if o.tunOffload && !st.ReadOffload {
+	} else if !o.noTunOffload && !st.ReadOffload {
 		log.Warn(msgNoReadTSO, "tun", dev.Name())
 	}
 	cfg := relay.Config{
@@ -199,7 +199,7 @@ func serve(ctx context.Context, o options, log *slog.Logger, stdout io.Writer) e
 	}
 	fmt.Fprintf(stdout, "teredo-relay: ready on %v, tun %s\n", r.Addr(), dev.Name())
 	log.Info("relay running", "addr", r.Addr(), "tun", dev.Name(), "prefix", o.prefix, "host_specific", o.hostSpecific)
-	err = r.Run(ctx)
+	err = r.Serve(ctx)
 	if srv != nil {
 		sctx, scancel := context.WithTimeout(context.Background(), 2*time.Second)
 		srv.Shutdown(sctx)

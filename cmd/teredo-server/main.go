@@ -3,7 +3,7 @@
 //
 // Usage:
 //
-//	teredo-server -primary 198.18.0.1 [-secondary 198.18.0.2] [-port 3544]
+//	teredo-server -primary 198.18.0.1 [-secondary 198.18.0.2 | -single-address [-secondary-port 3545]] [-port 3544]
 //	              [-mtu 1280] [-status 127.0.0.1:9544] [-rate 50] [-burst 100]
 //	              [-raw] [-v]
 //
@@ -14,7 +14,8 @@
 // with it), for a server that only trusted clients reach.
 //
 // When its sockets are bound it prints one line to standard output,
-// "teredo-server: listening on <primary>:<port> and <secondary>:<port>";
+// "teredo-server: listening on <primary>:<port> and <secondary>:<port>"
+// ("... on <primary>:<port> only" with -single-address);
 // logs go to standard error. SIGINT or SIGTERM stops it. Bad flags exit
 // with status 2.
 package main
@@ -59,6 +60,8 @@ const (
 // options are the parsed command line.
 type options struct {
 	primary, secondary netip.Addr
+	single             bool
+	secondaryPort      uint16
 	port               uint16
 	mtu                uint32
 	status             string
@@ -84,6 +87,8 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 	primary := fs.String("primary", "", "primary IPv4 `address` (required)")
 	secondary := fs.String("secondary", "", "secondary IPv4 `address` (default primary+1)")
 	port := fs.Uint("port", proto.Port, "UDP `port` on both addresses")
+	fs.BoolVar(&o.single, "single-address", false, "run on -primary alone (a host with one IPv4 address): clients cannot detect a symmetric NAT\nand report it as unknown; cone RSs are dropped")
+	secPort := fs.Uint("secondary-port", 0, "with -single-address, also listen on this `port` of -primary as the secondary\n(an extension: only clients configured with it, teredo-socks -secondary-port, use it)")
 	mtu := fs.Uint("mtu", proto.MinMTU, "link MTU advertised to clients (at least 1280)")
 	fs.StringVar(&o.status, "status", "", "serve GET /status (JSON) and /metrics (Prometheus) on this TCP `address`")
 	raw := fs.Bool("raw", false, "send clients' echo requests to native IPv6 hosts through a raw IPv6 socket\n(needs root or CAP_NET_RAW; default: if it can be opened)")
@@ -115,7 +120,18 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 	if o.primary, err = parseIPv4("primary", *primary, global); err != nil {
 		return o, err
 	}
-	if *secondary == "" {
+	if *secPort != 0 && !o.single {
+		return o, cli.Usagef("-secondary-port needs -single-address")
+	}
+	if o.single {
+		if *secondary != "" {
+			return o, cli.Usagef("-secondary and -single-address exclude each other")
+		}
+		if *secPort > 65535 || (*secPort != 0 && *secPort == *port) {
+			return o, cli.Usagef("-secondary-port %d must be a port other than -port", *secPort)
+		}
+		o.secondaryPort = uint16(*secPort)
+	} else if *secondary == "" {
 		if o.secondary = o.primary.Next(); !o.secondary.IsValid() {
 			return o, cli.Usagef("-primary %v has no next address; set -secondary", o.primary)
 		}
@@ -125,7 +141,7 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 	} else if o.secondary, err = parseIPv4("secondary", *secondary, global); err != nil {
 		return o, err
 	}
-	if o.secondary == o.primary {
+	if !o.single && o.secondary == o.primary {
 		return o, cli.Usagef("-secondary must differ from -primary (%v)", o.primary)
 	}
 	if *port < 1 || *port > 65535 {
@@ -149,12 +165,14 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 // config is the server configuration the options ask for.
 func (o options) config(log *slog.Logger) server.Config {
 	cfg := server.Config{
-		Primary:   o.primary,
-		Secondary: o.secondary,
-		Port:      o.port,
-		MTU:       o.mtu,
-		RateLimit: server.RateLimit{PerSecond: o.rate, Burst: o.burst},
-		Logger:    log,
+		Primary:       o.primary,
+		Secondary:     o.secondary,
+		SingleAddress: o.single,
+		SecondaryPort: o.secondaryPort,
+		Port:          o.port,
+		MTU:           o.mtu,
+		RateLimit:     server.RateLimit{PerSecond: o.rate, Burst: o.burst},
+		Logger:        log,
 	}
 	if o.rate == 0 {
 		cfg.RateLimit = server.RateLimit{PerSecond: -1}
@@ -228,7 +246,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 			log.Error("cannot serve status", "err", err)
 			return 1
 		}
-		hs := &http.Server{Handler: server.StatusHandler(srv.Status), ReadHeaderTimeout: 10 * time.Second}
+		hs := &http.Server{Handler: srv.Handler(), ReadHeaderTimeout: 10 * time.Second}
 		log.Info("status", "addr", ln.Addr().String())
 		done := make(chan struct{})
 		go func() {
@@ -246,8 +264,11 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		}()
 	}
 
-	primary, secondary := srv.Addrs()
-	fmt.Fprintf(stdout, "teredo-server: listening on %v and %v\n", primary, secondary)
+	if primary, secondary := srv.Addrs(); secondary.IsValid() {
+		fmt.Fprintf(stdout, "teredo-server: listening on %v and %v\n", primary, secondary)
+	} else {
+		fmt.Fprintf(stdout, "teredo-server: listening on %v only\n", primary)
+	}
 	if err := srv.Serve(ctx); err != nil {
 		log.Error("server stopped", "err", err)
 		return 1

@@ -91,6 +91,14 @@ func parseConfig(args []string, getenv func(string) string, stderr io.Writer) (*
 	)
 	fs.StringVar(&c.Listen, "listen", "127.0.0.1:1080", "SOCKS5 listen `address`; a non-loopback address needs -user and -pass")
 	fs.StringVar(&servers, "server", DefaultServer, "Teredo server `host[,host...]`, tried in order, retried with backoff until stopped; names are resolved again before each round")
+	fs.Func("secondary-port", "`port` of a teredo-gateway's -secondary-port on the first server's address, to tell a symmetric NAT from others", func(v string) error {
+		p, err := strconv.ParseUint(v, 10, 16)
+		if err != nil || p == 0 {
+			return fmt.Errorf("want a port 1-65535")
+		}
+		c.SecondaryPort = uint16(p)
+		return nil
+	})
 	fs.StringVar(&bind, "bind", "", "local UDP endpoint `IPv4:port` of the Teredo client (default: any address, random port)")
 	fs.StringVar(&c.User, "user", "", "SOCKS5 user name (RFC 1929)")
 	fs.StringVar(&c.Pass, "pass", "", "SOCKS5 password (RFC 1929)")

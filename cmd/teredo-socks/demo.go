@@ -118,10 +118,10 @@ func internetStarter(in *teredotest.Internet, bind netip.AddrPort, log *slog.Log
 		names[a] = "demo server"
 	}
 	return socksd.StackStarter(stack.Config{
-		Servers:   in.Servers(),
-		Secondary: in.SecondaryAddr(),
-		LocalAddr: bind,
-		IsGlobal:  in.IPv4Filter(),
-		Logger:    log,
+		Servers:    in.Servers(),
+		Secondary:  in.SecondaryAddr(),
+		LocalAddr:  bind,
+		IPv4Filter: in.IPv4Filter(),
+		Logger:     log,
 	}, names, closeAlso)
 }

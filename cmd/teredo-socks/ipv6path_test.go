@@ -104,7 +104,7 @@ func TestProxyIPv6Auto(t *testing.T) {
 		e.Start = socksd.StackStarter(stack.Config{
 			Servers:    []netip.Addr{netip.MustParseAddr("127.0.0.1")},
 			ServerPort: deadPort,
-			IsGlobal:   proto.AnyIPv4,
+			IPv4Filter: proto.AnyIPv4,
 			LocalAddr:  netip.MustParseAddrPort("127.0.0.1:0"),
 			Logger:     log,
 		}, nil, nil)

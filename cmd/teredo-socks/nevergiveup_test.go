@@ -113,7 +113,7 @@ func TestProxyNeverGivesUp(t *testing.T) {
 		ServerNames: cfg.Servers,
 		Resolver:    res,
 		Secondary:   in.SecondaryAddr(),
-		IsGlobal:    in.IPv4Filter(),
+		IPv4Filter:  in.IPv4Filter(),
 		LocalAddr:   netip.MustParseAddrPort("127.0.0.1:0"),
 		Clock:       fake,
 		Logger:      log,

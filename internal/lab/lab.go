@@ -48,6 +48,12 @@ type Options struct {
 	// NoRelay and NoV6Host leave out the relay host and the IPv6-only host.
 	NoRelay  bool
 	NoV6Host bool
+	// Transit names clients whose NAT routers reach the internet through the
+	// transit router (Lab.Transit) instead of the bridge; see transit.go.
+	Transit []string
+	// Behind adds hosts to the LAN of another client's NAT: host name → the
+	// name of a client in Clients. See transit.go.
+	Behind map[string]string
 }
 
 // ClientSpec names a client host and the kind of NAT in front of it.
@@ -72,6 +78,7 @@ type Lab struct {
 	Server  *Host // ServerPrimary and ServerSecondary, ServerV6
 	Relay   *Host // RelayV4, RelayV6, IPv6 forwarding on; nil with NoRelay
 	V6Host  *Host // V6HostAddr only, 2001::/32 routed to the relay; nil with NoV6Host
+	Transit *Host // the transit router; nil unless Options.Transit names a client
 	Clients map[string]*Host
 
 	t     testing.TB
@@ -135,17 +142,21 @@ func (l *Lab) build(opts Options) error {
 	if clients == nil {
 		clients = DefaultClients
 	}
+	transit, shared, err := l.checkPlacement(clients, opts)
+	if err != nil {
+		return err
+	}
 	for i, c := range clients {
 		if _, dup := l.Clients[c.Name]; dup {
 			return fmt.Errorf("duplicate client name %q", c.Name)
 		}
-		h, err := l.addNATClient(c, i)
+		h, err := l.addNATClient(c, i, transit[c.Name], shared[c.Name])
 		if err != nil {
 			return fmt.Errorf("client %s: %w", c.Name, err)
 		}
 		l.Clients[c.Name] = h
 	}
-	return nil
+	return l.addBehind(opts.Behind)
 }
 
 // newNS creates a namespace with loopback up and registers its removal.

@@ -52,8 +52,8 @@ func requireOurServer(t testing.TB) {
 // does not exist yet; once it exists, a build failure fails the test.
 func requireFile(t testing.TB, dir string) {
 	t.Helper()
-	// go test runs the binary in the package directory, internal/lab, two below the
-	// module root.
+	// go test runs the binary in the package directory, internal/lab, two below
+	// the module root.
 	if _, err := os.Stat(filepath.Join("..", "..", dir, "main.go")); err != nil {
 		t.Skipf("%s does not exist yet: the variant of this test that runs it waits for it", dir)
 	}

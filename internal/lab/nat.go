@@ -58,7 +58,7 @@ type NAT struct {
 // addNATClient builds router i (WAN 198.18.0.10+i, LAN 192.168.1+i.0/24) and the client
 // host behind it. The lab has no link to the root namespace, so the private LAN range
 // can never leak onto a real network.
-func (l *Lab) addNATClient(spec ClientSpec, i int) (*Host, error) {
+func (l *Lab) addNATClient(spec ClientSpec, i int, transit, sharedLAN bool) (*Host, error) {
 	if i > 200 {
 		return nil, fmt.Errorf("too many clients")
 	}
@@ -71,7 +71,12 @@ func (l *Lab) addNATClient(spec ClientSpec, i int) (*Host, error) {
 	if err != nil {
 		return nil, err
 	}
-	if err := l.plug(router, "wan"); err != nil {
+	if transit {
+		err = l.plugTransit(router, wan)
+	} else {
+		err = l.plug(router, "wan")
+	}
+	if err != nil {
 		return nil, err
 	}
 	if err := router.ip("addr", "add", netip.PrefixFrom(wan, InternetV4.Bits()).String(), "dev", "wan"); err != nil {
@@ -86,7 +91,18 @@ func (l *Lab) addNATClient(spec ClientSpec, i int) (*Host, error) {
 	if err != nil {
 		return nil, err
 	}
-	if err := router.ip("link", "add", "lan", "type", "veth", "peer", "name", "eth0", "netns", h.NS); err != nil {
+	if sharedLAN {
+		// A bridge, so that more hosts can join the LAN (Options.Behind).
+		if err := router.ip("link", "add", "lan", "type", "bridge"); err != nil {
+			return nil, err
+		}
+		if err := router.ip("link", "add", "l0", "type", "veth", "peer", "name", "eth0", "netns", h.NS); err != nil {
+			return nil, err
+		}
+		if err := router.ip("link", "set", "l0", "master", "lan", "up"); err != nil {
+			return nil, err
+		}
+	} else if err := router.ip("link", "add", "lan", "type", "veth", "peer", "name", "eth0", "netns", h.NS); err != nil {
 		return nil, err
 	}
 	if err := router.ip("addr", "add", netip.PrefixFrom(gw, 24).String(), "dev", "lan"); err != nil {
@@ -95,13 +111,7 @@ func (l *Lab) addNATClient(spec ClientSpec, i int) (*Host, error) {
 	if err := router.ip("link", "set", "lan", "up"); err != nil {
 		return nil, err
 	}
-	if err := h.ip("addr", "add", netip.PrefixFrom(addr, 24).String(), "dev", "eth0"); err != nil {
-		return nil, err
-	}
-	if err := h.ip("link", "set", "eth0", "up"); err != nil {
-		return nil, err
-	}
-	if err := h.ip("route", "add", "default", "via", gw.String()); err != nil {
+	if err := setupLANHost(h, addr, gw); err != nil {
 		return nil, err
 	}
 	h.IPv4 = []netip.Addr{addr}

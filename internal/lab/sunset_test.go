@@ -14,8 +14,8 @@ import (
 // nativeHostV4 and nativeHostV6 are the addresses of the internet host with
 // native IPv6 in TestTeredoSocksSunset.
 var (
-	nativeHostV4 = netip.MustParseAddr("198.18.0.7")
-	nativeHostV6 = netip.MustParseAddr("2001:db8:1::7")
+	nativeHostV4 = netip.MustParseAddr("198.18.0.8")
+	nativeHostV6 = netip.MustParseAddr("2001:db8:1::8")
 )
 
 // sunsetStatus is the part of teredo-socks's GET /status that

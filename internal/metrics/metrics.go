@@ -46,6 +46,17 @@ type Writer struct {
 // NewWriter returns a Writer that writes to w.
 func NewWriter(w io.Writer) *Writer { return &Writer{w: w} }
 
+// Include appends what another package's exporter writes, such as a
+// role's WritePrometheus, unless an error was met already.
+func (w *Writer) Include(write func(io.Writer) error) {
+	if w.err != nil {
+		return
+	}
+	if err := write(w.w); err != nil {
+		w.err = err
+	}
+}
+
 // Err returns the first error met, if any.
 func (w *Writer) Err() error { return w.err }
 

@@ -142,8 +142,8 @@ type forwards struct {
 }
 
 // start opens the ports, once, and returns the lines that tell the user;
-// addr is the Teredo address.
-func (f *forwards) start(addr netip.Addr) []string {
+// addr is the Teredo address, public the one a gateway maps it to, if any.
+func (f *forwards) start(addr, public netip.Addr) []string {
 	if f.started {
 		return nil
 	}
@@ -157,6 +157,9 @@ func (f *forwards) start(addr netip.Addr) []string {
 		}
 		f.running = append(f.running, newForwarder(ln, fw.Target, f.dial, f.log))
 		lines = append(lines, fmt.Sprintf("forwarding [%s]:%d to %s", addr, fw.Port, fw.Target))
+		if public.IsValid() {
+			lines = append(lines, fmt.Sprintf("forwarding [%s]:%d to %s", public, fw.Port, fw.Target))
+		}
 	}
 	return lines
 }

@@ -40,6 +40,10 @@ type Config struct {
 	IPv6     string // "auto" (the default when empty), "teredo" or "direct"
 	Forwards []Forward
 	Status   string
+
+	// SecondaryPort is the secondary port of a single-address server
+	// (teredo-gateway -secondary-port); zero: none.
+	SecondaryPort uint16
 }
 
 // Teredo is what the loop needs from a Teredo stack, qualified or not.
@@ -284,8 +288,12 @@ func Run(ctx context.Context, cfg *Config, e Env) (code int) {
 		greeted = true
 		rep.addr, rep.online = addr, true
 		// The ports are open by the time the user reads the lines.
-		lines := fw.start(addr)
+		public := t.Status().Public
+		lines := fw.start(addr, public)
 		say("qualified as %s via %s; SOCKS5 on %s", addr, t.ServerName(server), socksLn.Addr())
+		if public.IsValid() {
+			say("public address %s (the gateway maps %s to it)", public, addr)
+		}
 		for _, l := range lines {
 			say("%s", l)
 		}

@@ -86,6 +86,7 @@ func (n *stackNet) Status() TeredoStatus {
 	out := TeredoStatus{
 		State:  state,
 		Addr:   c.Addr,
+		Public: c.PublicAddr,
 		Server: c.Server,
 		Mapped: c.Mapped,
 		NAT:    c.NAT.String(),
@@ -96,6 +97,7 @@ func (n *stackNet) Status() TeredoStatus {
 			"rx_delivered": c.Counters.RxDelivered, "rx_held_delivered": c.Counters.RxHeldDelivered,
 			"router_solicitations": c.Counters.RS, "router_advertisements": c.Counters.RA,
 			"bubbles": c.Counters.Bubbles, "bubble_replies": c.Counters.BubbleReplies,
+			"ttl_bubbles":   c.Counters.TTLBubbles,
 			"echo_requests": c.Counters.EchoRequests, "icmp_errors": c.Counters.ICMPErrors,
 			"peers_created": c.Counters.PeerTable.Created, "peers_evicted": c.Counters.PeerTable.Evicted,
 			"peers_expired": c.Counters.PeerTable.Expired, "peer_queue_drops": c.Counters.PeerTable.QueueDrops,
@@ -161,10 +163,11 @@ func StackStarter(sc stack.Config, names map[netip.Addr]string, closeAlso func()
 // -bind.
 func RealStarter(cfg *Config, log *slog.Logger, lookup func(ctx context.Context, network, host string) ([]netip.Addr, error)) StartFunc {
 	return StackStarter(stack.Config{
-		ServerNames: cfg.Servers,
-		Resolver:    LookupFunc(lookup),
-		LocalAddr:   cfg.Bind,
-		Logger:      log,
+		ServerNames:   cfg.Servers,
+		Resolver:      LookupFunc(lookup),
+		SecondaryPort: cfg.SecondaryPort,
+		LocalAddr:     cfg.Bind,
+		Logger:        log,
 	}, nil, nil)
 }
 

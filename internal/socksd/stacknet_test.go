@@ -28,7 +28,7 @@ func TestStackStarterUnqualified(t *testing.T) {
 	n, err := StackStarter(stack.Config{
 		Servers:    []netip.Addr{netip.MustParseAddr("127.0.0.1")},
 		ServerPort: port,
-		IsGlobal:   proto.AnyIPv4,
+		IPv4Filter: proto.AnyIPv4,
 		LocalAddr:  netip.MustParseAddrPort("127.0.0.1:0"),
 	}, nil, nil)(context.Background(), func(Event) {})
 	if err != nil {
@@ -56,7 +56,7 @@ func TestStackStarterQualifies(t *testing.T) {
 	n, err := StackStarter(stack.Config{
 		ServerNames: []string{in.ServerAddr().String()},
 		Secondary:   in.SecondaryAddr(),
-		IsGlobal:    in.IPv4Filter(),
+		IPv4Filter:  in.IPv4Filter(),
 		LocalAddr:   netip.MustParseAddrPort("127.0.0.1:0"),
 	}, nil, nil)(context.Background(), func(e Event) {
 		select {

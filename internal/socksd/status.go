@@ -19,6 +19,7 @@ type TeredoStatus struct {
 	// LastError says why the stack is not qualified; empty while it is.
 	LastError string
 	Addr      netip.Addr
+	Public    netip.Addr // seen by the IPv6 internet behind a teredo-gateway; zero otherwise
 	Server    netip.Addr
 	Mapped    netip.AddrPort
 	NAT       string // "unknown", "restricted", "symmetric", "cone"
@@ -48,6 +49,7 @@ type statusJSON struct {
 	LastError  string       `json:"last_error"`
 	IPv6Path   string       `json:"ipv6_path"`
 	Address    string       `json:"address"`
+	Public     string       `json:"public_address,omitempty"`
 	Server     string       `json:"server"`
 	ServerName string       `json:"server_name,omitempty"`
 	Mapped     string       `json:"mapped"`
@@ -122,6 +124,7 @@ func (s *statusSource) snapshot() statusJSON {
 		LastError: t.LastError,
 		IPv6Path:  "teredo",
 		Address:   addrString(t.Addr),
+		Public:    addrString(t.Public),
 		Server:    addrString(t.Server),
 		Mapped:    addrString(t.Mapped),
 		NAT:       t.NAT,

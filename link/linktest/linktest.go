@@ -110,7 +110,7 @@ func (n *Network) NewHost(tb testing.TB, a netip.Addr) *Host {
 		tb.Fatal(err)
 	}
 	h := &Host{Conn: conn, net: n, addr: a, dead: make(map[netip.Addr]bool)}
-	h.Endpoint = link.New(conn, tunnel{n}, link.Options{GSO: true})
+	h.Endpoint = link.New(conn, tunnel{n}, link.Options{DisableGRO: true})
 	s := stack.New(stack.Options{
 		NetworkProtocols:   []stack.NetworkProtocolFactory{ipv6.NewProtocol},
 		TransportProtocols: []stack.TransportProtocolFactory{tcp.NewProtocol, udp.NewProtocol, icmp.NewProtocol6},

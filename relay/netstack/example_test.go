@@ -55,7 +55,7 @@ func Example() {
 	// also sends packets of its own (MLD reports): skip them.
 	stop := time.AfterFunc(5*time.Second, func() { dev.Close() })
 	defer stop.Stop()
-	b := make([]byte, netstack.MTU)
+	b := make([]byte, proto.MinMTU)
 	for range 16 {
 		n, err := dev.ReadPacket(b)
 		if err != nil {

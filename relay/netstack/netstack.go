@@ -12,6 +12,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"github.com/teredo-go/teredo/proto"
 	"net"
 	"sync"
 
@@ -21,9 +22,6 @@ import (
 	"gvisor.dev/gvisor/pkg/tcpip/network/ipv6"
 	"gvisor.dev/gvisor/pkg/tcpip/stack"
 )
-
-// MTU is the NIC's MTU, Teredo's (RFC 4380 §5.1.2).
-const MTU = 1280
 
 // QueueLen is how many outbound packets wait for the relay before the stack
 // sees drops.
@@ -47,7 +45,7 @@ type Device struct {
 // New creates NIC nicID in s with MTU 1280 whose traffic goes to and from
 // the relay. The caller adds addresses and routes to the NIC.
 func New(s *stack.Stack, nicID tcpip.NICID) (*Device, error) {
-	ep := channel.New(QueueLen, MTU, "")
+	ep := channel.New(QueueLen, proto.MinMTU, "")
 	if err := s.CreateNIC(nicID, ep); err != nil {
 		ep.Close()
 		return nil, fmt.Errorf("netstack: create NIC %d: %s", nicID, err)

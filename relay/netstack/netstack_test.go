@@ -142,7 +142,7 @@ func readOnce(tb testing.TB, d *Device, b []byte) (int, error) {
 // earlier datagrams.
 func readUDP(tb testing.TB, d *Device, payload []byte) []byte {
 	tb.Helper()
-	b := make([]byte, 2*MTU)
+	b := make([]byte, 2*proto.MinMTU)
 	for range 64 {
 		n, err := readOnce(tb, d, b)
 		if err != nil {
@@ -162,7 +162,7 @@ func receive(tb testing.TB, c *gonet.UDPConn) ([]byte, netip.AddrPort) {
 	if err := c.SetReadDeadline(time.Now().Add(wait)); err != nil {
 		tb.Fatal(err)
 	}
-	b := make([]byte, 2*MTU)
+	b := make([]byte, 2*proto.MinMTU)
 	n, from, err := c.ReadFrom(b)
 	if err != nil {
 		tb.Fatalf("ReadFrom: %v", err)
@@ -189,7 +189,7 @@ func TestWritePacketDelivers(t *testing.T) {
 		{"empty", nil, d.WritePacket},
 		{"small", []byte("hello"), d.WritePacket},
 		{"odd length", []byte("abc"), d.WritePacket},
-		{"full MTU", bytes.Repeat([]byte{0xa5}, MTU-40-8), d.WritePacket},
+		{"full MTU", bytes.Repeat([]byte{0xa5}, proto.MinMTU-40-8), d.WritePacket},
 		{"WriteIPv6", []byte("via WriteIPv6"), d.WriteIPv6},
 	}
 	from := netip.AddrPortFrom(client, 40000)
@@ -369,7 +369,7 @@ func TestCloseUnblocksRead(t *testing.T) {
 	go func() {
 		close(started)
 		// The stack's own chatter (MLD, RS) may arrive first.
-		b := make([]byte, 2*MTU)
+		b := make([]byte, 2*proto.MinMTU)
 		for {
 			n, err := d.ReadPacket(b)
 			if err != nil {
@@ -409,7 +409,7 @@ func TestAfterClose(t *testing.T) {
 	if err := d.WriteIPv6(good); !errors.Is(err, net.ErrClosed) {
 		t.Errorf("WriteIPv6 after Close: %v, want net.ErrClosed", err)
 	}
-	if _, err := readOnce(t, d, make([]byte, MTU)); !errors.Is(err, net.ErrClosed) {
+	if _, err := readOnce(t, d, make([]byte, proto.MinMTU)); !errors.Is(err, net.ErrClosed) {
 		t.Errorf("ReadPacket after Close: %v, want net.ErrClosed", err)
 	}
 	// The NIC is gone: the stack has no route left to a Teredo client.
@@ -442,7 +442,7 @@ func TestConcurrentWriteReadClose(t *testing.T) {
 		})
 	}
 	wg.Go(func() {
-		b := make([]byte, MTU)
+		b := make([]byte, proto.MinMTU)
 		for {
 			if _, err := d.ReadPacket(b); err != nil {
 				if !errors.Is(err, net.ErrClosed) {
@@ -500,6 +500,6 @@ func FuzzWritePacket(f *testing.F) {
 		// across iterations; neither read blocks.
 		d.ep.Drain()
 		c.SetReadDeadline(time.Now())
-		c.ReadFrom(make([]byte, 2*MTU))
+		c.ReadFrom(make([]byte, 2*proto.MinMTU))
 	})
 }

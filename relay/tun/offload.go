@@ -135,13 +135,13 @@ type counters struct {
 
 func (c *counters) load() Stats {
 	return Stats{
-		Packets:     c.packets.Load(),
-		Writes:      c.writes.Load(),
-		Coalesced:   c.coalesced.Load(),
-		BadChecksum: c.badChecksum.Load(),
-		WriteErrors: c.writeErrors.Load(),
-		ReadDrops:   c.readDrops.Load(),
-		GSOFailures: c.gsoFallbacks.Load(),
+		Packets:      c.packets.Load(),
+		Writes:       c.writes.Load(),
+		Coalesced:    c.coalesced.Load(),
+		BadChecksum:  c.badChecksum.Load(),
+		WriteErrors:  c.writeErrors.Load(),
+		ReadDrops:    c.readDrops.Load(),
+		GSOFallbacks: c.gsoFallbacks.Load(),
 
 		ReadSuper:    c.readSuper.Load(),
 		ReadSegments: c.readSegments.Load(),

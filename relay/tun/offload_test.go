@@ -401,7 +401,7 @@ func TestCoalesceWriteError(t *testing.T) {
 				t.Fatalf("coalesce = %d, %v after %d writes; want %d, %v, %d", n, err, calls, tt.written, tt.wantErr, tt.calls)
 			}
 			st := c.stats.load()
-			if st.GSOFailures != tt.gsoFails || st.WriteErrors != tt.errs || st.Packets != uint64(tt.written) || st.Writes != uint64(tt.calls) {
+			if st.GSOFallbacks != tt.gsoFails || st.WriteErrors != tt.errs || st.Packets != uint64(tt.written) || st.Writes != uint64(tt.calls) {
 				t.Errorf("stats %+v", st)
 			}
 			// The next call starts afresh.

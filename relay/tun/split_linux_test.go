@@ -32,7 +32,7 @@ func seqpacketDevice(t *testing.T) (*Device, int) {
 		t.Fatal(err)
 	}
 	d.batch.fn = d.batch.read
-	d.batch.split = newSplitter(MTU, &d.stats)
+	d.batch.split = newSplitter(proto.MinMTU, &d.stats)
 	t.Cleanup(func() { d.Close(); unix.Close(fds[1]) })
 	return d, fds[1]
 }
@@ -189,7 +189,7 @@ func testKernelSend(t *testing.T, name string, i int, disable bool) {
 	for j := range bufs {
 		bufs[j] = make([]byte, 8192)
 	}
-	opts := []byte{2, 4, (MTU - 60) >> 8, (MTU - 60) & 0xff, 1, 3, 3, 7} // MSS, window scale 7
+	opts := []byte{2, 4, (proto.MinMTU - 60) >> 8, (proto.MinMTU - 60) & 0xff, 1, 3, 3, 7} // MSS, window scale 7
 	for !fin {
 		k, err := d.ReadPackets(bufs, sizes)
 		if err != nil {
@@ -201,7 +201,7 @@ func testKernelSend(t *testing.T, name string, i int, disable bool) {
 				binary.BigEndian.Uint16(p[42:]) != remote.Port() {
 				continue
 			}
-			if len(p) > MTU || !tcpValid(p, 40) || int(binary.BigEndian.Uint16(p[4:])) != len(p)-40 {
+			if len(p) > proto.MinMTU || !tcpValid(p, 40) || int(binary.BigEndian.Uint16(p[4:])) != len(p)-40 {
 				t.Fatalf("packet of %d bytes, payload length %d, checksum valid %v", len(p), binary.BigEndian.Uint16(p[4:]), tcpValid(p, 40))
 			}
 			flags := p[53]

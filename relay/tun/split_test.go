@@ -3,6 +3,7 @@ package tun
 import (
 	"bytes"
 	"encoding/binary"
+	"github.com/teredo-go/teredo/proto"
 	"slices"
 	"testing"
 )
@@ -94,7 +95,7 @@ func splitAll(s *splitter, b []byte, size int) [][]byte {
 }
 
 func TestSplit(t *testing.T) {
-	const mss = MTU - 60
+	const mss = proto.MinMTU - 60
 	big := seg{seq: 1000, ack: 7, flags: tcpACK | tcpPSH, n: 3 * mss}.build()
 	odd := seg{seq: 1000, ack: 7, flags: tcpACK, n: 3*mss + 7}.build()
 	wrap := seg{seq: 0xffffffff - 1500, ack: 7, flags: tcpACK, n: 2*mss + 1}.build()
@@ -167,7 +168,7 @@ func TestSplit(t *testing.T) {
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			st := new(counters)
-			s := newSplitter(MTU, st)
+			s := newSplitter(proto.MinMTU, st)
 			in := asRead(tt.hdr, tt.pkt)
 			if tt.name == "short header" {
 				in = in[:7]
@@ -187,7 +188,7 @@ func TestSplit(t *testing.T) {
 				if !bytes.Equal(got[i], tt.want[i]) {
 					t.Fatalf("packet %d:\n got %x\nwant %x", i, got[i], tt.want[i])
 				}
-				if len(got[i]) > MTU || !tcpValid(got[i], tcpOff) {
+				if len(got[i]) > proto.MinMTU || !tcpValid(got[i], tcpOff) {
 					t.Fatalf("packet %d: %d bytes, checksum valid %v", i, len(got[i]), tcpValid(got[i], tcpOff))
 				}
 			}
@@ -207,7 +208,7 @@ func TestSplit(t *testing.T) {
 func TestSplitSmallBuffer(t *testing.T) {
 	p := seg{seq: 1, ack: 7, flags: tcpACK, n: 2*1220 + 10}.build()
 	st := new(counters)
-	got := splitAll(newSplitter(MTU, st), asRead(tsoHdr(40, 1220), p), 100)
+	got := splitAll(newSplitter(proto.MinMTU, st), asRead(tsoHdr(40, 1220), p), 100)
 	want := refSplit(p, 40, 1220)[2]
 	if len(got) != 1 || !bytes.Equal(got[0], want) || st.readDrops.Load() != 2 {
 		t.Fatalf("got %d packets, %d drops", len(got), st.readDrops.Load())
@@ -216,7 +217,7 @@ func TestSplitSmallBuffer(t *testing.T) {
 
 func TestSplitAllocs(t *testing.T) {
 	in := asRead(tsoHdr(40, 1220), seg{seq: 1, ack: 7, flags: tcpACK, n: 40 * 1220}.build())
-	s := newSplitter(MTU, new(counters))
+	s := newSplitter(proto.MinMTU, new(counters))
 	dst := make([]byte, 2048)
 	if n := testing.AllocsPerRun(50, func() {
 		s.load(s.buf[:copy(s.buf, in)])
@@ -231,7 +232,7 @@ func TestSplitAllocs(t *testing.T) {
 func BenchmarkSplit(b *testing.B) {
 	const segs = 53 // 64 KiB
 	in := asRead(tsoHdr(40, 1220), seg{seq: 1, ack: 7, flags: tcpACK, n: segs * 1220}.build())
-	s := newSplitter(MTU, new(counters))
+	s := newSplitter(proto.MinMTU, new(counters))
 	dst := make([]byte, 2048)
 	b.SetBytes(segs * 1220)
 	b.ReportAllocs()
@@ -268,7 +269,7 @@ func FuzzSplit(f *testing.F) {
 		h := vnetHdr{flags: flags, gsoType: gsoType, hdrLen: hdrLen, gsoSize: gsoSize, csumStart: csumStart, csumOffset: csumOffset}
 		in := asRead(h, p)
 		st := new(counters)
-		sp := newSplitter(MTU, st)
+		sp := newSplitter(proto.MinMTU, st)
 		sp.load(sp.buf[:copy(sp.buf, in)])
 		in = in[vnetHdrLen:]
 		if st.readSuper.Load() == 0 {
@@ -286,7 +287,7 @@ func FuzzSplit(f *testing.F) {
 				t.Fatal("the splitter does not finish")
 			}
 			s := dst[:sp.next(dst)]
-			if len(s) > MTU || len(s) < hl || !tcpValid(s, tcpOff) {
+			if len(s) > proto.MinMTU || len(s) < hl || !tcpValid(s, tcpOff) {
 				t.Fatalf("segment %d of %d bytes (headers %d), checksum valid %v", i, len(s), hl, tcpValid(s, tcpOff))
 			}
 			if int(binary.BigEndian.Uint16(s[4:])) != len(s)-40 {

@@ -33,9 +33,6 @@ import (
 // DefaultName is the interface name the relay uses by default.
 const DefaultName = "teredo"
 
-// MTU is Teredo's link MTU (RFC 4380 §5.1.2).
-const MTU = 1280
-
 // ErrUnsupported is returned by Open on systems other than Linux.
 var ErrUnsupported = errors.New("tun: TUN devices are supported on Linux only")
 
@@ -68,9 +65,9 @@ type Stats struct {
 	// checksum was wrong: the kernel would have recomputed it for a
 	// super-segment.
 	BadChecksum uint64
-	// GSOFailures counts super-segments the kernel refused; their segments
-	// were then written one by one.
-	GSOFailures uint64
+	// GSOFallbacks counts super-segments the kernel refused; their segments
+	// were then written one by one (as udpio.Stats.GSOFallbacks).
+	GSOFallbacks uint64
 	// WriteErrors counts failed writes; ReadDrops packets read that could
 	// not be handed over: an offload the device never asked for, an
 	// inconsistent virtio_net_hdr, a packet longer than the caller's
@@ -93,7 +90,7 @@ type Stats struct {
 func (s Stats) Counters() map[string]uint64 {
 	return map[string]uint64{
 		"packets_written": s.Packets, "writes": s.Writes, "coalesced": s.Coalesced,
-		"bad_checksum": s.BadChecksum, "gso_failures": s.GSOFailures,
+		"bad_checksum": s.BadChecksum, "gso_fallbacks": s.GSOFallbacks,
 		"write_errors": s.WriteErrors, "read_drops": s.ReadDrops,
 		"read_super": s.ReadSuper, "read_segments": s.ReadSegments,
 	}

@@ -5,6 +5,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"github.com/teredo-go/teredo/proto"
 	"net"
 	"net/netip"
 	"os"
@@ -100,7 +101,7 @@ func Open(cfg Config) (*Device, error) {
 		cfg.Name = DefaultName
 	}
 	if cfg.MTU == 0 {
-		cfg.MTU = MTU
+		cfg.MTU = proto.MinMTU
 	}
 	if len(cfg.Name) >= unix.IFNAMSIZ {
 		return nil, fmt.Errorf("tun: interface name %q too long", cfg.Name)

@@ -40,7 +40,7 @@ func testInNetns(t *testing.T) {
 		t.Fatalf("configured %v name %q", d.Configured(), d.Name())
 	}
 	ifi, err := net.InterfaceByName("teredotest0")
-	if err != nil || ifi.MTU != MTU || ifi.Flags&net.FlagUp == 0 {
+	if err != nil || ifi.MTU != proto.MinMTU || ifi.Flags&net.FlagUp == 0 {
 		t.Fatalf("interface %+v, %v", ifi, err)
 	}
 	peer := netip.MustParseAddr("2001:0:cb00:7101::1")
@@ -281,7 +281,7 @@ func testTCPThroughTUN(t *testing.T, name string, port uint16, disable bool) {
 	local := netip.AddrPortFrom(proto.Src(syn), binary.BigEndian.Uint16(syn[40:]))
 	cseq := binary.BigEndian.Uint32(syn[44:]) + 1
 	const iss = 1_000_000
-	mss := []byte{2, 4, (MTU - 60) >> 8, (MTU - 60) & 0xff}
+	mss := []byte{2, 4, (proto.MinMTU - 60) >> 8, (proto.MinMTU - 60) & 0xff}
 	if err := d.WritePacket(tcpPacket(remote, local, iss, cseq, tcpSYN|tcpACK, mss, nil)); err != nil {
 		t.Fatal(err)
 	}

@@ -40,7 +40,14 @@ type Packet struct {
 	Src, Dst netip.AddrPort
 	// Data is the payload; it is valid only during the Hook call.
 	Data []byte
+	// TTL is the IPv4 time-to-live the sender gave the datagram: DefaultTTL
+	// unless it was sent with WriteToTTL. A hook that models routers between
+	// the endpoints drops the datagram when it is too small.
+	TTL int
 }
+
+// DefaultTTL is the TTL of datagrams not sent with WriteToTTL, Linux's default.
+const DefaultTTL = 64
 
 // Hook inspects a datagram before delivery and returns false to drop it.
 // It may rewrite p, including p.Data, which is a copy of the sender's
@@ -158,9 +165,9 @@ func (n *Network) freePort(a netip.Addr) (uint16, bool) {
 }
 
 // send delivers one datagram from src.
-func (n *Network) send(src, dst netip.AddrPort, data []byte) {
+func (n *Network) send(src, dst netip.AddrPort, data []byte, ttl int) {
 	if h := n.hook.Load(); h != nil {
-		n.sendHooked(*h, src, dst, data)
+		n.sendHooked(*h, src, dst, data, ttl)
 		return
 	}
 	n.deliver(src, dst, data)
@@ -169,11 +176,11 @@ func (n *Network) send(src, dst netip.AddrPort, data []byte) {
 // sendHooked runs the hook on a copy, so that it may scribble on Data
 // without touching the sender's buffer. It is apart from send because the
 // Packet escapes to the heap here.
-func (n *Network) sendHooked(h Hook, src, dst netip.AddrPort, data []byte) {
+func (n *Network) sendHooked(h Hook, src, dst netip.AddrPort, data []byte, ttl int) {
 	bp := n.scratch.Get().(*[]byte)
 	defer n.scratch.Put(bp)
 	*bp = append((*bp)[:0], data...)
-	p := Packet{Src: src, Dst: dst, Data: *bp}
+	p := Packet{Src: src, Dst: dst, Data: *bp, TTL: ttl}
 	if !h(&p) {
 		n.droppedByHook.Add(1)
 		return
@@ -228,7 +235,10 @@ type endpoint struct {
 	rdl deadline
 }
 
-var _ udpio.Conn = (*endpoint)(nil)
+var (
+	_ udpio.Conn      = (*endpoint)(nil)
+	_ udpio.TTLWriter = (*endpoint)(nil)
+)
 
 func (e *endpoint) enqueue(src netip.AddrPort, data []byte) bool {
 	e.mu.Lock()
@@ -336,6 +346,18 @@ func (e *endpoint) WriteBatch(msgs []udpio.Message) (int, error) {
 }
 
 func (e *endpoint) WriteTo(b []byte, addr netip.AddrPort) error {
+	return e.write(b, addr, DefaultTTL)
+}
+
+// WriteToTTL implements udpio.TTLWriter: the hook sees ttl in Packet.TTL.
+func (e *endpoint) WriteToTTL(b []byte, addr netip.AddrPort, ttl int) error {
+	if ttl < 1 || ttl > 255 {
+		return e.opError("write", addr, udpio.ErrBadTTL)
+	}
+	return e.write(b, addr, ttl)
+}
+
+func (e *endpoint) write(b []byte, addr netip.AddrPort, ttl int) error {
 	select {
 	case <-e.closed:
 		return e.opError("write", addr, net.ErrClosed)
@@ -348,7 +370,7 @@ func (e *endpoint) WriteTo(b []byte, addr netip.AddrPort) error {
 	if len(b) > MaxDatagram {
 		return e.opError("write", addr, ErrTooLarge)
 	}
-	e.net.send(e.addr, dst, b)
+	e.net.send(e.addr, dst, b, ttl)
 	return nil
 }
 

@@ -55,10 +55,13 @@ func run(ctx context.Context, args []string) error {
 	bind := fs.String("bind", "0.0.0.0:0", "local UDP `address:port`")
 	relay := fs.String("relay", "", "fixed relay `address:port` for native destinations (default: echo test)")
 	coneProbe := fs.Bool("cone-probe", false, "add a cone RS to the NAT classification")
+	bubbleTTL := fs.Int("bubble-ttl", 0, "IPv4 `TTL` of the first direct bubbles (0: the client's default, -1: the socket's)")
+	localDiscovery := fs.Bool("local-discovery", false, "RFC 4380 local discovery (224.0.0.253:3544)")
+	noHairpin := fs.Bool("no-hairpin", false, "no RFC 6081 Alternate Address trailer in bubbles")
 	control := fs.String("control", "127.0.0.1:7900", "control API `address`")
 	qualify := fs.Duration("qualify", 20*time.Second, "qualification timeout")
 	recovery := fs.Int("tcp-recovery", -1, "gVisor TCPRecovery flags (0 turns RACK off; -1 keeps the stack's)")
-	noGSO := fs.Bool("no-gso", false, "turn off gVisor's in-stack segmentation offload")
+	disableGSO := fs.Bool("disable-gso", false, "turn off gVisor's in-stack segmentation offload")
 	verbose := fs.Bool("v", false, "debug logging")
 	if err := fs.Parse(args); err != nil {
 		return err
@@ -69,7 +72,8 @@ func run(ctx context.Context, args []string) error {
 	}
 	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
 
-	cfg := stack.Config{Logger: log, ConeProbe: *coneProbe, DisableGSO: *noGSO}
+	cfg := stack.Config{Logger: log, ConeProbe: *coneProbe, DisableGSO: *disableGSO}
+	cfg.BubbleTTL, cfg.LocalDiscovery, cfg.NoHairpinning = *bubbleTTL, *localDiscovery, *noHairpin
 	var err error
 	srv, err := netip.ParseAddr(*server)
 	if err != nil {
