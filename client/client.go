@@ -129,6 +129,12 @@ type Config struct {
 	// extension: indirect bubbles to a peer behind the same public IPv4
 	// carry them in an Alternate Address trailer (see hairpin.go).
 	LocalAddrs func() []netip.AddrPort
+	// MappedEndpoint, if set, gives the public endpoint the Teredo address
+	// carries, given the one the server saw (the RA's origin indication).
+	// A NAT port mapping (package portmap) sets it: on a symmetric NAT the
+	// server sees a random port, while peers reach the client at the mapped
+	// one (RFC 6081's UPnP-enabled symmetric NAT case).
+	MappedEndpoint func(serverSaw netip.AddrPort) netip.AddrPort
 	// OnEvent receives state changes, in order, without locks held. It must
 	// not call Receive or Transmit synchronously.
 	OnEvent func(Event)
@@ -240,12 +246,14 @@ type Status struct {
 // TxFlushed those later sent from a queue; RxHeldDelivered counts inbound
 // packets released by an echo test. Drops is keyed by reason
 // ("malformed", "not-our-address", "queue-full", "unreachable",
-// "echo-rate-limit", ...).
+// "echo-rate-limit", ...). RelayFailovers counts native peers whose relay
+// went silent and was forgotten for a new echo test (see failover.go).
 type Counters struct {
 	TxFast, TxQueued, TxFlushed    uint64
 	RxDelivered, RxHeldDelivered   uint64
 	RS, RA, Bubbles, BubbleReplies uint64
 	EchoRequests, ICMPErrors       uint64
+	RelayFailovers                 uint64
 	PeerTable                      peer.Stats
 	Drops                          map[string]uint64
 

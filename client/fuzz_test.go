@@ -63,6 +63,7 @@ func FuzzTransmit(f *testing.F) {
 	f.Add(ipPacket(us, peerAddr, "x"), 40)
 	f.Add(ipPacket(us, nativeDst, "x"), 0)
 	f.Add(ipPacket(us, proto.AllNodes, "x"), 3)
+	f.Add(tcpPacket(us, nativeDst, tcpACK, "data"), 45) // counted for relay failover
 	f.Fuzz(func(t *testing.T, b []byte, split int) {
 		h, us := fuzzClient(t)
 		if len(b) >= 24 && split&1 != 0 {

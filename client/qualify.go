@@ -290,6 +290,11 @@ func (c *Client) acceptRA(ra *proto.RA, from netip.AddrPort) error {
 	}
 	old := c.up.Load()
 	wasUp := q.state == StateQualified && old != nil
+	if c.cfg.MappedEndpoint != nil {
+		if m := c.cfg.MappedEndpoint(ra.Mapped); c.glob(m.Addr()) && m.Port() != 0 {
+			ra.Mapped = m
+		}
+	}
 	if wasUp && old.mapped == ra.Mapped && old.mtu == mtu && old.public == publicAddr(ra.Public, old.ip) {
 		c.scheduleRefresh()
 		return nil

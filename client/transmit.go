@@ -25,7 +25,15 @@ func (c *Client) Transmit(bufs [][]byte) (netip.AddrPort, bool) {
 	}
 	h := bufs[0]
 	if l := c.up.Load(); l != nil && [16]byte(h[8:24]) == l.addr {
-		if ap, ok := c.peers.Route([16]byte(h[24:40]), c.clk.Now()); ok {
+		dst := [16]byte(h[24:40])
+		if !proto.IsTeredoBytes(dst[:]) && awaitsAnswer(bufs) {
+			// Counted for relay failover (failover.go); a silent relay
+			// takes the slow path, which forgets it.
+			if ap, n, since, ok := c.peers.RouteAwaiting(dst, c.clk.Now()); ok && !relaySilent(n, since) {
+				c.ctr.txFast.Add(1)
+				return ap, true
+			}
+		} else if ap, ok := c.peers.Route(dst, c.clk.Now()); ok {
 			c.ctr.txFast.Add(1)
 			return ap, true
 		}
@@ -143,7 +151,7 @@ func (c *Client) bubble(p *peer.Peer, a *action) {
 // toNative applies RFC 4380 §5.2.4 case 2 to a non-Teredo destination:
 // queue the packet and run the echo test through our server.
 func (c *Client) toNative(p *peer.Peer, a *action, l *link, bufs [][]byte, now time.Time) {
-	if p.Trusted && p.Valid() {
+	if p.Trusted && p.Valid() && !c.forgetSilentRelay(p) {
 		a.sendTo = p.Mapping
 		return
 	}

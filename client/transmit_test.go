@@ -175,7 +175,7 @@ func TestTransmitNotQualifiedRateLimit(t *testing.T) {
 }
 
 // echoRequest decodes the echo request the client sent through its server.
-func echoRequest(t *testing.T, d sent) (src, dst netip.Addr, hop uint8, body []byte) {
+func echoRequest(t testing.TB, d sent) (src, dst netip.Addr, hop uint8, body []byte) {
 	t.Helper()
 	var p proto.Packet
 	if err := p.Parse(d.b); err != nil {

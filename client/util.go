@@ -101,6 +101,7 @@ type counters struct {
 	rxDelivered, rxHeldDelivered   atomic.Uint64
 	rs, ra, bubbles, bubbleReplies atomic.Uint64
 	echo, icmpErrors               atomic.Uint64
+	relayFailovers                 atomic.Uint64
 	ttlBubbles                     atomic.Uint64
 	drops                          [numDropReasons]atomic.Uint64
 }
@@ -113,7 +114,8 @@ func (c *counters) snapshot() Counters {
 		RxDelivered: c.rxDelivered.Load(), RxHeldDelivered: c.rxHeldDelivered.Load(),
 		RS: c.rs.Load(), RA: c.ra.Load(), Bubbles: c.bubbles.Load(), BubbleReplies: c.bubbleReplies.Load(),
 		EchoRequests: c.echo.Load(), ICMPErrors: c.icmpErrors.Load(),
-		Drops: make(map[string]uint64),
+		RelayFailovers: c.relayFailovers.Load(),
+		Drops:          make(map[string]uint64),
 	}
 	s.TTLBubbles = c.ttlBubbles.Load()
 	for i := range c.drops {

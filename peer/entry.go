@@ -37,6 +37,10 @@ type Peer struct {
 
 	lastRecv, lastSend atomic.Int64
 	ref                atomic.Bool
+	// awaiting counts the packets routed with RouteAwaiting since the last
+	// receive; awaitingSince is when the first of them was routed.
+	awaiting      atomic.Int32
+	awaitingSince atomic.Int64
 
 	bubbles, pings limiter
 	q              queue
@@ -80,6 +84,7 @@ func (p *Peer) LastSend() time.Time { return p.t.epoch.Add(time.Duration(p.lastS
 func (p *Peer) Touch(recv bool) {
 	if recv {
 		p.lastRecv.Store(p.now)
+		p.answered()
 	} else {
 		p.lastSend.Store(p.now)
 	}
@@ -93,8 +98,30 @@ func (p *Peer) Trust(mapping netip.AddrPort) {
 	p.Trusted = true
 	p.Unreachable = false
 	p.lastRecv.Store(p.now)
+	p.answered()
 	p.bubbles = limiter{}
 	p.pings = limiter{}
+}
+
+// answered clears the count of packets awaiting an answer: something came
+// back. The store is skipped when there is nothing to clear, so that the
+// receive fast path does not dirty the cache line of a peer only received
+// from.
+func (p *Peer) answered() {
+	if p.awaiting.Load() != 0 {
+		p.awaiting.Store(0)
+	}
+}
+
+// Awaiting returns how many packets were routed with Table.RouteAwaiting
+// since the last receive from the peer, and how long before the current
+// Update the first of them was.
+func (p *Peer) Awaiting() (packets int, since time.Duration) {
+	n := int(p.awaiting.Load())
+	if n == 0 {
+		return 0, 0
+	}
+	return n, time.Duration(p.now - p.awaitingSince.Load())
 }
 
 // CountBubble reports whether a bubble may be sent now under the bubble

@@ -215,6 +215,34 @@ func (t *Table) Route(addr [16]byte, now time.Time) (netip.AddrPort, bool) {
 	return m, true
 }
 
+// RouteAwaiting is Route for a packet that calls for an answer from the
+// peer (for instance a TCP segment carrying data): it also counts the packet
+// as awaiting one until the next receive from the peer's mapping, and
+// returns how many such packets were routed since that receive and how long
+// ago the first of them was. The owner decides from these when a mapping
+// has gone silent; the table only keeps count.
+func (t *Table) RouteAwaiting(addr [16]byte, now time.Time) (m netip.AddrPort, awaiting int, since time.Duration, ok bool) {
+	n := t.ts(now)
+	t.mu.RLock()
+	p := t.m[addr]
+	if p == nil || !p.Trusted || !p.validAt(n) {
+		t.mu.RUnlock()
+		return netip.AddrPort{}, 0, 0, false
+	}
+	m = p.Mapping
+	p.lastSend.Store(n)
+	p.touch()
+	// Concurrent senders may both see zero and both set the start; either
+	// time is a fine start of the silence.
+	k := p.awaiting.Add(1)
+	if k == 1 {
+		p.awaitingSince.Store(n)
+	}
+	since = time.Duration(n - p.awaitingSince.Load())
+	t.mu.RUnlock()
+	return m, int(k), max(since, 0), true
+}
+
 // Accept is the receive fast path (RFC 4380 §5.2.3 case 1): if addr is a
 // trusted peer whose mapping is from, it records the receive and reports
 // true.
@@ -227,6 +255,7 @@ func (t *Table) Accept(addr [16]byte, from netip.AddrPort, now time.Time) bool {
 		return false
 	}
 	p.lastRecv.Store(n)
+	p.answered()
 	p.touch()
 	t.mu.RUnlock()
 	return true

@@ -5,6 +5,7 @@
 package stack
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"io"
@@ -26,6 +27,7 @@ import (
 	"github.com/teredo-go/teredo/dialer"
 	"github.com/teredo-go/teredo/link"
 	"github.com/teredo-go/teredo/peer"
+	"github.com/teredo-go/teredo/portmap"
 	"github.com/teredo-go/teredo/proto"
 	"github.com/teredo-go/teredo/udpio"
 )
@@ -123,6 +125,13 @@ type Config struct {
 	// Gbit/s either way.
 	TCPRACK bool
 
+	// PortMapping asks the NAT for a mapping of the client's UDP port
+	// (PCP, NAT-PMP, UPnP-IGD) before qualifying, keeps it renewed and
+	// deletes it on Close; see package portmap. PortMap sets its gateway,
+	// sockets, ports and timeouts; the stack fills in the port and peers.
+	PortMapping bool
+	PortMap     portmap.Config
+
 	// Resolver resolves ServerNames and the names given to Dial,
 	// DialContext and HTTPClient; nil means the host's
 	// (net.DefaultResolver). teredotest.Internet.Resolver knows the test
@@ -149,6 +158,8 @@ type Status struct {
 	Link link.Stats
 	// Discovery counts local discovery's work per interface.
 	Discovery DiscoveryStats
+	// PortMap is the port mapping's state; nil when Config.PortMapping is off.
+	PortMap *PortMapStatus `json:",omitempty"`
 	// LastError says why the stack is not qualified: the client's last
 	// Offline reason, or why no server name resolved. Nil while qualified
 	// and before the first failure.
@@ -165,6 +176,7 @@ type Stack struct {
 	ns   *gstack.Stack
 	disc *discoverySocket    // nil unless local discovery runs
 	dt   *discoveryTransport // nil unless discovery runs on every interface
+	pm   *portMap            // nil unless Config.PortMapping
 
 	// Events from the client are queued here and applied, in order, by
 	// the event goroutine (or by New while it waits for qualification).
@@ -191,7 +203,8 @@ type Stack struct {
 // Start opens the socket, builds the network stack and starts qualifying
 // with the configured servers, and returns at once: it fails only for
 // local reasons (a bad Config, a socket that cannot be opened). The stack
-// keeps trying every server, backing off, until Close, resolving
+// keeps trying every server, backing off, until Close (with PortMapping,
+// Start first waits a few seconds at most for a port mapping), resolving
 // ServerNames again before each cycle; until it is qualified, Dial and
 // Listen through it fail with ErrNotQualified. Subscribe tells when it is
 // qualified (client.Qualified), and Status why it is not yet; events from
@@ -228,6 +241,11 @@ func Start(cfg Config) (*Stack, error) {
 		}
 		s.conn = c
 	}
+	if cfg.PortMapping {
+		// The one wait of Start: a mapping first, bounded by
+		// portMapBudget, so that the address carries it.
+		s.startPortMap(context.Background())
+	}
 	s.ep = link.New(s.conn, nil, link.Options{Logger: cfg.Logger, DisableGSO: cfg.DisableGSO, DisableGRO: cfg.DisableGRO})
 	var tr client.Transport = s.conn
 	if s.dt = s.newDiscoveryTransport(); s.dt != nil {
@@ -253,6 +271,8 @@ func Start(cfg Config) (*Stack, error) {
 		BubbleTTL:      cfg.BubbleTTL,
 		LocalAddrs:     s.localAddrs(),
 		SecondaryPort:  cfg.SecondaryPort,
+
+		MappedEndpoint: s.mappedEndpointFunc(),
 	})
 	if err != nil {
 		s.conn.Close()
@@ -277,6 +297,7 @@ func Start(cfg Config) (*Stack, error) {
 
 // abort undoes a New that failed before the network stack existed.
 func (s *Stack) abort() {
+	s.closePortMap()
 	s.stopDiscovery()
 	s.cl.Close()
 	s.ep.Close()
@@ -470,7 +491,9 @@ func (s *Stack) Addr() netip.Addr {
 
 // Status returns a snapshot of the client and link.
 func (s *Stack) Status() Status {
-	return Status{Client: s.cl.Status(), Link: s.ep.Stats(), Discovery: s.discoveryStats(), LastError: s.lastError()}
+	st := Status{Client: s.cl.Status(), Link: s.ep.Stats(), Discovery: s.discoveryStats(), LastError: s.lastError()}
+	st.PortMap = s.portMapStatus(st.Client.Addr)
+	return st
 }
 
 // Netstack returns the gVisor stack, for code that needs more than
@@ -517,5 +540,6 @@ func (s *Stack) Close() error {
 	// Destroy detaches the link (stopping its reader), closes the queueing
 	// discipline and waits for the protocol goroutines.
 	s.ns.Destroy()
+	s.closePortMap()
 	return s.conn.Close()
 }

@@ -84,10 +84,11 @@ func parseConfig(args []string, getenv func(string) string, stderr io.Writer) (*
 	fs := flag.NewFlagSet("teredo-socks", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	var (
-		c       Config
-		servers string
-		bind    string
-		fwds    forwardList
+		c         Config
+		servers   string
+		bind      string
+		fwds      forwardList
+		secondary string
 	)
 	fs.StringVar(&c.Listen, "listen", "127.0.0.1:1080", "SOCKS5 listen `address`; a non-loopback address needs -user and -pass")
 	fs.StringVar(&servers, "server", DefaultServer, "Teredo server `host[,host...]`, tried in order, retried with backoff until stopped; names are resolved again before each round")
@@ -109,6 +110,10 @@ func parseConfig(args []string, getenv func(string) string, stderr io.Writer) (*
 	fs.StringVar(&c.Status, "status", "", "serve GET /status (JSON), /healthz (200 while IPv6 works, else 503) and /metrics (Prometheus) on `address`; no authentication, so keep it on loopback")
 	fs.BoolVar(&c.Demo, "demo", false, "run against a built-in in-process Teredo internet (no root, no network)")
 	fs.BoolVar(&c.Verbose, "v", false, "verbose (debug) logging")
+	fs.BoolVar(&c.PortMap, "portmap", true, "ask the NAT for a mapping of the client's UDP port (PCP, NAT-PMP, UPnP-IGD); -portmap=false turns it off")
+	fs.BoolVar(&c.LocalDiscovery, "local-discovery", false, "find Teredo peers on the same LAN by multicast bubbles (RFC 4380 local discovery)")
+	fs.BoolVar(&c.ConeProbe, "cone-probe", false, "after qualifying, probe whether the NAT is a cone NAT (a reply from the server's second address)")
+	fs.StringVar(&secondary, "secondary", "", "the Teredo server's second `IPv4` address (default: the first server's address + 1)")
 	fs.Usage = func() {
 		fmt.Fprintf(fs.Output(), "Usage: teredo-socks [flags]\n\nA SOCKS5 proxy that gives any program IPv6 through a user-space Teredo client.\nEvery flag can also be set with the environment variable %s<NAME>, e.g. %sLISTEN.\n\n", envPrefix, envPrefix)
 		fs.PrintDefaults()
@@ -117,7 +122,7 @@ func parseConfig(args []string, getenv func(string) string, stderr io.Writer) (*
 	// Environment first, so that flags given on the command line win.
 	var envErr error
 	fs.VisitAll(func(f *flag.Flag) {
-		name := envPrefix + strings.ToUpper(f.Name)
+		name := envName(f.Name)
 		if v := getenv(name); v != "" && envErr == nil {
 			if err := fs.Set(f.Name, v); err != nil {
 				envErr = fmt.Errorf("environment variable %s: %w", name, err)
@@ -143,7 +148,7 @@ func parseConfig(args []string, getenv func(string) string, stderr io.Writer) (*
 	// name says where a bad value came from: the flag, or its environment
 	// variable when that is what set it.
 	name := func(flagName string) string {
-		env := envPrefix + strings.ToUpper(flagName)
+		env := envName(flagName)
 		if v := getenv(env); v != "" && fs.Lookup(flagName).Value.String() == v {
 			return env
 		}
@@ -164,6 +169,13 @@ func parseConfig(args []string, getenv func(string) string, stderr io.Writer) (*
 			return nil, fmt.Errorf("%s %q: want IPv4:port", name("bind"), bind)
 		}
 		c.Bind = ap
+	}
+	if secondary != "" {
+		a, err := netip.ParseAddr(secondary)
+		if err != nil || !a.Is4() {
+			return nil, fmt.Errorf("%s %q: want an IPv4 address", name("secondary"), secondary)
+		}
+		c.Secondary = a
 	}
 	switch c.IPv4 {
 	case "direct", "reject":
@@ -213,4 +225,10 @@ func isLoopback(host string) bool {
 	}
 	a, err := netip.ParseAddr(host)
 	return err == nil && a.IsLoopback()
+}
+
+// envName is the environment variable of a flag: -local-discovery is
+// TEREDO_SOCKS_LOCAL_DISCOVERY.
+func envName(flagName string) string {
+	return envPrefix + strings.ToUpper(strings.ReplaceAll(flagName, "-", "_"))
 }

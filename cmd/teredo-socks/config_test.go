@@ -81,6 +81,24 @@ func TestParseConfig(t *testing.T) {
 		{name: "unknown flag", args: []string{"-nope"}, wantErr: "not defined"},
 		{name: "stray argument", args: []string{"extra"}, wantErr: "unexpected argument"},
 		{name: "empty server", args: []string{"-server", " , "}, wantErr: "at least one"},
+		{name: "client option defaults", check: func(t *testing.T, c *Config) {
+			if !c.PortMap || c.LocalDiscovery || c.ConeProbe || c.Secondary.IsValid() {
+				t.Fatalf("%+v", c)
+			}
+		}},
+		{name: "client options", args: []string{"-portmap=false", "-local-discovery", "-cone-probe", "-secondary", "198.18.0.3"}, check: func(t *testing.T, c *Config) {
+			if c.PortMap || !c.LocalDiscovery || !c.ConeProbe || c.Secondary != netip.MustParseAddr("198.18.0.3") {
+				t.Fatalf("%+v", c)
+			}
+		}},
+		{name: "client options from env", env: map[string]string{"TEREDO_SOCKS_PORTMAP": "false", "TEREDO_SOCKS_LOCAL_DISCOVERY": "true", "TEREDO_SOCKS_CONE_PROBE": "1", "TEREDO_SOCKS_SECONDARY": "198.18.0.3"}, check: func(t *testing.T, c *Config) {
+			if c.PortMap || !c.LocalDiscovery || !c.ConeProbe || c.Secondary != netip.MustParseAddr("198.18.0.3") {
+				t.Fatalf("%+v", c)
+			}
+		}},
+		{name: "bad secondary", args: []string{"-secondary", "2001:db8::1"}, wantErr: "want an IPv4 address"},
+		{name: "bad secondary from env", env: map[string]string{"TEREDO_SOCKS_SECONDARY": "x"}, wantErr: "TEREDO_SOCKS_SECONDARY"},
+		{name: "bad portmap from env", env: map[string]string{"TEREDO_SOCKS_PORTMAP": "maybe"}, wantErr: "TEREDO_SOCKS_PORTMAP"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -41,6 +41,12 @@ type Config struct {
 	Forwards []Forward
 	Status   string
 
+	// Teredo client options (stack.Config): PortMap is on by default.
+	PortMap        bool
+	LocalDiscovery bool
+	ConeProbe      bool
+	Secondary      netip.Addr
+
 	// SecondaryPort is the secondary port of a single-address server
 	// (teredo-gateway -secondary-port); zero: none.
 	SecondaryPort uint16

@@ -98,7 +98,7 @@ func (n *stackNet) Status() TeredoStatus {
 			"router_solicitations": c.Counters.RS, "router_advertisements": c.Counters.RA,
 			"bubbles": c.Counters.Bubbles, "bubble_replies": c.Counters.BubbleReplies,
 			"ttl_bubbles":   c.Counters.TTLBubbles,
-			"echo_requests": c.Counters.EchoRequests, "icmp_errors": c.Counters.ICMPErrors,
+			"echo_requests": c.Counters.EchoRequests, "icmp_errors": c.Counters.ICMPErrors, "relay_failovers": c.Counters.RelayFailovers,
 			"peers_created": c.Counters.PeerTable.Created, "peers_evicted": c.Counters.PeerTable.Evicted,
 			"peers_expired": c.Counters.PeerTable.Expired, "peer_queue_drops": c.Counters.PeerTable.QueueDrops,
 			"peer_queued_dropped": c.Counters.PeerTable.Dropped,
@@ -111,6 +111,7 @@ func (n *stackNet) Status() TeredoStatus {
 	if st.LastError != nil {
 		out.LastError = st.LastError.Error()
 	}
+	out.PortMap = portMapJSONOf(st.PortMap)
 	tcp := n.s.Netstack().Stats().TCP
 	for name, v := range map[string]*tcpip.StatCounter{
 		"tcp_segments_sent": tcp.SegmentsSent, "tcp_segments_received": tcp.ValidSegmentsReceived,
@@ -162,13 +163,22 @@ func StackStarter(sc stack.Config, names map[netip.Addr]string, closeAlso func()
 // before each round of qualification, through lookup) on a UDP socket at
 // -bind.
 func RealStarter(cfg *Config, log *slog.Logger, lookup func(ctx context.Context, network, host string) ([]netip.Addr, error)) StartFunc {
-	return StackStarter(stack.Config{
-		ServerNames:   cfg.Servers,
-		Resolver:      LookupFunc(lookup),
-		SecondaryPort: cfg.SecondaryPort,
-		LocalAddr:     cfg.Bind,
-		Logger:        log,
-	}, nil, nil)
+	return StackStarter(StackConfig(cfg, log, lookup), nil, nil)
+}
+
+// StackConfig is the stack.Config that RealStarter starts for cfg.
+func StackConfig(cfg *Config, log *slog.Logger, lookup func(ctx context.Context, network, host string) ([]netip.Addr, error)) stack.Config {
+	return stack.Config{
+		ServerNames:    cfg.Servers,
+		Resolver:       LookupFunc(lookup),
+		Secondary:      cfg.Secondary,
+		SecondaryPort:  cfg.SecondaryPort,
+		LocalAddr:      cfg.Bind,
+		Logger:         log,
+		PortMapping:    cfg.PortMap,
+		LocalDiscovery: cfg.LocalDiscovery,
+		ConeProbe:      cfg.ConeProbe,
+	}
 }
 
 // disabledTeredo stands in for the stack under -ipv6 direct.

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net/http"
 	"net/netip"
+	"runtime"
 	"slices"
 	"time"
 
@@ -29,6 +30,8 @@ type TeredoStatus struct {
 	// the client's discarded packets by reason.
 	Counters map[string]uint64
 	Drops    map[string]uint64
+	// PortMap is the port mapping's state; nil when it is off.
+	PortMap *portMapJSON
 }
 
 // statusSource gathers what /status and /metrics show.
@@ -59,6 +62,10 @@ type statusJSON struct {
 	Listen     string       `json:"listen"`
 	Uptime     float64      `json:"uptime_seconds"`
 	Counters   countersJSON `json:"counters"`
+	// Goroutines is the process's goroutine count: flat under a steady
+	// load unless sessions leak (the lab's soak test watches it).
+	Goroutines int          `json:"goroutines"`
+	PortMap    *portMapJSON `json:"portmap,omitempty"`
 }
 
 type countersJSON struct {
@@ -136,6 +143,8 @@ func (s *statusSource) snapshot() statusJSON {
 	if s.ipv6Path != nil {
 		out.IPv6Path = s.ipv6Path()
 	}
+	out.Goroutines = runtime.NumGoroutine()
+	out.PortMap = t.PortMap
 	if s.serverName != nil && t.Server.IsValid() {
 		if n := s.serverName(t.Server); n != t.Server.String() {
 			out.ServerName = n
@@ -232,6 +241,7 @@ func (s *statusSource) writeMetrics(w *metrics.Writer) {
 	w.Sample("teredo_socks_info", 1, "state", st.State, "address", st.Address, "server", st.Server, "mapped", st.Mapped, "nat", st.NAT)
 	w.Gauge("teredo_socks_peers", "Entries in the Teredo peer list.", float64(st.Peers))
 	w.Gauge("teredo_socks_uptime_seconds", "Seconds since the proxy started.", st.Uptime)
+	w.Gauge("go_goroutines", "Goroutines in the proxy process.", float64(st.Goroutines))
 
 	for _, k := range sortedKeys(st.Counters.Client) {
 		name := "teredo_socks_client_" + metricSafe(k) + "_total"

@@ -75,6 +75,10 @@ func TestStatusJSON(t *testing.T) {
 			t.Errorf("%s = %v, want %v", k, got[k], v)
 		}
 	}
+	// The test process runs at least the test and the HTTP handler.
+	if g, _ := got["goroutines"].(float64); g < 2 {
+		t.Errorf("goroutines = %v", got["goroutines"])
+	}
 	counters, _ := got["counters"].(map[string]any)
 	client, _ := counters["client"].(map[string]any)
 	socks, _ := counters["socks5"].(map[string]any)

@@ -23,6 +23,8 @@ import (
 	"github.com/teredo-go/teredo/listener"
 	"github.com/teredo-go/teredo/nptv6"
 	"github.com/teredo-go/teredo/peer"
+	"github.com/teredo-go/teredo/portmap"
+	"github.com/teredo-go/teredo/portmap/portmaptest"
 	"github.com/teredo-go/teredo/proto"
 	"github.com/teredo-go/teredo/relay"
 	"github.com/teredo-go/teredo/relay/netstack"
@@ -88,6 +90,16 @@ func run() error {
 		return fmt.Errorf("nptv6: a Teredo address of the gateway is not mapped")
 	}
 	_ = ndproxy.SolicitedNode(gcfg.Prefix6.Addr())
+
+	// A port mapper pointed at an in-process PCP/NAT-PMP responder.
+	pms, err := portmaptest.NewServer("127.0.0.1:0", netip.MustParseAddr("192.0.2.77"))
+	if err != nil {
+		return err
+	}
+	defer pms.Close()
+	_ = portmap.Config{InternalPort: 3545, PCPPort: pms.Addr().Port(), Clock: clk,
+		Gateway:  func() (netip.Addr, error) { return pms.Addr().Addr(), nil },
+		OnChange: func(m portmap.Mapping) { _ = m.External }}
 
 	// The lower layers.
 	var uc udpio.Conn = conn
