@@ -44,8 +44,10 @@ import (
 	"io"
 	"log/slog"
 	"net/netip"
+	"slices"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"github.com/teredo-go/teredo/clock"
 	"github.com/teredo-go/teredo/internal/ratelimit"
@@ -79,7 +81,9 @@ type Config struct {
 	// IPv4Filter decides which IPv4 addresses may be servers and mapped
 	// addresses; defaults to proto.IsGlobalUnicastIPv4.
 	IPv4Filter proto.IPv4Filter
-	// Servers are the primary server IPv4 addresses, tried in order.
+	// Servers are the primary server IPv4 addresses, tried in order. It
+	// may be empty if the caller supplies them later with SetServers (a
+	// caller still resolving server names); the client then waits offline.
 	Servers []netip.Addr
 	// Secondary is the second address of Servers[0]; other servers use
 	// their address + 1, as Windows and Miredo assume.
@@ -134,6 +138,12 @@ type Config struct {
 	// OnEvent receives state changes, in order, without locks held. It must
 	// not call Receive or Transmit synchronously.
 	OnEvent func(Event)
+	// OnBackoff, if set, is called without locks held each time every
+	// server has failed (or there is none) and the client waits delay
+	// before the next cycle through the list: the moment for a caller that
+	// resolves server names to resolve them again and call SetServers. It
+	// must not block.
+	OnBackoff func(delay time.Duration)
 }
 
 // Event is one of Qualified, AddressChanged, Offline, NATClassified.
@@ -170,6 +180,10 @@ func (NATClassified) event()  {}
 
 // ErrNoReply is the Offline reason when the server did not answer.
 var ErrNoReply = errors.New("teredo client: no reply from server")
+
+// ErrNoServer is the reason the client waits offline while its server
+// list is empty.
+var ErrNoServer = errors.New("teredo client: no server address (yet)")
 
 // ErrClosed is returned by Start after Close.
 var ErrClosed = errors.New("teredo client: closed")
@@ -279,12 +293,15 @@ type Client struct {
 	up     atomic.Pointer[link] // nil unless qualified
 	closed atomic.Bool
 
-	mu   sync.Mutex
-	q    qualState
-	nat  natState
-	disc clock.Timer
-	evs  []Event
-	out  []datagram
+	mu       sync.Mutex
+	servers  []netip.Addr // Config.Servers until SetServers
+	primary  netip.Addr   // Config.Servers[0], whose secondary Config.Secondary is
+	q        qualState
+	nat      natState
+	disc     clock.Timer
+	evs      []Event
+	out      []datagram
+	backoffs []time.Duration // OnBackoff calls to make once c.mu is released
 
 	evMu sync.Mutex // serializes OnEvent calls
 
@@ -323,18 +340,13 @@ func New(cfg Config) (*Client, error) {
 	if cfg.Deliver == nil {
 		return nil, errors.New("teredo client: Config.Deliver is required")
 	}
-	if len(cfg.Servers) == 0 {
-		return nil, errors.New("teredo client: no server")
-	}
 	if cfg.IPv4Filter == nil {
 		cfg.IPv4Filter = proto.IsGlobalUnicastIPv4
 	}
-	for _, s := range cfg.Servers {
-		if !s.Is4() || !cfg.IPv4Filter(s) {
-			return nil, fmt.Errorf("teredo client: server %v is not a global unicast IPv4 address", s)
-		}
+	if err := checkServers(cfg.Servers, cfg.IPv4Filter); err != nil {
+		return nil, err
 	}
-	if cfg.SecondaryPort != 0 && !cfg.Secondary.IsValid() {
+	if cfg.SecondaryPort != 0 && !cfg.Secondary.IsValid() && len(cfg.Servers) > 0 {
 		cfg.Secondary = cfg.Servers[0]
 	}
 	if cfg.Secondary.IsValid() && !cfg.Secondary.Is4() {
@@ -365,6 +377,10 @@ func New(cfg Config) (*Client, error) {
 		cfg.InboundEchoBurst = DefaultInboundEchoBurst
 	}
 	c := &Client{cfg: cfg, clk: cfg.Clock, log: cfg.Logger, glob: cfg.IPv4Filter, port: cfg.ServerPort}
+	c.servers = slices.Clone(cfg.Servers)
+	if len(c.servers) > 0 {
+		c.primary = c.servers[0]
+	}
 	if _, err := io.ReadFull(cfg.Rand, c.key[:]); err != nil {
 		return nil, fmt.Errorf("teredo client: reading key: %w", err)
 	}
@@ -391,8 +407,61 @@ func (c *Client) Start() error {
 		c.mu.Unlock()
 		return ErrClosed
 	case StateIdle:
-		c.log.Info("teredo client: qualifying", "server", c.cfg.Servers[0])
+		if len(c.servers) == 0 {
+			c.q.offline = true
+			c.emit(Offline{Reason: ErrNoServer})
+			c.backoff(ErrNoServer)
+			break
+		}
+		c.log.Info("teredo client: qualifying", "server", c.servers[0])
 		c.startRound(0)
+	}
+	c.unlock()
+	return nil
+}
+
+func checkServers(servers []netip.Addr, isGlobal proto.IPv4Filter) error {
+	for _, s := range servers {
+		if !s.Is4() || !isGlobal(s) {
+			return fmt.Errorf("teredo client: server %v is not a global unicast IPv4 address", s)
+		}
+	}
+	return nil
+}
+
+// SetServers replaces the server list, for a caller that resolves server
+// names again (see Config.OnBackoff). A client qualified or qualifying
+// with a server keeps it until it fails, then goes on with the new list; a
+// client waiting between cycles starts the next one at the new list's
+// first server, and at once if it had no server at all.
+func (c *Client) SetServers(servers []netip.Addr) error {
+	if err := checkServers(servers, c.glob); err != nil {
+		return err
+	}
+	c.mu.Lock()
+	q := &c.q
+	if slices.Equal(servers, c.servers) || q.state == StateClosed {
+		c.mu.Unlock()
+		return nil
+	}
+	had := len(c.servers) > 0
+	c.servers = slices.Clone(servers)
+	c.log.Info("teredo client: server list changed", "servers", servers)
+	switch {
+	case len(servers) == 0:
+		q.idx, q.tried = 0, 0
+	case q.state == StateIdle:
+		q.idx, q.tried = 0, 0
+	case q.state == StateOffline:
+		q.idx, q.tried = 0, 0
+		if !had {
+			c.startRound(0)
+		}
+	default:
+		// The current server's place in the new list, or -1 (its failure
+		// then leads to the new list's first server and counts for none).
+		q.idx = slices.Index(servers, q.srv)
+		q.tried = min(q.idx, 0)
 	}
 	c.unlock()
 	return nil
@@ -487,10 +556,17 @@ func (c *Client) unlock() {
 	out := c.out
 	c.out = nil
 	ev := len(c.evs) > 0
+	backoffs := c.backoffs
+	c.backoffs = nil
 	c.mu.Unlock()
 	c.send(out)
 	if ev {
 		c.flushEvents()
+	}
+	if c.cfg.OnBackoff != nil {
+		for _, d := range backoffs {
+			c.cfg.OnBackoff(d)
+		}
 	}
 }
 

@@ -3,6 +3,7 @@ package client
 import (
 	"encoding/binary"
 	"errors"
+	"fmt"
 	"io"
 	"net/netip"
 	"time"
@@ -30,9 +31,10 @@ const (
 // qualState is the qualification state machine; guarded by Client.mu.
 type qualState struct {
 	state      State
-	idx        int        // index of the current server in Config.Servers
+	idx        int        // index of the current server in servers; -1 if SetServers dropped it
 	srv        netip.Addr // current server
-	fails      int        // rounds failed since the last RA
+	tried      int        // servers failed in this cycle through the list
+	rounds     int        // cycles failed since the last RA: the backoff's exponent
 	nonce      [8]byte    // of the outstanding RS
 	awaiting   bool       // an RS is outstanding
 	refreshing bool       // the outstanding RS is a refresh while qualified
@@ -107,8 +109,10 @@ func (c *Client) isServerPort(port uint16) bool {
 }
 
 // secondary returns the secondary address and port of the current server.
+// Config.Secondary belongs to the first server of Config.Servers, wherever
+// it is in the list now.
 func (c *Client) secondary() netip.AddrPort {
-	if c.q.idx == 0 && c.cfg.Secondary.IsValid() {
+	if c.cfg.Secondary.IsValid() && c.q.srv == c.primary {
 		port := c.port
 		if c.cfg.SecondaryPort != 0 {
 			port = c.cfg.SecondaryPort
@@ -122,7 +126,7 @@ func (c *Client) secondary() netip.AddrPort {
 func (c *Client) startRound(idx int) {
 	q := &c.q
 	q.idx = idx
-	q.srv = c.cfg.Servers[idx]
+	q.srv = c.servers[idx]
 	q.state = StateQualifying
 	q.refreshing = false
 	c.sendRS(true)
@@ -164,7 +168,11 @@ func (c *Client) onQualTimer() {
 			c.failRound(ErrNoReply)
 		}
 	case StateOffline:
-		c.startRound(q.idx)
+		if len(c.servers) == 0 {
+			c.backoff(ErrNoServer)
+			break
+		}
+		c.startRound(max(q.idx, 0) % len(c.servers))
 	}
 	c.unlock()
 }
@@ -181,22 +189,32 @@ func (c *Client) failRound(reason error) {
 	c.stopNAT()
 	if !q.offline {
 		q.offline = true
-		c.emit(Offline{Reason: reason})
+		c.emit(Offline{Reason: fmt.Errorf("server %v: %w", q.srv, reason)})
 	}
-	q.fails++
-	n := len(c.cfg.Servers)
-	next := (q.idx + 1) % n
-	if q.fails%n != 0 {
-		c.log.Info("teredo client: trying next server", "server", c.cfg.Servers[next])
+	q.tried++
+	n := len(c.servers)
+	if q.tried < n {
+		next := (q.idx + 1) % n
+		c.log.Info("teredo client: trying next server", "server", c.servers[next])
 		c.startRound(next)
 		return
 	}
-	d := MinRetryDelay << min(q.fails/n-1, 5)
-	d = min(d, MaxRetryDelay)
-	q.idx = next
+	q.idx = (q.idx + 1) % n
+	c.backoff(reason)
+}
+
+// backoff waits, offline, before the next cycle through the server list:
+// MinRetryDelay, doubling with each failed cycle up to MaxRetryDelay.
+// Call with c.mu held.
+func (c *Client) backoff(reason error) {
+	q := &c.q
+	q.tried = 0
+	q.rounds++
+	d := min(MinRetryDelay<<min(q.rounds-1, 5), MaxRetryDelay)
 	q.state = StateOffline
-	c.log.Info("teredo client: offline", "retry", d)
+	c.log.Info("teredo client: offline", "retry", d, "reason", reason)
 	c.schedule(&q.timer, d, c.onQualTimer)
+	c.backoffs = append(c.backoffs, d)
 }
 
 // RA validation failures, counted by reason.
@@ -265,7 +283,7 @@ func (c *Client) acceptRA(ra *proto.RA, from netip.AddrPort) error {
 		return errRAServer
 	}
 	c.ctr.ra.Add(1)
-	q.awaiting, q.refreshing, q.fails = false, false, 0
+	q.awaiting, q.refreshing, q.tried, q.rounds = false, false, 0, 0
 	mtu := int(ra.MTU)
 	if mtu == 0 {
 		mtu = proto.MinMTU

@@ -1,6 +1,7 @@
 package client
 
 import (
+	"cmp"
 	"crypto/hmac"
 	"crypto/sha256"
 	"encoding/binary"
@@ -158,7 +159,8 @@ func (c *Client) unreachable(pkt []byte, now time.Time) {
 		c.ctr.drop(dropICMPRateLimit)
 		return
 	}
-	src := proto.ServerLinkLocal(c.cfg.Servers[0])
+	// Before any server is known, 0.0.0.0 stands in for one.
+	src := proto.ServerLinkLocal(cmp.Or(c.primary, netip.IPv4Unspecified()))
 	if l := c.up.Load(); l != nil {
 		src = l.errSrc
 	} else {

@@ -41,11 +41,17 @@ type Network interface {
 	Unreachable(dst netip.Addr) bool
 }
 
-// isClosed reports whether n has been shut down, for networks that can
-// tell (*stack.Stack has a Closed method).
-func isClosed(n any) bool {
-	c, ok := n.(interface{ Closed() bool })
-	return ok && c.Closed()
+// notReady returns why n cannot be used now, for networks that can tell:
+// *stack.Stack's Ready method reports stack.ErrNotQualified before it has
+// an address and net.ErrClosed after Close; others may have only Closed.
+func notReady(n any) error {
+	if r, ok := n.(interface{ Ready() error }); ok {
+		return r.Ready()
+	}
+	if c, ok := n.(interface{ Closed() bool }); ok && c.Closed() {
+		return net.ErrClosed
+	}
+	return nil
 }
 
 // Resolver looks up IP addresses; *net.Resolver implements it.
@@ -85,10 +91,13 @@ func (d *Dialer) Dial(network, address string) (net.Conn, error) {
 // TCP connections are *TCPConn, UDP and ping ones *UDPConn. On a ping
 // socket, each Write sends one ICMPv6 echo request given from its 8-byte
 // header on (type 128; the stack sets the identifier and checksum), and
-// each Read returns one echo reply from its header on.
+// each Read returns one echo reply from its header on. Through a stack
+// that is not qualified (stack.Start returned before it was) it fails at
+// once with the stack's stack.ErrNotQualified, which matches
+// syscall.ENETUNREACH.
 func (d *Dialer) DialContext(ctx context.Context, network, address string) (net.Conn, error) {
-	if isClosed(d.Network) {
-		return nil, &net.OpError{Op: "dial", Net: network, Err: net.ErrClosed}
+	if err := notReady(d.Network); err != nil {
+		return nil, &net.OpError{Op: "dial", Net: network, Err: err}
 	}
 	var proto string
 	switch network {

@@ -27,11 +27,17 @@ type Network interface {
 	Addr() netip.Addr
 }
 
-// isClosed reports whether n has been shut down, for networks that can
-// tell (*stack.Stack has a Closed method).
-func isClosed(n Network) bool {
-	c, ok := n.(interface{ Closed() bool })
-	return ok && c.Closed()
+// notReady returns why n cannot be used now, for networks that can tell:
+// *stack.Stack's Ready method reports stack.ErrNotQualified before it has
+// an address and net.ErrClosed after Close; others may have only Closed.
+func notReady(n Network) error {
+	if r, ok := n.(interface{ Ready() error }); ok {
+		return r.Ready()
+	}
+	if c, ok := n.(interface{ Closed() bool }); ok && c.Closed() {
+		return net.ErrClosed
+	}
+	return nil
 }
 
 // bindAddr parses "[host]:port" for a listener. The socket is bound to the
@@ -80,10 +86,12 @@ var _ net.Listener = (*Listener)(nil)
 
 // Listen listens for TCP connections on network "tcp" or "tcp6" at
 // address ("[::]:port", ":port", or the Teredo address and a port; port 0
-// picks one). Accepted connections are *dialer.TCPConn.
+// picks one). Accepted connections are *dialer.TCPConn. Like a dial, it
+// fails at once with stack.ErrNotQualified through a stack that has no
+// Teredo address yet.
 func Listen(n Network, network, address string) (*Listener, error) {
-	if isClosed(n) {
-		return nil, &net.OpError{Op: "listen", Net: network, Err: net.ErrClosed}
+	if err := notReady(n); err != nil {
+		return nil, &net.OpError{Op: "listen", Net: network, Err: err}
 	}
 	full, err := bindAddr(n, "tcp", network, address)
 	if err != nil {
@@ -134,8 +142,8 @@ func (l *Listener) Addr() net.Addr {
 // ListenPacket opens a UDP socket on network "udp" or "udp6" at address
 // (as for Listen). The result is a *dialer.UDPConn.
 func ListenPacket(n Network, network, address string) (*dialer.UDPConn, error) {
-	if isClosed(n) {
-		return nil, &net.OpError{Op: "listen", Net: network, Err: net.ErrClosed}
+	if err := notReady(n); err != nil {
+		return nil, &net.OpError{Op: "listen", Net: network, Err: err}
 	}
 	full, err := bindAddr(n, "udp", network, address)
 	if err != nil {

@@ -171,7 +171,11 @@ func New(cfg Config) *Table {
 	t := &Table{cfg: cfg, m: make(map[[16]byte]*Peer)}
 	if cfg.Clock != nil {
 		t.epoch = cfg.Clock.Now()
+		// Under t.mu: sweepTick reads t.sweep under it, and may run
+		// before AfterFunc returns.
+		t.mu.Lock()
 		t.sweep = cfg.Clock.AfterFunc(cfg.Expiry/2, t.sweepTick)
+		t.mu.Unlock()
 	} else {
 		t.epoch = time.Now()
 	}

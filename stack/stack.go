@@ -45,8 +45,14 @@ const (
 // Config configures a Stack.
 type Config struct {
 	// Servers are the Teredo servers' primary IPv4 addresses, tried in
-	// order. Required.
+	// order. Servers or ServerNames is required.
 	Servers []netip.Addr
+	// ServerNames are more servers, tried after Servers in order: host
+	// names or IPv4 literals. Names are looked up (one IPv4 address each)
+	// through Resolver when the stack starts and again each time every
+	// server failed, so a server that moves, or a name that did not
+	// resolve at boot, is picked up without a restart.
+	ServerNames []string
 	// Secondary is the second address of Servers[0]; zero means its
 	// address + 1.
 	Secondary netip.Addr
@@ -126,9 +132,10 @@ type Config struct {
 	PortMapping bool
 	PortMap     portmap.Config
 
-	// Resolver resolves names for Dial, DialContext and HTTPClient; nil
-	// means the host's (net.DefaultResolver). teredotest.Internet.Resolver
-	// knows the test hosts' names.
+	// Resolver resolves ServerNames and the names given to Dial,
+	// DialContext and HTTPClient; nil means the host's
+	// (net.DefaultResolver). teredotest.Internet.Resolver knows the test
+	// hosts' names.
 	Resolver dialer.Resolver
 
 	// Clock, Logger and Rand default to the real clock, a discarding
@@ -153,6 +160,10 @@ type Status struct {
 	Discovery DiscoveryStats
 	// PortMap is the port mapping's state; nil when Config.PortMapping is off.
 	PortMap *PortMapStatus `json:",omitempty"`
+	// LastError says why the stack is not qualified: the client's last
+	// Offline reason, or why no server name resolved. Nil while qualified
+	// and before the first failure.
+	LastError error
 }
 
 // Stack is a Teredo IPv6 host. Its methods are safe for concurrent use.
@@ -180,25 +191,47 @@ type Stack struct {
 	closed    bool
 	subs      map[int]func(Event)
 	nextSubID int
+
+	// Qualification as Start follows it: see start.go.
+	names     *nameResolver // nil without Config.ServerNames
+	qualified chan struct{} // closed at the first client.Qualified
+	qualOnce  sync.Once
+	lastErr   error // why not qualified; guarded by mu
+	ready     bool  // the address is in place and the client qualified; guarded by mu
 }
 
-// New opens the socket, qualifies with the configured servers and builds
-// the network stack. It returns once the client is qualified, or with the
-// reason qualification failed when ctx ends.
-func New(ctx context.Context, cfg Config) (*Stack, error) {
-	if len(cfg.Servers) == 0 {
+// Start opens the socket, builds the network stack and starts qualifying
+// with the configured servers, and returns at once: it fails only for
+// local reasons (a bad Config, a socket that cannot be opened). The stack
+// keeps trying every server, backing off, until Close (with PortMapping,
+// Start first waits a few seconds at most for a port mapping), resolving
+// ServerNames again before each cycle; until it is qualified, Dial and
+// Listen through it fail with ErrNotQualified. Subscribe tells when it is
+// qualified (client.Qualified), and Status why it is not yet; events from
+// before a Subscribe are not replayed, so check Ready (or wait on
+// Qualified) after subscribing.
+func Start(cfg Config) (*Stack, error) {
+	if len(cfg.Servers) == 0 && len(cfg.ServerNames) == 0 {
 		return nil, errors.New("stack: no Teredo server configured")
 	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)
 	}
+	if cfg.IPv4Filter == nil {
+		cfg.IPv4Filter = proto.IsGlobalUnicastIPv4
+	}
 	s := &Stack{
-		cfg:    cfg,
-		log:    cfg.Logger,
-		wake:   make(chan struct{}, 1),
-		quit:   make(chan struct{}),
-		evDone: make(chan struct{}),
-		subs:   make(map[int]func(Event)),
+		cfg:       cfg,
+		log:       cfg.Logger,
+		wake:      make(chan struct{}, 1),
+		quit:      make(chan struct{}),
+		evDone:    make(chan struct{}),
+		subs:      make(map[int]func(Event)),
+		qualified: make(chan struct{}),
+	}
+	servers, err := s.initNames()
+	if err != nil {
+		return nil, err
 	}
 	s.conn = cfg.Conn
 	if s.conn == nil {
@@ -209,7 +242,9 @@ func New(ctx context.Context, cfg Config) (*Stack, error) {
 		s.conn = c
 	}
 	if cfg.PortMapping {
-		s.startPortMap(ctx)
+		// The one wait of Start: a mapping first, bounded by
+		// portMapBudget, so that the address carries it.
+		s.startPortMap(context.Background())
 	}
 	s.ep = link.New(s.conn, nil, link.Options{Logger: cfg.Logger, DisableGSO: cfg.DisableGSO, DisableGRO: cfg.DisableGRO})
 	var tr client.Transport = s.conn
@@ -223,13 +258,14 @@ func New(ctx context.Context, cfg Config) (*Stack, error) {
 		Logger:     cfg.Logger,
 		Rand:       cfg.Rand,
 		IPv4Filter: cfg.IPv4Filter,
-		Servers:    cfg.Servers,
+		Servers:    servers,
 		Secondary:  cfg.Secondary,
 		ServerPort: cfg.ServerPort,
 		MaxPeers:   cfg.MaxPeers,
 		ConeProbe:  cfg.ConeProbe,
 		FixedRelay: cfg.FixedRelay,
 		OnEvent:    s.enqueue,
+		OnBackoff:  s.onBackoff,
 
 		LocalDiscovery: cfg.LocalDiscovery,
 		BubbleTTL:      cfg.BubbleTTL,
@@ -245,21 +281,17 @@ func New(ctx context.Context, cfg Config) (*Stack, error) {
 	s.cl = cl
 	s.startDiscovery(proto.Port)
 	s.ep.SetTunnel(cl)
-	s.ep.Start()
-	if err := cl.Start(); err != nil {
+	if err := s.build(); err != nil {
 		s.abort()
+		return nil, err
+	}
+	s.ep.Start()
+	go s.eventLoop()
+	s.startResolver()
+	if err := cl.Start(); err != nil {
+		s.Close()
 		return nil, fmt.Errorf("stack: %w", err)
 	}
-	q, err := s.qualify(ctx)
-	if err != nil {
-		s.abort()
-		return nil, err
-	}
-	if err := s.build(q); err != nil {
-		s.abort()
-		return nil, err
-	}
-	go s.eventLoop()
 	return s, nil
 }
 
@@ -290,37 +322,9 @@ func (s *Stack) dequeue() []Event {
 	return evs
 }
 
-// qualify waits for the first Qualified event.
-func (s *Stack) qualify(ctx context.Context) (client.Qualified, error) {
-	var reason error
-	for {
-		evs := s.dequeue()
-		for i, ev := range evs {
-			switch ev := ev.(type) {
-			case client.Qualified:
-				// Keep what followed for the event loop.
-				s.qmu.Lock()
-				s.queue = append(evs[i+1:len(evs):len(evs)], s.queue...)
-				s.qmu.Unlock()
-				s.log.Info("teredo: qualified", "addr", ev.Addr, "server", ev.Server, "mapped", ev.Mapped)
-				return ev, nil
-			case client.Offline:
-				reason = ev.Reason
-			}
-		}
-		select {
-		case <-s.wake:
-		case <-ctx.Done():
-			if reason == nil {
-				reason = fmt.Errorf("no reply from Teredo server %v", s.cfg.Servers[0])
-			}
-			return client.Qualified{}, fmt.Errorf("stack: not qualified: %w: %w", reason, ctx.Err())
-		}
-	}
-}
-
-// build creates the gVisor stack with the Teredo address.
-func (s *Stack) build(q client.Qualified) error {
+// build creates the gVisor stack; the Teredo address comes with the
+// client.Qualified event.
+func (s *Stack) build() error {
 	ns := gstack.New(gstack.Options{
 		NetworkProtocols:   []gstack.NetworkProtocolFactory{ipv6.NewProtocol},
 		TransportProtocols: []gstack.TransportProtocolFactory{tcp.NewProtocol, udp.NewProtocol, icmp.NewProtocol6},
@@ -354,9 +358,6 @@ func (s *Stack) build(q client.Qualified) error {
 			return fmt.Errorf("stack: TCP option %T: %s", o, err)
 		}
 	}
-	if q.MTU >= proto.MinMTU {
-		s.ep.SetMTU(uint32(q.MTU))
-	}
 	if err := ns.CreateNICWithOptions(NIC, s.ep, gstack.NICOptions{
 		Name:  "teredo",
 		QDisc: fifo.New(s.ep, 1, queueLength),
@@ -364,13 +365,8 @@ func (s *Stack) build(q client.Qualified) error {
 		ns.Destroy()
 		return fmt.Errorf("stack: create NIC: %s", err)
 	}
-	if err := addAddr(ns, q.Addr); err != nil {
-		ns.Destroy()
-		return err
-	}
 	ns.SetRouteTable([]tcpip.Route{{Destination: header.IPv6EmptySubnet, NIC: NIC}})
 	s.ns = ns
-	s.addr = q.Addr
 	return nil
 }
 
@@ -411,11 +407,15 @@ func (s *Stack) eventLoop() {
 func (s *Stack) apply(ev Event) {
 	switch ev := ev.(type) {
 	case client.Qualified:
+		if ev.MTU >= proto.MinMTU {
+			s.ep.SetMTU(uint32(ev.MTU))
+		}
 		s.setAddr(ev.Addr)
+		s.setQualified(ev)
 	case client.AddressChanged:
 		s.setAddr(ev.New)
 	case client.Offline:
-		s.log.Warn("teredo: offline", "reason", ev.Reason)
+		s.setOffline(ev.Reason)
 	}
 	s.mu.Lock()
 	subs := make([]func(Event), 0, len(s.subs))
@@ -440,7 +440,9 @@ func (s *Stack) setAddr(a netip.Addr) {
 	}
 	s.addr = a
 	s.mu.Unlock()
-	s.log.Info("teredo: address changed", "old", old, "new", a)
+	if old.IsValid() {
+		s.log.Info("teredo: address changed", "old", old, "new", a)
+	}
 	if err := addAddr(s.ns, a); err != nil {
 		s.log.Error("teredo: address change", "err", err)
 	}
@@ -489,7 +491,7 @@ func (s *Stack) Addr() netip.Addr {
 
 // Status returns a snapshot of the client and link.
 func (s *Stack) Status() Status {
-	st := Status{Client: s.cl.Status(), Link: s.ep.Stats(), Discovery: s.discoveryStats()}
+	st := Status{Client: s.cl.Status(), Link: s.ep.Stats(), Discovery: s.discoveryStats(), LastError: s.lastError()}
 	st.PortMap = s.portMapStatus(st.Client.Addr)
 	return st
 }
@@ -534,6 +536,7 @@ func (s *Stack) Close() error {
 	s.cl.Close()
 	close(s.quit)
 	<-s.evDone
+	s.stopResolver()
 	// Destroy detaches the link (stopping its reader), closes the queueing
 	// discipline and waits for the protocol goroutines.
 	s.ns.Destroy()

@@ -12,6 +12,7 @@ import (
 	"strings"
 
 	"github.com/teredo-go/teredo/internal/cli"
+	"github.com/teredo-go/teredo/internal/socksd"
 )
 
 // DefaultServer is Miredo's default Teredo server. Public servers come and
@@ -26,35 +27,14 @@ const name = "teredo-socks"
 var envPrefix = cli.EnvPrefix(name)
 
 // Forward exposes a local TCP service on a port of the Teredo address.
-type Forward struct {
-	Port   uint16 // port on the Teredo address
-	Target string // host:port the accepted connections are forwarded to
-}
+type Forward = socksd.Forward
 
-// Config is the parsed command line.
+// Config is the parsed command line: what the serving loop needs, and the
+// command's own switches.
 type Config struct {
-	Listen   string
-	Servers  []string
-	Bind     netip.AddrPort
-	User     string
-	Pass     string
-	IPv4     string // "direct" or "reject"
-	Prefer   string // "ipv4" or "ipv6"
-	Forwards []Forward
-	Status   string
-	Demo     bool
+	socksd.Config
+	Demo bool
 	cli.Common
-	// Teredo client options (stack.Config): PortMap is on by default.
-	PortMap        bool
-	LocalDiscovery bool
-	ConeProbe      bool
-	Secondary      netip.Addr
-
-	// SecondaryPort is the secondary port of a single-address server
-	// (teredo-gateway -secondary-port); zero: none.
-	SecondaryPort uint16
-	// MaxSessions bounds concurrent SOCKS5 sessions (socks5.Server.MaxConns).
-	MaxSessions int
 }
 
 type forwardList []Forward
@@ -116,7 +96,7 @@ func parseConfig(args []string, getenv func(string) string, stderr io.Writer) (*
 		secondary string
 	)
 	fs.StringVar(&c.Listen, "listen", "127.0.0.1:1080", "SOCKS5 listen `address`; a non-loopback address needs -user and -pass")
-	fs.StringVar(&servers, "server", DefaultServer, "Teredo server `host[,host...]`, tried in order")
+	fs.StringVar(&servers, "server", DefaultServer, "Teredo server `host[,host...]`, tried in order, retried with backoff until stopped; names are resolved again before each round")
 	fs.Func("secondary-port", "`port` of a teredo-gateway's -secondary-port on the first server's address, to tell a symmetric NAT from others", func(v string) error {
 		p, err := strconv.ParseUint(v, 10, 16)
 		if err != nil || p == 0 {
@@ -130,8 +110,9 @@ func parseConfig(args []string, getenv func(string) string, stderr io.Writer) (*
 	fs.StringVar(&c.Pass, "pass", "", "SOCKS5 password (RFC 1929)")
 	fs.StringVar(&c.IPv4, "ipv4", "direct", "IPv4 destinations: `direct` through the host, or reject")
 	fs.StringVar(&c.Prefer, "prefer", "ipv4", "family tried first for names with A and AAAA records: `ipv4` or ipv6")
+	fs.StringVar(&c.IPv6, "ipv6", "auto", "IPv6 destinations: `auto` (the host's own IPv6 while it has a global route, Teredo otherwise; checked every 30 s), teredo, or direct (the host's only)")
 	fs.Var(&fwds, "forward", "accept TCP on the Teredo address's `PORT=HOST:PORT` and forward it (repeatable)")
-	fs.StringVar(&c.Status, "status", "", "serve GET /status (JSON) and /metrics (Prometheus) on `address`; no authentication, so keep it on loopback")
+	fs.StringVar(&c.Status, "status", "", "serve GET /status (JSON), /healthz (200 while IPv6 works, else 503) and /metrics (Prometheus) on `address`; no authentication, so keep it on loopback")
 	fs.IntVar(&c.MaxSessions, "max-sessions", socks5.DefaultMaxConns, "most concurrent SOCKS5 sessions; more are closed at once")
 	fs.BoolVar(&c.Demo, "demo", false, "run against a built-in in-process Teredo internet (no root, no network)")
 	c.Common.Register(fs)
@@ -208,6 +189,18 @@ func parseConfig(args []string, getenv func(string) string, stderr io.Writer) (*
 	case "ipv4", "ipv6":
 	default:
 		return nil, fmt.Errorf("%s %q: want ipv4 or ipv6", name("prefer"), c.Prefer)
+	}
+	switch c.IPv6 {
+	case "auto", "teredo":
+	case "direct":
+		if len(c.Forwards) > 0 {
+			return nil, fmt.Errorf("-forward listens on the Teredo address, which %s direct does not have", name("ipv6"))
+		}
+		if c.Demo {
+			return nil, fmt.Errorf("-demo needs Teredo; %s direct turns it off", name("ipv6"))
+		}
+	default:
+		return nil, fmt.Errorf("%s %q: want auto, teredo or direct", name("ipv6"), c.IPv6)
 	}
 	if (c.User == "") != (c.Pass == "") {
 		return nil, errors.New("-user and -pass go together")

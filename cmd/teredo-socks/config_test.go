@@ -28,7 +28,7 @@ func TestParseConfig(t *testing.T) {
 			}
 		}},
 		{name: "env", env: map[string]string{"TEREDO_SOCKS_LISTEN": "[::1]:9050", "TEREDO_SOCKS_PREFER": "ipv6", "TEREDO_SOCKS_FORWARD": "80=127.0.0.1:8080,22=localhost:22", "TEREDO_SOCKS_V": "true"}, check: func(t *testing.T, c *Config) {
-			if c.Listen != "[::1]:9050" || c.Prefer != "ipv6" || !c.Verbose || len(c.Forwards) != 2 || c.Forwards[1] != (Forward{22, "localhost:22"}) {
+			if c.Listen != "[::1]:9050" || c.Prefer != "ipv6" || !c.Verbose || len(c.Forwards) != 2 || c.Forwards[1] != (Forward{Port: 22, Target: "localhost:22"}) {
 				t.Fatalf("%+v", c)
 			}
 		}},
@@ -48,6 +48,18 @@ func TestParseConfig(t *testing.T) {
 		{name: "max sessions zero", args: []string{"-max-sessions", "0"}, wantErr: "at least 1"},
 		{name: "bad ipv4 mode", args: []string{"-ipv4", "maybe"}, wantErr: "direct or reject"},
 		{name: "bad prefer", args: []string{"-prefer", "ipv5"}, wantErr: "ipv4 or ipv6"},
+		{name: "ipv6 auto by default", check: func(t *testing.T, c *Config) {
+			if c.IPv6 != "auto" {
+				t.Fatalf("-ipv6 %q", c.IPv6)
+			}
+		}},
+		{name: "ipv6 from env", env: map[string]string{"TEREDO_SOCKS_IPV6": "direct"}, check: func(t *testing.T, c *Config) {
+			if c.IPv6 != "direct" {
+				t.Fatalf("-ipv6 %q", c.IPv6)
+			}
+		}},
+		{name: "bad ipv6", args: []string{"-ipv6", "native"}, wantErr: "auto, teredo or direct"},
+		{name: "forward needs teredo", args: []string{"-ipv6", "direct", "-forward", "80=a:1"}, wantErr: "Teredo address"},
 		{name: "bad bind", args: []string{"-bind", "[::1]:80"}, wantErr: "IPv4:port"},
 		{name: "bad forward", args: []string{"-forward", "80"}, wantErr: "PORT=HOST:PORT"},
 		{name: "bad forward port", args: []string{"-forward", "0=a:1"}, wantErr: "bad port"},

@@ -10,6 +10,7 @@ import (
 	"net/netip"
 	"strings"
 
+	"github.com/teredo-go/teredo/internal/socksd"
 	"github.com/teredo-go/teredo/stack"
 	"github.com/teredo-go/teredo/teredotest"
 )
@@ -89,50 +90,38 @@ func addDemoHost(in *teredotest.Internet) error {
 	return nil
 }
 
-// demoStarter qualifies against a fresh in-process Teredo internet: no
-// root, no network.
-func demoStarter(cfg *Config, log *slog.Logger) startFunc {
-	return func(ctx context.Context, onEvent func(stackEvent)) (teredoNet, error) {
+// demoStarter starts a stack against a fresh in-process Teredo internet:
+// no root, no network. The internet closes with the stack.
+func demoStarter(cfg *Config, log *slog.Logger) socksd.StartFunc {
+	return func(ctx context.Context, onEvent func(socksd.Event)) (socksd.Teredo, error) {
 		in, err := startDemoInternet(log.With("demo", true))
 		if err != nil {
 			return nil, err
 		}
-		n, err := internetStarter(in, cfg.Bind, log)(ctx, onEvent)
+		t, err := internetStarter(in, cfg.Bind, log, in.Close)(ctx, onEvent)
 		if err != nil {
 			in.Close()
 			return nil, err
 		}
-		n.(*stackNet).extra = in.Close
-		return n, nil
+		return t, nil
 	}
 }
 
-// internetStarter qualifies with in's server from a socket at bind (any
-// free loopback port if zero). The caller keeps in.
-func internetStarter(in *teredotest.Internet, bind netip.AddrPort, log *slog.Logger) startFunc {
-	return func(ctx context.Context, onEvent func(stackEvent)) (teredoNet, error) {
-		if !bind.IsValid() {
-			bind = netip.MustParseAddrPort("127.0.0.1:0")
-		}
-		qctx, cancel := context.WithTimeout(ctx, qualifyTimeout)
-		defer cancel()
-		s, err := stack.New(qctx, stack.Config{
-			Servers:    in.Servers(),
-			Secondary:  in.SecondaryAddr(),
-			LocalAddr:  bind,
-			IPv4Filter: in.IPv4Filter(),
-			Logger:     log,
-		})
-		if err != nil {
-			if ctx.Err() != nil {
-				return nil, err
-			}
-			return nil, fmt.Errorf("demo: the in-process Teredo server did not qualify us: %w", err)
-		}
-		names := map[netip.Addr]string{}
-		for _, a := range in.Servers() {
-			names[a] = "demo server"
-		}
-		return newStackNet(s, names, onEvent, nil), nil
+// internetStarter starts a stack with in's server from a socket at bind
+// (any free loopback port if zero); closeAlso runs after it closes.
+func internetStarter(in *teredotest.Internet, bind netip.AddrPort, log *slog.Logger, closeAlso func() error) socksd.StartFunc {
+	if !bind.IsValid() {
+		bind = netip.MustParseAddrPort("127.0.0.1:0")
 	}
+	names := map[netip.Addr]string{}
+	for _, a := range in.Servers() {
+		names[a] = "demo server"
+	}
+	return socksd.StackStarter(stack.Config{
+		Servers:    in.Servers(),
+		Secondary:  in.SecondaryAddr(),
+		LocalAddr:  bind,
+		IPv4Filter: in.IPv4Filter(),
+		Logger:     log,
+	}, names, closeAlso)
 }

@@ -19,6 +19,7 @@ import (
 	"time"
 
 	"github.com/teredo-go/teredo/internal/metrics"
+	"github.com/teredo-go/teredo/internal/socksd"
 	"github.com/teredo-go/teredo/socks5"
 	"github.com/teredo-go/teredo/teredotest"
 )
@@ -100,14 +101,15 @@ func startProxy(t *testing.T, in *teredotest.Internet, table map[string][]string
 	}
 	p := &proxy{in: in, out: newLineWriter()}
 	log := slog.New(slog.NewTextHandler(testLogWriter{t}, &slog.HandlerOptions{Level: slog.LevelDebug}))
-	e := hostEnv(p.out, p.out, log)
-	e.start = internetStarter(in, netip.AddrPort{}, log)
-	e.lookup = demoLookup(fakeLookup(table))
-	e.hint = demoHint
+	e := socksd.HostEnv(p.out, p.out, log)
+	e.Start = internetStarter(in, netip.AddrPort{}, log, nil)
+	e.Lookup = demoLookup(fakeLookup(table))
+	e.Hint = demoHint
+	e.NativeIPv6 = func() bool { return false } // the hosts are in, not on this host's network
 
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan int, 1)
-	go func() { done <- run(ctx, cfg, e) }()
+	go func() { done <- socksd.Run(ctx, &cfg.Config, e) }()
 	t.Cleanup(func() {
 		cancel()
 		select {
@@ -123,6 +125,46 @@ func startProxy(t *testing.T, in *teredotest.Internet, table map[string][]string
 	p.teredo, p.listen = netip.MustParseAddr(m[1]), m[2]
 	p.status = p.out.wait(t, statusRe, time.Second)[1]
 	return p
+}
+
+// fakeLookup answers from a table, as a DNS with A and AAAA records would.
+func fakeLookup(table map[string][]string) func(ctx context.Context, network, host string) ([]netip.Addr, error) {
+	return func(ctx context.Context, network, host string) ([]netip.Addr, error) {
+		recs, ok := table[host]
+		if !ok {
+			return nil, &net.DNSError{Err: "no such host", Name: host, IsNotFound: true}
+		}
+		var out []netip.Addr
+		for _, r := range recs {
+			a := netip.MustParseAddr(r)
+			if network == "ip" || (network == "ip4") == a.Is4() {
+				out = append(out, a)
+			}
+		}
+		return out, nil
+	}
+}
+
+// udpEcho answers every datagram on a loopback socket of network and
+// returns its address.
+func udpEcho(t *testing.T, network, addr string) netip.AddrPort {
+	t.Helper()
+	pc, err := net.ListenPacket(network, addr)
+	if err != nil {
+		t.Skipf("no %s loopback here: %v", network, err)
+	}
+	t.Cleanup(func() { pc.Close() })
+	go func() {
+		buf := make([]byte, 2048)
+		for {
+			n, from, err := pc.ReadFrom(buf)
+			if err != nil {
+				return
+			}
+			pc.WriteTo(buf[:n], from)
+		}
+	}()
+	return pc.LocalAddr().(*net.UDPAddr).AddrPort()
 }
 
 // testLogWriter sends the command's log to t.Log, so it shows on failure.
@@ -409,21 +451,21 @@ func startTCPEcho(t *testing.T) *tcpEchoServer {
 }
 
 // TestRunFailures covers the exits before serving: a busy port and a
-// stack that cannot qualify.
+// stack that cannot start (its socket cannot be opened).
 func TestRunFailures(t *testing.T) {
 	busy, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer busy.Close()
-	qualifyErr := errors.New("Teredo server 192.0.2.1 did not answer")
+	startErr := errors.New("cannot start the Teredo client: address already in use")
 	for _, tt := range []struct {
 		name, listen string
-		start        startFunc
+		start        socksd.StartFunc
 		want         string
 	}{
 		{"busy port", busy.Addr().String(), nil, "cannot listen for SOCKS5"},
-		{"no qualification", "127.0.0.1:0", func(context.Context, func(stackEvent)) (teredoNet, error) { return nil, qualifyErr }, qualifyErr.Error()},
+		{"no socket", "127.0.0.1:0", func(context.Context, func(socksd.Event)) (socksd.Teredo, error) { return nil, startErr }, startErr.Error()},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			cfg, err := parseConfig([]string{"-listen", tt.listen}, func(string) string { return "" }, io.Discard)
@@ -432,9 +474,9 @@ func TestRunFailures(t *testing.T) {
 			}
 			out := newLineWriter()
 			var stdout bytes.Buffer
-			e := hostEnv(&stdout, out, slog.New(slog.DiscardHandler))
-			e.start = tt.start
-			if code := run(context.Background(), cfg, e); code != 1 {
+			e := socksd.HostEnv(&stdout, out, slog.New(slog.DiscardHandler))
+			e.Start = tt.start
+			if code := socksd.Run(context.Background(), &cfg.Config, e); code != 1 {
 				t.Errorf("exit %d, want 1", code)
 			}
 			out.wait(t, regexp.MustCompile(regexp.QuoteMeta(tt.want)), time.Second)

@@ -1,46 +1,13 @@
 package main
 
 import (
-	"context"
-	"encoding/json"
 	"io"
 	"log/slog"
 	"net/netip"
-	"strings"
 	"testing"
-	"time"
 
-	"github.com/teredo-go/teredo/portmap"
-	"github.com/teredo-go/teredo/proto"
-	"github.com/teredo-go/teredo/stack"
+	"github.com/teredo-go/teredo/internal/socksd"
 )
-
-func TestPortMapJSON(t *testing.T) {
-	if portMapJSONOf(nil) != nil {
-		t.Fatal("port mapping off must leave portmap out of /status")
-	}
-	st := &stack.PortMapStatus{InAddress: true}
-	st.Mapping = portmap.Mapping{Protocol: portmap.PCP, External: netip.MustParseAddrPort("198.18.0.12:3544"), Lifetime: time.Hour}
-	st.Expires = time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC)
-	st.Renewals = 2
-	st.LastError = "renew pcp: timeout"
-	st.Attempts = []portmap.Attempt{{Protocol: portmap.PCP}}
-	src := testStatusSource()
-	inner := src.teredo
-	src.teredo = func() teredoStatus {
-		t := inner()
-		t.PortMap = portMapJSONOf(st)
-		return t
-	}
-	b, err := json.Marshal(src.snapshot())
-	if err != nil {
-		t.Fatal(err)
-	}
-	want := `"portmap":{"protocol":"pcp","external":"198.18.0.12:3544","lifetime_seconds":3600,"expires":"2026-01-02T03:04:05Z","in_address":true,"renewals":2,"last_error":"renew pcp: timeout","tried":{"pcp":"ok"}}`
-	if !strings.Contains(string(b), want) {
-		t.Fatalf("status JSON\n%s\nlacks\n%s", b, want)
-	}
-}
 
 // TestRealStartClientOptions: the client flags reach stack.Config.
 func TestRealStartClientOptions(t *testing.T) {
@@ -49,24 +16,7 @@ func TestRealStartClientOptions(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	var got stack.Config
-	r := realStart{
-		cfg:       cfg,
-		log:       slog.New(slog.DiscardHandler),
-		lookup:    fakeLookup(nil),
-		perServer: time.Millisecond,
-		tune: func(c *stack.Config) {
-			got = *c
-			// Nothing leaves loopback: no port mapping, no discovery, a
-			// server port nobody listens on.
-			c.PortMapping, c.LocalDiscovery = false, false
-			c.ServerPort, c.IPv4Filter = 9, proto.AnyIPv4
-			c.LocalAddr = netip.MustParseAddrPort("127.0.0.1:0")
-		},
-	}
-	if _, err := r.start(context.Background(), func(stackEvent) {}); err == nil {
-		t.Fatal("qualified with no server")
-	}
+	got := socksd.StackConfig(&cfg.Config, slog.New(slog.DiscardHandler), fakeLookup(nil))
 	if !got.PortMapping || !got.LocalDiscovery || !got.ConeProbe || got.Secondary != netip.MustParseAddr("127.0.0.9") {
 		t.Fatalf("stack.Config %+v", got)
 	}

@@ -17,6 +17,7 @@ import (
 	"github.com/teredo-go/teredo/dialer"
 	"github.com/teredo-go/teredo/gateway"
 	"github.com/teredo-go/teredo/gateway/ndproxy"
+	"github.com/teredo-go/teredo/happyeyeballs"
 	"github.com/teredo-go/teredo/link"
 	"github.com/teredo-go/teredo/link/linktest"
 	"github.com/teredo-go/teredo/listener"
@@ -116,6 +117,12 @@ func run() error {
 	d := dialer.New(n)
 	_ = func() (*listener.Listener, error) { return listener.Listen(s, "tcp", ":80") }
 	_ = &socks5.Server{Dial: d.DialContext}
+
+	// A stack that returns before qualification, and IPv6 through it
+	// raced against IPv4 through the host.
+	_ = func() (*stack.Stack, error) { return stack.Start(stack.Config{ServerNames: []string{"teredo.example.net"}}) }
+	he := &happyeyeballs.Dialer{Dial6: happyeyeballs.FromDialContext(d.DialContext), Clock: clk}
+	_ = &socks5.Server{Dial: he.DialContext, Resolve: he.Resolve}
 
 	// The Stack as a network (tsnet style).
 	_ = func() error {

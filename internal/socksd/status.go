@@ -1,4 +1,4 @@
-package main
+package socksd
 
 import (
 	"encoding/json"
@@ -13,17 +13,19 @@ import (
 	"github.com/teredo-go/teredo/socks5"
 )
 
-// teredoStatus is a snapshot of the Teredo side, in the command's terms, so
+// TeredoStatus is a snapshot of the Teredo side, in the command's terms, so
 // that the status page does not follow every change of the stack's API.
-type teredoStatus struct {
-	State  string // "qualifying", "qualified", "offline", "closed"
-	Addr   netip.Addr
-	Public netip.Addr // seen by the IPv6 internet behind a teredo-gateway; zero otherwise
-	Server netip.Addr
-	Mapped netip.AddrPort
-	NAT    string // "unknown", "restricted", "symmetric", "cone"
-	Peers  int
-	MTU    int
+type TeredoStatus struct {
+	State string // "qualifying", "qualified", "offline", "closed", "disabled"
+	// LastError says why the stack is not qualified; empty while it is.
+	LastError string
+	Addr      netip.Addr
+	Public    netip.Addr // seen by the IPv6 internet behind a teredo-gateway; zero otherwise
+	Server    netip.Addr
+	Mapped    netip.AddrPort
+	NAT       string // "unknown", "restricted", "symmetric", "cone"
+	Peers     int
+	MTU       int
 	// Counters are cumulative packet counts by name (snake_case), Drops
 	// the client's discarded packets by reason.
 	Counters map[string]uint64
@@ -34,9 +36,11 @@ type teredoStatus struct {
 
 // statusSource gathers what /status and /metrics show.
 type statusSource struct {
-	teredo     func() teredoStatus
+	teredo     func() TeredoStatus
 	socks      func() socks5.Stats
 	serverName func(netip.Addr) string // the -server name an address came from
+	ipv6Path   func() string           // "teredo" or "native"; nil means "teredo"
+	nativeUp   func() bool             // the native path has a route; nil means yes
 	listen     string
 	started    time.Time
 	now        func() time.Time
@@ -46,9 +50,13 @@ type statusSource struct {
 // opens with (state, version, uptime_seconds, counters, drops), then the
 // proxy's own.
 type statusJSON struct {
-	State   string  `json:"state"`
-	Version string  `json:"version"`
-	Uptime  float64 `json:"uptime_seconds"`
+	State string `json:"state"`
+	// LastError says why the stack is not qualified; IPv6Path is
+	// "teredo" or "native" (-ipv6).
+	LastError string  `json:"last_error"`
+	IPv6Path  string  `json:"ipv6_path"`
+	Version   string  `json:"version"`
+	Uptime    float64 `json:"uptime_seconds"`
 	// Counters are the client's, keyed as clientKeys says for those in
 	// the shared model and by their own name for the rest (link, TCP);
 	// Drops the client's drops by reason.
@@ -95,7 +103,7 @@ var clientKeys = map[string]metrics.Key{
 // clientCounters splits the client's counters into those of the shared
 // model, keyed by metrics.Key.StatusKey, and the rest; drops become
 // Dropped keys. keys and values are sorted by status key.
-func clientCounters(t teredoStatus) (keys []metrics.Key, values []uint64, other map[string]uint64) {
+func clientCounters(t TeredoStatus) (keys []metrics.Key, values []uint64, other map[string]uint64) {
 	other = map[string]uint64{}
 	byKey := map[string]int{}
 	add := func(k metrics.Key, v uint64) {
@@ -172,17 +180,22 @@ func (s *statusSource) snapshot() statusJSON {
 	t := s.teredo()
 	st := s.socks()
 	out := statusJSON{
-		State:   t.State,
-		Version: metrics.Build().Version,
-		Uptime:  s.now().Sub(s.started).Seconds(),
-		Address: addrString(t.Addr),
-		Public:  addrString(t.Public),
-		Server:  addrString(t.Server),
-		Mapped:  addrString(t.Mapped),
-		NAT:     t.NAT,
-		Peers:   t.Peers,
-		MTU:     t.MTU,
-		Listen:  s.listen,
+		State:     t.State,
+		LastError: t.LastError,
+		IPv6Path:  "teredo",
+		Version:   metrics.Build().Version,
+		Uptime:    s.now().Sub(s.started).Seconds(),
+		Address:   addrString(t.Addr),
+		Public:    addrString(t.Public),
+		Server:    addrString(t.Server),
+		Mapped:    addrString(t.Mapped),
+		NAT:       t.NAT,
+		Peers:     t.Peers,
+		MTU:       t.MTU,
+		Listen:    s.listen,
+	}
+	if s.ipv6Path != nil {
+		out.IPv6Path = s.ipv6Path()
 	}
 	out.Goroutines = runtime.NumGoroutine()
 	out.PortMap = t.PortMap
@@ -211,9 +224,37 @@ func (s *statusSource) snapshot() statusJSON {
 	return out
 }
 
-// handler serves GET /status (JSON) and GET /metrics (Prometheus text).
+// healthy reports whether IPv6 works through the path in use, with a
+// one-line reason.
+func (s *statusSource) healthy() (bool, string) {
+	st := s.snapshot()
+	switch {
+	case st.IPv6Path == "native" && s.nativeUp != nil && !s.nativeUp():
+		return false, "no global IPv6 route on the host"
+	case st.IPv6Path == "native":
+		return true, "ok: IPv6 through the host"
+	case st.State == "qualified":
+		return true, "ok: IPv6 through Teredo"
+	case st.LastError != "":
+		return false, st.State + ": " + st.LastError
+	}
+	return false, st.State
+}
+
+// handler serves GET /status (JSON), GET /healthz (200 while IPv6 works,
+// 503 otherwise, with a one-line body for people and probes) and GET
+// /metrics (Prometheus text).
 func (s *statusSource) handler() http.Handler {
 	mux := http.NewServeMux()
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+		w.Header().Set("Cache-Control", "no-store")
+		ok, why := s.healthy()
+		if !ok {
+			w.WriteHeader(http.StatusServiceUnavailable)
+		}
+		fmt.Fprintln(w, why)
+	})
 	mux.HandleFunc("GET /status", func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Content-Type", "application/json")
 		enc := json.NewEncoder(w)
@@ -241,6 +282,11 @@ func (s *statusSource) writeMetrics(w *metrics.Writer) {
 		qualified = 1
 	}
 	w.Gauge("teredo_socks_qualified", "Whether the Teredo client has an address (1) or not (0).", qualified)
+	native := 0.0
+	if st.IPv6Path == "native" {
+		native = 1
+	}
+	w.Gauge("teredo_socks_ipv6_native", "Whether IPv6 goes through the host's own route (1) or through Teredo (0), per -ipv6.", native)
 	w.Header("teredo_socks_info", "The Teredo address, server, mapped endpoint and NAT type, as labels.", metrics.Gauge)
 	w.Sample("teredo_socks_info", 1, "state", st.State, "address", st.Address, "server", st.Server, "mapped", st.Mapped, "nat", st.NAT)
 	w.Gauge("teredo_socks_peers", "Entries in the Teredo peer list.", float64(st.Peers))

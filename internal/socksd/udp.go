@@ -1,19 +1,26 @@
-package main
+package socksd
 
 import (
+	"context"
 	"errors"
+	"fmt"
+	"log/slog"
 	"net"
 	"net/netip"
 	"os"
 	"sync"
 	"time"
+
+	"github.com/teredo-go/teredo/socks5"
 )
 
 // splitConn is the outbound socket of one UDP association: IPv6
-// destinations leave through the Teredo stack's socket, IPv4 ones through
-// the host's (or are refused when there is none). Reads merge both.
+// destinations leave through the Teredo stack's socket (or the host's
+// native IPv6 one), IPv4 ones through the host's (or are refused when
+// there is none). Reads merge both.
 type splitConn struct {
-	v6, v4 net.PacketConn // v4 is nil under -ipv4 reject
+	v6, v4 net.PacketConn // v4 is nil under -ipv4 reject; v6 while not qualified
+	v6Err  error          // why v6 is nil
 
 	in   chan packet   // a reader's datagram, handed over without copying
 	done chan struct{} // closed by Close
@@ -32,6 +39,33 @@ type packet struct {
 	from     net.Addr
 	err      error
 	consumed chan<- struct{}
+}
+
+// listenSplit opens an association's sockets. Without an IPv6 socket (Teredo
+// not qualified yet) the association still carries IPv4, and its IPv6
+// datagrams fail with the reason (network unreachable); without IPv4
+// either, it fails.
+func listenSplit(ctx context.Context, listen6, listen4 func(context.Context) (net.PacketConn, error), log *slog.Logger) (net.PacketConn, error) {
+	v6, err6 := listen6(ctx)
+	if err6 != nil && listen4 == nil {
+		return nil, fmt.Errorf("IPv6 UDP socket: %w", err6)
+	}
+	var v4 net.PacketConn
+	if listen4 != nil {
+		var err error
+		if v4, err = listen4(ctx); err != nil {
+			if v6 != nil {
+				v6.Close()
+			}
+			return nil, fmt.Errorf("host UDP socket: %w", err)
+		}
+	}
+	c := newSplitConn(v6, v4)
+	if err6 != nil {
+		log.Debug("UDP association without IPv6", "err", err6)
+		c.v6Err = fmt.Errorf("IPv6 UDP socket: %w", err6)
+	}
+	return c, nil
 }
 
 func newSplitConn(v6, v4 net.PacketConn) *splitConn {
@@ -127,9 +161,12 @@ func (c *splitConn) WriteTo(b []byte, addr net.Addr) (int, error) {
 	}
 	if ap.Addr().Is4() {
 		if c.v4 == nil {
-			return 0, notAllowed("IPv4 destination %s (-ipv4 reject)", ap)
+			return 0, fmt.Errorf("%w: IPv4 destination %s (-ipv4 reject)", socks5.ErrNotAllowed, ap)
 		}
 		return c.v4.WriteTo(b, net.UDPAddrFromAddrPort(ap))
+	}
+	if c.v6 == nil {
+		return 0, c.v6Err
 	}
 	return c.v6.WriteTo(b, addr)
 }
@@ -154,7 +191,9 @@ func (c *splitConn) Close() error {
 	var err error
 	c.once.Do(func() {
 		close(c.done)
-		err = c.v6.Close()
+		if c.v6 != nil {
+			err = c.v6.Close()
+		}
 		if c.v4 != nil {
 			err = errors.Join(err, c.v4.Close())
 		}
@@ -163,9 +202,14 @@ func (c *splitConn) Close() error {
 	return err
 }
 
-// LocalAddr is the Teredo side's: that is the address this proxy gives its
-// users.
-func (c *splitConn) LocalAddr() net.Addr { return c.v6.LocalAddr() }
+// LocalAddr is the IPv6 side's, the address this proxy gives its users,
+// or the IPv4 side's without one.
+func (c *splitConn) LocalAddr() net.Addr {
+	if c.v6 == nil {
+		return c.v4.LocalAddr()
+	}
+	return c.v6.LocalAddr()
+}
 
 func (c *splitConn) SetDeadline(t time.Time) error {
 	c.SetReadDeadline(t)
@@ -182,7 +226,10 @@ func (c *splitConn) SetReadDeadline(t time.Time) error {
 }
 
 func (c *splitConn) SetWriteDeadline(t time.Time) error {
-	err := c.v6.SetWriteDeadline(t)
+	var err error
+	if c.v6 != nil {
+		err = c.v6.SetWriteDeadline(t)
+	}
 	if c.v4 != nil {
 		err = errors.Join(err, c.v4.SetWriteDeadline(t))
 	}

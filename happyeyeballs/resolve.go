@@ -1,4 +1,4 @@
-package main
+package happyeyeballs
 
 import (
 	"context"
@@ -12,10 +12,10 @@ import (
 	"github.com/teredo-go/teredo/clock"
 )
 
-// resolutionDelay is how long addresses of the less preferred family wait
-// for the preferred family's answer before they may be used (RFC 8305 §3
-// recommends 50 ms).
-const resolutionDelay = 50 * time.Millisecond
+// DefaultResolutionDelay is how long addresses of the less preferred
+// family wait for the preferred family's answer before they may be used
+// (RFC 8305 §3 recommends 50 ms).
+const DefaultResolutionDelay = 50 * time.Millisecond
 
 // familyAnswer is what one of a name's two lookups returned.
 type familyAnswer struct {
@@ -45,26 +45,27 @@ type resolution struct {
 	v4, v6   []netip.Addr      // not handed out yet
 	given    int               // addresses handed out
 	last6    bool              // family of the last address handed out
-	refused4 bool              // IPv4 addresses were dropped under -ipv4 reject
+	refused4 bool              // IPv4 addresses were dropped for want of Dial4
 	errs     [2]error          // lookup errors: preferred family's, other's
 	timer    clock.Timer       // the resolution delay
 	delayed  chan struct{}     // closed when the resolution delay ends; nil when none runs
 }
 
-// resolve starts resolving host under the -ipv4 and -prefer policies. An
-// IP literal is its own answer. Under -ipv4 reject the A lookup still runs,
+// resolve starts resolving host under the Dial4 and PreferIPv6 policies. An
+// IP literal is its own answer. Without Dial4 the A lookup still runs,
 // so that a name with only IPv4 addresses is refused as such rather than
 // reported missing. The lookups end with ctx.
-func (r *router) resolve(ctx context.Context, host string) (*resolution, error) {
-	delay := r.resDelay
-	if delay == 0 {
-		delay = resolutionDelay
+func (r *Dialer) resolve(ctx context.Context, host string) (*resolution, error) {
+	delay := r.ResolutionDelay
+	if delay <= 0 {
+		delay = DefaultResolutionDelay
 	}
-	res := &resolution{host: host, pref6: r.preferV6 || !r.direct, direct: r.direct, clock: r.clock, delay: delay}
+	direct := r.Dial4 != nil
+	res := &resolution{host: host, pref6: r.PreferIPv6 || !direct, direct: direct, clock: r.clock(), delay: delay}
 	if ip, err := netip.ParseAddr(host); err == nil {
 		ip = ip.Unmap()
-		if ip.Is4() && !r.direct {
-			return nil, notAllowed("IPv4 destination %s (-ipv4 reject)", ip)
+		if ip.Is4() && !direct {
+			return nil, refused("IPv4 destination %s", ip)
 		}
 		res.add(ip)
 		res.ready = true
@@ -219,7 +220,7 @@ func (res *resolution) err(ctxErr error) error {
 	switch len(failed) {
 	case 0:
 		if res.refused4 {
-			return notAllowed("%s has only IPv4 addresses (-ipv4 reject)", res.host)
+			return refused("%s has only IPv4 addresses", res.host)
 		}
 		return &net.DNSError{Err: "no such host", Name: res.host, IsNotFound: true}
 	case 1:

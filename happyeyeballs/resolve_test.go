@@ -1,4 +1,4 @@
-package main
+package happyeyeballs
 
 import (
 	"context"
@@ -95,20 +95,20 @@ func TestResolutionDelay(t *testing.T) {
 			script: func(t *testing.T, lk *gatedLookup, fc *clock.Fake) {
 				lk.answer(t, "ip4", nil)
 				waitPending(t, fc, 1)
-				fc.Advance(resolutionDelay - time.Millisecond)
+				fc.Advance(DefaultResolutionDelay - time.Millisecond)
 				lk.answer(t, "ip6", nil)
 			},
-			first: "2001:db8::1", firstAt: resolutionDelay - time.Millisecond,
+			first: "2001:db8::1", firstAt: DefaultResolutionDelay - time.Millisecond,
 		},
 		{
 			name: "AAAA never answers",
 			script: func(t *testing.T, lk *gatedLookup, fc *clock.Fake) {
 				lk.answer(t, "ip4", nil)
 				waitPending(t, fc, 1)
-				fc.Advance(resolutionDelay - time.Millisecond)
+				fc.Advance(DefaultResolutionDelay - time.Millisecond)
 				fc.Advance(time.Millisecond)
 			},
-			first: "192.0.2.1", firstAt: resolutionDelay,
+			first: "192.0.2.1", firstAt: DefaultResolutionDelay,
 		},
 		{
 			name: "AAAA fails after A",
@@ -143,11 +143,11 @@ func TestResolutionDelay(t *testing.T) {
 				"2001:db8::1": p.succeed, "192.0.2.1": p.succeed,
 			}}
 			lk := newGatedLookup(dnsTable)
-			r := &router{dial4: d.dial, dial6: d.dial, lookup: lk.lookup, direct: true, preferV6: true, clock: fc}
+			r := &Dialer{Dial4: d.dial, Dial6: d.dial, Lookup: lk.lookup, PreferIPv6: true, Clock: fc}
 			ctx := testCtx(t)
 			out := make(chan dialOutcome, 1)
 			go func() {
-				c, err := r.Dial(ctx, "tcp", "both.example:80")
+				c, err := r.DialContext(ctx, "tcp", "both.example:80")
 				out <- dialOutcome{c, err}
 			}()
 			tt.script(t, lk, fc)
@@ -183,11 +183,11 @@ func TestResolutionDelayPreferIPv4(t *testing.T) {
 		"2001:db8::1": p.succeed, "192.0.2.1": p.succeed,
 	}}
 	lk := newGatedLookup(dnsTable)
-	r := &router{dial4: d.dial, dial6: d.dial, lookup: lk.lookup, direct: true, clock: fc}
+	r := &Dialer{Dial4: d.dial, Dial6: d.dial, Lookup: lk.lookup, Clock: fc}
 	ctx := testCtx(t)
 	out := make(chan dialOutcome, 1)
 	go func() {
-		c, err := r.Dial(ctx, "tcp", "both.example:80")
+		c, err := r.DialContext(ctx, "tcp", "both.example:80")
 		out <- dialOutcome{c, err}
 	}()
 	lk.answer(t, "ip6", nil)
@@ -231,13 +231,13 @@ func TestLookupFailures(t *testing.T) {
 			fail := func(_ context.Context, _ string, dst netip.AddrPort) (net.Conn, error) {
 				return nil, fmt.Errorf("dialed %v", dst)
 			}
-			r := &router{dial4: fail, dial6: fail, lookup: lookup, direct: tt.direct, clock: clock.NewFake(time.Unix(0, 0))}
+			r := &Dialer{Dial4: dial4If(tt.direct, fail), Dial6: fail, Lookup: lookup, Clock: clock.NewFake(time.Unix(0, 0))}
 			ctx := testCtx(t)
-			_, err := r.Dial(ctx, "tcp", "both.example:80")
+			_, err := r.DialContext(ctx, "tcp", "both.example:80")
 			if err == nil || strings.Contains(err.Error(), "dialed") {
 				t.Fatalf("err = %v, want a lookup failure", err)
 			}
-			if got := socks5.ReplyFor(err); got != tt.want {
+			if got := replyFor(err); got != tt.want {
 				t.Errorf("%v maps to %v, want %v", err, got, tt.want)
 			}
 			for _, s := range tt.wantText {
@@ -257,11 +257,11 @@ func TestLookupFailures(t *testing.T) {
 // lookups is reported as such, not as a missing name.
 func TestDialGivesUpDuringLookup(t *testing.T) {
 	lk := newGatedLookup(dnsTable)
-	r := &router{lookup: lk.lookup, direct: true, clock: clock.NewFake(time.Unix(0, 0))}
+	r := &Dialer{Dial6: noDial, Dial4: dial4If(true, noDial), Lookup: lk.lookup, Clock: clock.NewFake(time.Unix(0, 0))}
 	ctx, cancel := context.WithTimeout(context.Background(), time.Millisecond)
 	defer cancel()
-	_, err := r.Dial(ctx, "tcp", "both.example:80")
-	if !errors.Is(err, context.DeadlineExceeded) || socks5.ReplyFor(err) != socks5.ReplyTTLExpired {
+	_, err := r.DialContext(ctx, "tcp", "both.example:80")
+	if !errors.Is(err, context.DeadlineExceeded) || replyFor(err) != socks5.ReplyTTLExpired {
 		t.Fatalf("err = %v, want the deadline", err)
 	}
 }
@@ -289,14 +289,14 @@ func TestResolve(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(fmt.Sprintf("%s/direct=%v/v6=%v", tt.host, tt.direct, tt.preferV6), func(t *testing.T) {
-			r := &router{lookup: fakeLookup(dnsTable), direct: tt.direct, preferV6: tt.preferV6, clock: clock.NewFake(time.Unix(0, 0))}
+			r := &Dialer{Dial6: noDial, Dial4: dial4If(tt.direct, noDial), Lookup: fakeLookup(dnsTable), PreferIPv6: tt.preferV6, Clock: clock.NewFake(time.Unix(0, 0))}
 			ctx := testCtx(t)
 			got, err := r.Resolve(ctx, tt.host)
 			if tt.want == "" {
 				if err == nil {
 					t.Fatalf("got %v, want an error", got)
 				}
-				if rep := socks5.ReplyFor(err); rep != tt.wantReply {
+				if rep := replyFor(err); rep != tt.wantReply {
 					t.Fatalf("err %v maps to %v, want %v", err, rep, tt.wantReply)
 				}
 				return
@@ -311,7 +311,7 @@ func TestResolve(t *testing.T) {
 	// resolution delay.
 	fc := clock.NewFake(time.Unix(0, 0))
 	lk := newGatedLookup(dnsTable)
-	r := &router{lookup: lk.lookup, direct: true, preferV6: true, clock: fc}
+	r := &Dialer{Dial6: noDial, Dial4: dial4If(true, noDial), Lookup: lk.lookup, PreferIPv6: true, Clock: fc}
 	ctx := testCtx(t)
 	type outcome struct {
 		a   netip.Addr
@@ -324,7 +324,7 @@ func TestResolve(t *testing.T) {
 	}()
 	lk.answer(t, "ip4", nil)
 	waitPending(t, fc, 1)
-	fc.Advance(resolutionDelay)
+	fc.Advance(DefaultResolutionDelay)
 	select {
 	case o := <-out:
 		if o.err != nil || o.a != netip.MustParseAddr("192.0.2.1") {

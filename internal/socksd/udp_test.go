@@ -1,10 +1,13 @@
-package main
+package socksd
 
 import (
+	"context"
 	"errors"
+	"log/slog"
 	"net"
 	"net/netip"
 	"os"
+	"syscall"
 	"testing"
 	"time"
 
@@ -122,5 +125,36 @@ func TestSplitConnReject(t *testing.T) {
 		if !errors.Is(err, socks5.ErrNotAllowed) {
 			t.Errorf("%s: %v, want ErrNotAllowed", dst, err)
 		}
+	}
+}
+
+// TestListenSplitWithoutIPv6 opens an association while Teredo is not
+// qualified: IPv4 still works, IPv6 datagrams fail with the stack's
+// reason; without IPv4 either, the association fails.
+func TestListenSplitWithoutIPv6(t *testing.T) {
+	echo4 := udpEcho(t, "udp4", "127.0.0.1:0")
+	notQualified := func(context.Context) (net.PacketConn, error) {
+		return nil, &net.OpError{Op: "listen", Net: "udp6", Err: syscall.ENETUNREACH}
+	}
+	listen4 := func(context.Context) (net.PacketConn, error) { return net.ListenPacket("udp4", "127.0.0.1:0") }
+	log := slog.New(slog.DiscardHandler)
+	c, err := listenSplit(context.Background(), notQualified, listen4, log)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if _, err := c.WriteTo([]byte("x"), net.UDPAddrFromAddrPort(netip.MustParseAddrPort("[2001:db8::1]:53"))); !errors.Is(err, syscall.ENETUNREACH) {
+		t.Errorf("IPv6 datagram: %v, want ENETUNREACH", err)
+	}
+	if _, err := c.WriteTo([]byte("ping"), net.UDPAddrFromAddrPort(echo4)); err != nil {
+		t.Fatal(err)
+	}
+	c.SetReadDeadline(time.Now().Add(5 * time.Second))
+	buf := make([]byte, 16)
+	if n, _, err := c.ReadFrom(buf); err != nil || string(buf[:n]) != "ping" {
+		t.Fatalf("IPv4 echo: %q %v", buf[:n], err)
+	}
+	if _, err := listenSplit(context.Background(), notQualified, nil, log); !errors.Is(err, syscall.ENETUNREACH) {
+		t.Errorf("without IPv4 either: %v", err)
 	}
 }

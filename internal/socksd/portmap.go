@@ -1,4 +1,4 @@
-package main
+package socksd
 
 import (
 	"time"

@@ -1,4 +1,4 @@
-package main
+package socksd
 
 import (
 	"encoding/json"
@@ -18,8 +18,8 @@ import (
 func testStatusSource() *statusSource {
 	start := time.Unix(1000, 0)
 	return &statusSource{
-		teredo: func() teredoStatus {
-			return teredoStatus{
+		teredo: func() TeredoStatus {
+			return TeredoStatus{
 				State:    "qualified",
 				Addr:     netip.MustParseAddr("2001:0:7f00:2::1"),
 				Server:   netip.MustParseAddr("192.0.2.10"),
@@ -69,6 +69,7 @@ func TestStatusJSON(t *testing.T) {
 		"state": "qualified", "address": "2001:0:7f00:2::1", "server": "192.0.2.10",
 		"server_name": "teredo.example (192.0.2.10)", "mapped": "198.51.100.7:4242",
 		"nat": "restricted", "peers": 3.0, "mtu": 1280.0, "listen": "127.0.0.1:1080", "uptime_seconds": 90.0,
+		"last_error": "", "ipv6_path": "teredo",
 	}
 	for k, v := range want {
 		if got[k] != v {
@@ -99,6 +100,44 @@ func TestStatusJSON(t *testing.T) {
 	}
 }
 
+// TestHealthz checks that /healthz is 200 only while IPv6 works: through
+// Teredo once qualified, or through the host on the native path.
+func TestHealthz(t *testing.T) {
+	for _, tt := range []struct {
+		state, lastErr, path string
+		code                 int
+		body                 string
+	}{
+		{"qualified", "", "teredo", 200, "ok: IPv6 through Teredo\n"},
+		{"qualifying", "", "teredo", 503, "qualifying\n"},
+		{"offline", "teredo client: no reply from server", "teredo", 503, "offline: teredo client: no reply from server\n"},
+		{"offline", "no reply", "native", 200, "ok: IPv6 through the host\n"},
+		{"disabled", "", "native", 200, "ok: IPv6 through the host\n"},
+		{"disabled", "", "native-down", 503, "no global IPv6 route on the host\n"},
+	} {
+		src := testStatusSource()
+		inner := src.teredo
+		src.teredo = func() TeredoStatus {
+			st := inner()
+			st.State, st.LastError = tt.state, tt.lastErr
+			return st
+		}
+		path, down := strings.CutSuffix(tt.path, "-down")
+		src.ipv6Path = func() string { return path }
+		src.nativeUp = func() bool { return !down }
+		h := src.handler()
+		res, body := get(t, h, "/healthz")
+		if res.StatusCode != tt.code || body != tt.body {
+			t.Errorf("%s/%s: %d %q, want %d %q", tt.state, tt.path, res.StatusCode, body, tt.code, tt.body)
+		}
+		_, body = get(t, h, "/status")
+		var st map[string]any
+		if err := json.Unmarshal([]byte(body), &st); err != nil || st["state"] != tt.state || st["last_error"] != tt.lastErr || st["ipv6_path"] != path {
+			t.Errorf("status %v (%v)", st, err)
+		}
+	}
+}
+
 func TestStatusMetrics(t *testing.T) {
 	res, body := get(t, testStatusSource().handler(), "/metrics")
 	if res.StatusCode != 200 || !strings.HasPrefix(res.Header.Get("Content-Type"), "text/plain") {
@@ -106,6 +145,7 @@ func TestStatusMetrics(t *testing.T) {
 	}
 	for _, line := range []string{
 		"teredo_socks_qualified 1",
+		"teredo_socks_ipv6_native 0",
 		`teredo_socks_info{state="qualified",address="2001:0:7f00:2::1",server="192.0.2.10",mapped="198.51.100.7:4242",nat="restricted"} 1`,
 		"teredo_socks_peers 3",
 		`teredo_client_packets_total{direction="tx",result="fast"} 10`,
@@ -138,16 +178,16 @@ func TestReporter(t *testing.T) {
 	name := func(a netip.Addr) string { return "srv " + a.String() }
 	srv := netip.MustParseAddr("192.0.2.1")
 	a1, a2 := netip.MustParseAddr("2001::1"), netip.MustParseAddr("2001::2")
-	for _, ev := range []stackEvent{
-		{Kind: evQualified, Addr: a1, Server: srv}, // the announced one: silent
-		{Kind: evNAT, NAT: "restricted"},
-		{Kind: evNAT, NAT: "restricted"}, // again: silent
-		{Kind: evAddressChanged, Old: a1, Addr: a2},
-		{Kind: evOffline, Err: io.ErrUnexpectedEOF},
-		{Kind: evOffline, Err: io.ErrUnexpectedEOF}, // still offline: silent
-		{Kind: evQualified, Addr: a2, Server: srv},
-		{Kind: evOffline, Err: io.EOF},
-		{Kind: evQualified, Addr: a1, Server: srv},
+	for _, ev := range []Event{
+		{Kind: EvQualified, Addr: a1, Server: srv}, // the announced one: silent
+		{Kind: EvNAT, NAT: "restricted"},
+		{Kind: EvNAT, NAT: "restricted"}, // again: silent
+		{Kind: EvAddressChanged, Old: a1, Addr: a2},
+		{Kind: EvOffline, Err: io.ErrUnexpectedEOF},
+		{Kind: EvOffline, Err: io.ErrUnexpectedEOF}, // still offline: silent
+		{Kind: EvQualified, Addr: a2, Server: srv},
+		{Kind: EvOffline, Err: io.EOF},
+		{Kind: EvQualified, Addr: a1, Server: srv},
 	} {
 		r.report(ev, name)
 	}

@@ -1,4 +1,4 @@
-package main
+package happyeyeballs
 
 import (
 	"context"
@@ -17,6 +17,29 @@ import (
 	"github.com/teredo-go/teredo/clock"
 	"github.com/teredo-go/teredo/socks5"
 )
+
+// replyFor is the SOCKS reply a proxy would send for err: a family
+// refusal is "not allowed", and the rest must wrap errnos and DNS errors
+// that socks5.ReplyFor knows.
+func replyFor(err error) socks5.Reply {
+	if errors.Is(err, ErrRefused) {
+		return socks5.ReplyNotAllowed
+	}
+	return socks5.ReplyFor(err)
+}
+
+// noDial stands for a dial function that a test never reaches.
+func noDial(context.Context, string, netip.AddrPort) (net.Conn, error) {
+	return nil, errors.New("unexpected dial")
+}
+
+// dial4If is f when IPv4 goes direct, else nil (IPv4 refused).
+func dial4If(direct bool, f DialFunc) DialFunc {
+	if direct {
+		return f
+	}
+	return nil
+}
 
 // fakeLookup answers from a table, as a DNS with A and AAAA records would.
 func fakeLookup(table map[string][]string) func(ctx context.Context, network, host string) ([]netip.Addr, error) {
@@ -48,7 +71,7 @@ var dnsTable = map[string][]string{
 
 // candidates resolves host to the end and returns every address r would
 // try, in order.
-func candidates(r *router, host string) ([]netip.Addr, error) {
+func candidates(r *Dialer, host string) ([]netip.Addr, error) {
 	res, err := r.resolve(context.Background(), host)
 	if err != nil {
 		return nil, err
@@ -94,13 +117,13 @@ func TestCandidates(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(fmt.Sprintf("%s/direct=%v/v6=%v", tt.host, tt.direct, tt.preferV6), func(t *testing.T) {
-			r := &router{lookup: fakeLookup(dnsTable), direct: tt.direct, preferV6: tt.preferV6, clock: clock.NewFake(time.Unix(0, 0))}
+			r := &Dialer{Dial6: noDial, Dial4: dial4If(tt.direct, noDial), Lookup: fakeLookup(dnsTable), PreferIPv6: tt.preferV6, Clock: clock.NewFake(time.Unix(0, 0))}
 			got, err := candidates(r, tt.host)
 			if tt.want == nil {
 				if err == nil {
 					t.Fatalf("got %v, want an error", got)
 				}
-				if rep := socks5.ReplyFor(err); rep != tt.wantReply {
+				if rep := replyFor(err); rep != tt.wantReply {
 					t.Fatalf("err %v maps to %v, want %v", err, rep, tt.wantReply)
 				}
 				return
@@ -202,14 +225,14 @@ type dialOutcome struct {
 }
 
 func TestHappyEyeballs(t *testing.T) {
-	setup := func(t *testing.T, preferV6 bool, behavior map[string]func(ctx context.Context) (net.Conn, error)) (*router, *scriptedDialer, *clock.Fake, chan dialOutcome) {
+	setup := func(t *testing.T, preferV6 bool, behavior map[string]func(ctx context.Context) (net.Conn, error)) (*Dialer, *scriptedDialer, *clock.Fake, chan dialOutcome) {
 		d := &scriptedDialer{started: make(chan string, 8), behavior: behavior}
 		fc := clock.NewFake(time.Unix(0, 0))
 		lk := newGatedLookup(dnsTable)
-		r := &router{dial4: d.dial, dial6: d.dial, lookup: lk.lookup, direct: true, preferV6: preferV6, clock: fc}
+		r := &Dialer{Dial4: d.dial, Dial6: d.dial, Lookup: lk.lookup, PreferIPv6: preferV6, Clock: fc}
 		out := make(chan dialOutcome, 1)
 		go func() {
-			c, err := r.Dial(context.Background(), "tcp", "both.example:80")
+			c, err := r.DialContext(context.Background(), "tcp", "both.example:80")
 			out <- dialOutcome{c, err}
 		}()
 		lk.answerBoth(t, fc, preferV6)
@@ -233,7 +256,7 @@ func TestHappyEyeballs(t *testing.T) {
 		})
 		waitStarted(t, d, "192.0.2.1")
 		waitPending(t, fc, 1)
-		fc.Advance(fallbackDelay - time.Millisecond)
+		fc.Advance(DefaultFallbackDelay - time.Millisecond)
 		select {
 		case got := <-d.started:
 			t.Fatalf("attempt to %s before the fallback delay", got)
@@ -280,22 +303,19 @@ func TestHappyEyeballs(t *testing.T) {
 
 	t.Run("loser is closed", func(t *testing.T) {
 		var p pipeConns
-		release := make(chan struct{})
 		_, d, fc, out := setup(t, false, map[string]func(context.Context) (net.Conn, error){
-			// The first attempt ignores cancellation and succeeds late.
+			// The first attempt succeeds late, once the winner's arrival
+			// has cancelled it, as a dial that ignores cancellation would.
 			"192.0.2.1": func(ctx context.Context) (net.Conn, error) {
-				<-release
+				<-ctx.Done()
 				return p.succeed(ctx)
 			},
 			"2001:db8::1": p.succeed,
 		})
 		waitStarted(t, d, "192.0.2.1")
 		waitPending(t, fc, 1)
-		fc.Advance(fallbackDelay)
+		fc.Advance(DefaultFallbackDelay)
 		waitStarted(t, d, "2001:db8::1")
-		// Both attempts succeed; whichever race hears of first wins, and
-		// the other must be closed. Which one that is does not matter.
-		close(release)
 		o := result(t, out)
 		if o.err != nil {
 			t.Fatal(o.err)
@@ -340,17 +360,17 @@ func TestHappyEyeballs(t *testing.T) {
 		}}
 		fc := clock.NewFake(time.Unix(0, 0))
 		lk := newGatedLookup(dnsTable)
-		r := &router{dial4: d.dial, dial6: d.dial, lookup: lk.lookup, direct: true, clock: fc}
+		r := &Dialer{Dial4: d.dial, Dial6: d.dial, Lookup: lk.lookup, Clock: fc}
 		ctx, cancel := context.WithCancel(context.Background())
 		out := make(chan dialOutcome, 1)
 		go func() {
-			c, err := r.Dial(ctx, "tcp", "both.example:80")
+			c, err := r.DialContext(ctx, "tcp", "both.example:80")
 			out <- dialOutcome{c, err}
 		}()
 		lk.answerBoth(t, fc, false)
 		waitStarted(t, d, "192.0.2.1")
 		waitPending(t, fc, 1)
-		fc.Advance(fallbackDelay)
+		fc.Advance(DefaultFallbackDelay)
 		waitStarted(t, d, "2001:db8::1")
 		cancel()
 		o := result(t, out)
@@ -365,26 +385,25 @@ func TestHappyEyeballs(t *testing.T) {
 	})
 }
 
-func TestRouterRefusesIPv4(t *testing.T) {
+func TestRefusesIPv4(t *testing.T) {
 	dialed := false
-	r := &router{
-		dial4: func(context.Context, string, netip.AddrPort) (net.Conn, error) {
+	r := &Dialer{
+		Dial6: func(context.Context, string, netip.AddrPort) (net.Conn, error) {
 			dialed = true
 			return nil, errors.New("unreachable")
 		},
-		lookup: fakeLookup(dnsTable),
-		clock:  clock.Real{},
+		Lookup: fakeLookup(dnsTable),
 	}
 	for _, addr := range []string{"192.0.2.1:80", "v4.example:80", "[::ffff:192.0.2.1]:80"} {
-		_, err := r.Dial(context.Background(), "tcp", addr)
-		if socks5.ReplyFor(err) != socks5.ReplyNotAllowed {
+		_, err := r.DialContext(context.Background(), "tcp", addr)
+		if replyFor(err) != socks5.ReplyNotAllowed {
 			t.Errorf("%s: %v, want not allowed", addr, err)
 		}
-		if _, err := r.Resolve(context.Background(), "v4.example"); !errors.Is(err, socks5.ErrNotAllowed) {
+		if _, err := r.Resolve(context.Background(), "v4.example"); !errors.Is(err, ErrRefused) {
 			t.Errorf("Resolve: %v", err)
 		}
 	}
 	if dialed {
-		t.Error("an IPv4 destination was dialed under -ipv4 reject")
+		t.Error("an IPv4 destination was dialed without Dial4")
 	}
 }
