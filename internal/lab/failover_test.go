@@ -72,16 +72,14 @@ func socksClientCounter(t testing.TB, s *socksProc, name string) uint64 {
 	}
 	defer resp.Body.Close()
 	var st struct {
-		Counters struct {
-			Client map[string]uint64 `json:"client"`
-		} `json:"counters"`
+		Counters map[string]uint64 `json:"counters"`
 	}
 	if err := json.NewDecoder(resp.Body).Decode(&st); err != nil {
 		t.Fatalf("teredo-socks /status: %v", err)
 	}
-	v, ok := st.Counters.Client[name]
+	v, ok := st.Counters[name]
 	if !ok {
-		t.Fatalf("teredo-socks /status has no client counter %q: %v", name, st.Counters.Client)
+		t.Fatalf("teredo-socks /status has no client counter %q: %v", name, st.Counters)
 	}
 	return v
 }
