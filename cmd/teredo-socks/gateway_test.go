@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/teredo-go/teredo/internal/echotest"
 	"github.com/teredo-go/teredo/teredotest"
 )
 
@@ -21,7 +22,7 @@ func TestProxyBehindGateway(t *testing.T) {
 	if err := addDemoHost(in); err != nil {
 		t.Fatal(err)
 	}
-	echo := startTCPEcho(t)
+	echo := echotest.StartTCP(t)
 	p := startProxy(t, in, nil, "-forward", "8080=127.0.0.1:"+strconv.Itoa(int(echo.Port())))
 	m := p.out.wait(t, regexp.MustCompile(`^teredo-socks: public address (\S+) \(the gateway maps (\S+) to it\)$`), time.Second)
 	pub := netip.MustParseAddr(m[1])

@@ -18,6 +18,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/teredo-go/teredo/internal/echotest"
 	"github.com/teredo-go/teredo/internal/metrics"
 	"github.com/teredo-go/teredo/internal/socksd"
 	"github.com/teredo-go/teredo/socks5"
@@ -211,7 +212,7 @@ func httpGet(t *testing.T, p *proxy, host string, port uint16, path string) stri
 // directly, and reads the status page.
 func TestProxyDemoServices(t *testing.T) {
 	in := newDemoInternet(t)
-	tcpEcho := startTCPEcho(t)
+	tcpEcho := echotest.StartTCP(t)
 	udpEcho4 := udpEcho(t, "udp4", "127.0.0.1:0")
 	p := startProxy(t, in, map[string][]string{"local.test": {"127.0.0.1"}})
 
@@ -320,7 +321,7 @@ func getStatus(t *testing.T, p *proxy) map[string]any {
 // literals and names with only A records, and still reaches IPv6.
 func TestProxyIPv4Reject(t *testing.T) {
 	in := newDemoInternet(t)
-	tcpEcho := startTCPEcho(t)
+	tcpEcho := echotest.StartTCP(t)
 	p := startProxy(t, in, map[string][]string{"local.test": {"127.0.0.1"}}, "-ipv4", "reject")
 	for _, host := range []string{"127.0.0.1", "local.test"} {
 		c, rep, _, err := socksRequest(p.listen, 1, host, tcpEcho.Port())
@@ -366,7 +367,7 @@ func TestProxyIPv4Reject(t *testing.T) {
 // reaches it from an IPv6-only host of the internet.
 func TestProxyForward(t *testing.T) {
 	in := newDemoInternet(t)
-	tcpEcho := startTCPEcho(t)
+	tcpEcho := echotest.StartTCP(t)
 	p := startProxy(t, in, nil, "-forward", "8080="+tcpEcho.String())
 	p.out.wait(t, regexp.MustCompile(`forwarding \[`+regexp.QuoteMeta(p.teredo.String())+`\]:8080 to `), time.Second)
 
@@ -390,64 +391,13 @@ func TestProxyForward(t *testing.T) {
 	}
 	// The service saw the connection come from the host (the forwarder).
 	select {
-	case from := <-tcpEcho.from:
+	case from := <-tcpEcho.From:
 		if !from.Addr().IsLoopback() {
 			t.Errorf("service saw %v", from)
 		}
 	case <-time.After(ioTimeout):
 		t.Error("the service saw no connection")
 	}
-}
-
-// tcpEchoServer echoes on loopback and reports each client's address.
-type tcpEchoServer struct {
-	netip.AddrPort
-	from chan netip.AddrPort
-}
-
-func startTCPEcho(t *testing.T) *tcpEchoServer {
-	t.Helper()
-	ln, err := net.Listen("tcp4", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	s := &tcpEchoServer{AddrPort: ln.Addr().(*net.TCPAddr).AddrPort(), from: make(chan netip.AddrPort, 16)}
-	var wg sync.WaitGroup
-	var mu sync.Mutex
-	var conns []net.Conn
-	t.Cleanup(func() {
-		ln.Close()
-		mu.Lock()
-		for _, c := range conns {
-			c.Close()
-		}
-		mu.Unlock()
-		wg.Wait()
-	})
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			mu.Lock()
-			conns = append(conns, c)
-			mu.Unlock()
-			select {
-			case s.from <- c.RemoteAddr().(*net.TCPAddr).AddrPort():
-			default:
-			}
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				defer c.Close()
-				io.Copy(c, c)
-			}()
-		}
-	}()
-	return s
 }
 
 // TestRunFailures covers the exits before serving: a busy port and a

@@ -15,6 +15,7 @@ import (
 
 	"github.com/teredo-go/teredo/client"
 	"github.com/teredo-go/teredo/clock"
+	"github.com/teredo-go/teredo/internal/echotest"
 	"github.com/teredo-go/teredo/internal/socksd"
 	"github.com/teredo-go/teredo/socks5"
 	"github.com/teredo-go/teredo/stack"
@@ -98,7 +99,7 @@ func statusOf(t *testing.T, status string) map[string]any {
 // IPv6-only host answers.
 func TestProxyNeverGivesUp(t *testing.T) {
 	in := newDemoInternet(t)
-	tcpEcho := startTCPEcho(t)
+	tcpEcho := echotest.StartTCP(t)
 	cfg, err := parseConfig([]string{"-listen", "127.0.0.1:0", "-status", "127.0.0.1:0", "-server", "teredo.test"}, func(string) string { return "" }, io.Discard)
 	if err != nil {
 		t.Fatal(err)

@@ -4,57 +4,16 @@ import (
 	"io"
 	"log/slog"
 	"net"
-	"sync"
 	"testing"
 	"time"
 
+	"github.com/teredo-go/teredo/internal/echotest"
 	"go.uber.org/goleak"
 )
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
 
 const ioTimeout = 20 * time.Second
-
-// startTCPEcho serves TCP echo on loopback until the test ends.
-func startTCPEcho(t *testing.T) net.Addr {
-	t.Helper()
-	ln, err := net.Listen("tcp4", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	var wg sync.WaitGroup
-	var mu sync.Mutex
-	var conns []net.Conn
-	t.Cleanup(func() {
-		ln.Close()
-		mu.Lock()
-		for _, c := range conns {
-			c.Close()
-		}
-		mu.Unlock()
-		wg.Wait()
-	})
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			mu.Lock()
-			conns = append(conns, c)
-			mu.Unlock()
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				io.Copy(c, c)
-				c.Close()
-			}()
-		}
-	}()
-	return ln.Addr()
-}
 
 // TestForwarder runs a Forwarder on a loopback listener (standing in for
 // the Teredo address) and checks relaying, an unreachable target, and that
@@ -71,7 +30,7 @@ func TestForwarder(t *testing.T) {
 	}
 
 	t.Run("relays and closes", func(t *testing.T) {
-		echo := startTCPEcho(t)
+		echo := echotest.StartTCP(t)
 		ln := listen()
 		f := New(ln, echo.String(), d.DialContext, log)
 		c, err := net.Dial("tcp4", ln.Addr().String())

@@ -120,7 +120,9 @@ func run() error {
 
 	// A stack that returns before qualification, and IPv6 through it
 	// raced against IPv4 through the host.
-	_ = func() (*stack.Stack, error) { return stack.Start(stack.Config{ServerNames: []string{"teredo.example.net"}}) }
+	_ = func() (*stack.Stack, error) {
+		return stack.Start(stack.Config{ServerNames: []string{"teredo.example.net"}})
+	}
 	he := &happyeyeballs.Dialer{Dial6: happyeyeballs.FromDialContext(d.DialContext), Clock: clk}
 	_ = &socks5.Server{Dial: he.DialContext, Resolve: he.Resolve}
 
