@@ -36,6 +36,11 @@ func FuzzReceive(f *testing.F) {
 	alt.NumAltAddresses, alt.AltAddresses[0] = 1, netip.MustParseAddrPort("192.168.1.3:4000")
 	f.Add(alt.Append(append(proto.AppendOrigin(nil, netip.AddrPortFrom(mappedUs.Addr(), 6000)), proto.AppendBubble(nil, netip.MustParseAddr("fe80::1"), us, 0)...)), uint16(3544), byte(2|4))
 	f.Add(proto.AppendBubble(nil, netip.MustParseAddr("fe80::1"), us, 0), uint16(5000), byte(0|4))
+	// RFC 6081 Nonce trailers: on a bubble from a peer's other mapping, on an
+	// indirect bubble, and followed by an unknown trailer.
+	f.Add(appendNonce(proto.AppendBubble(nil, peerAddr, us, 0), [4]byte{1, 2, 3, 4}), uint16(61000), byte(0))
+	f.Add(appendNonce(append(proto.AppendOrigin(nil, peerMapped), proto.AppendBubble(nil, peerAddr, us, 0)...), [4]byte{5, 6, 7, 8}), uint16(3544), byte(2))
+	f.Add(append(appendNonce(proto.AppendBubble(nil, peerAddr, us, 0), [4]byte{}), 9, 0), uint16(5000), byte(0))
 	f.Fuzz(func(t *testing.T, b []byte, port uint16, which byte) {
 		h, us := fuzzClient(t)
 		if which&8 != 0 {

@@ -58,7 +58,7 @@ func (c *Client) receiveSlow(pkt *proto.Packet, from netip.AddrPort, l *link) []
 		return nil
 	case isLinkLocal(&src):
 		if bubble && dst == l.addr {
-			c.directBubble(src, from, l, now)
+			c.directBubble(src, pkt.Trailer, from, l, now)
 			return nil
 		}
 		// Keeps RAs and other link-local traffic out of the stack.
@@ -87,7 +87,7 @@ func (c *Client) receiveSlow(pkt *proto.Packet, from netip.AddrPort, l *link) []
 		}
 	}
 	if proto.IsTeredoBytes(src[:]) {
-		return c.fromTeredo(ip, src, dst, from, dstOurs, bubble, l, now)
+		return c.fromTeredo(pkt, src, dst, from, dstOurs, bubble, l, now)
 	}
 	if (c.cfg.FixedRelay.IsValid() && from == c.cfg.FixedRelay) || (from == l.serverAP && l.inPublic(&src)) {
 		if bubble {
@@ -132,7 +132,7 @@ func (c *Client) indirectBubble(pkt *proto.Packet, from netip.AddrPort, l *link,
 		return
 	}
 	c.ctr.bubbleReplies.Add(1)
-	answer := proto.AppendBubble(nil, l.ip, proto.Src(ip), 0)
+	answer := echoNonceOf(proto.AppendBubble(nil, l.ip, proto.Src(ip), 0), pkt.Trailer)
 	c.write(answer, to)
 	c.answerAlternates(pkt, to, answer, l, now)
 }
@@ -187,12 +187,23 @@ func (c *Client) prove(src [16]byte, echo []byte, from netip.AddrPort, l *link, 
 // fromTeredo handles a packet from a Teredo source that is not a trusted
 // peer with a matching mapping (RFC 4380 §5.2.3 cases 3 and 5, and the
 // symmetric-NAT extension).
-func (c *Client) fromTeredo(ip []byte, src, dst [16]byte, from netip.AddrPort, dstOurs, bubble bool, l *link, now time.Time) []byte {
+func (c *Client) fromTeredo(pkt *proto.Packet, src, dst [16]byte, from netip.AddrPort, dstOurs, bubble bool, l *link, now time.Time) []byte {
+	ip := pkt.IPv6
 	match := proto.MappedBytes(src[:]) == from
 	// A bubble back to the HMAC-derived source of our own bubble proves the
 	// sender got it, so its actual source is its mapping even if it differs
 	// from its address (a peer behind a symmetric NAT).
 	viaNonce := bubble && !dstOurs && netip.AddrFrom16(dst) == c.bubbleSource(src)
+	if bubble && len(pkt.Trailer) > 0 && (viaNonce || (dstOurs && !match)) {
+		// RFC 6081's Nonce trailer (nonce.go), where it decides.
+		switch c.checkNonce(pkt.Trailer, src, l) {
+		case nonceOther:
+			c.ctr.drop(dropBubbleNonce)
+			return nil
+		case nonceOurs:
+			viaNonce = true
+		}
+	}
 	if (match || viaNonce) && (!c.glob(from.Addr()) || from.Port() == 0) && !(viaNonce && c.sameNATSource(src, from, l)) {
 		c.ctr.drop(dropNonGlobal)
 		return nil

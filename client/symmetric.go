@@ -37,8 +37,9 @@ const (
 )
 
 // directBubble answers a direct bubble from a peer's link-local bubble
-// source src, received from from, with a bubble back to from.
-func (c *Client) directBubble(src [16]byte, from netip.AddrPort, l *link, now time.Time) {
+// source src, received from from, with a bubble back to from; the answer
+// carries the bubble's nonce, if its trailer tr had one (nonce.go).
+func (c *Client) directBubble(src [16]byte, tr []byte, from netip.AddrPort, l *link, now time.Time) {
 	if !c.glob(from.Addr()) || from.Port() == 0 {
 		c.ctr.drop(dropNonGlobal)
 		return
@@ -51,7 +52,7 @@ func (c *Client) directBubble(src [16]byte, from netip.AddrPort, l *link, now ti
 		return
 	}
 	c.ctr.bubbleReplies.Add(1)
-	c.write(proto.AppendBubble(nil, l.ip, netip.AddrFrom16(src), 0), from)
+	c.write(echoNonceOf(proto.AppendBubble(nil, l.ip, netip.AddrFrom16(src), 0), tr), from)
 }
 
 // holdTeredo is case 6 for a Teredo source whose packet came from another

@@ -195,7 +195,7 @@ func (c *Client) act(a *action, dst [16]byte, l *link, now time.Time) {
 			c.write(proto.AppendBubble(nil, l.ip, proto.AllNodes, 1), netip.AddrPortFrom(proto.DiscoveryGroup, proto.Port))
 		} else {
 			src := c.bubbleSource(dst)
-			b := proto.AppendBubble(nil, src, peerIP, 0)
+			b := appendNonce(proto.AppendBubble(nil, src, peerIP, 0), c.bubbleNonce(l.addr, dst))
 			c.writeTTL(b, a.direct, a.ttl)
 			c.write(c.appendAlternates(b, dst, l), c.serverAP(proto.ServerBytes(dst[:])))
 		}

@@ -84,6 +84,7 @@ const (
 	dropEchoRate
 	dropAnswerRate
 	dropBadTrailer
+	dropBubbleNonce
 	numDropReasons
 )
 
@@ -93,7 +94,7 @@ var dropNames = [numDropReasons]string{
 	"ra-invalid", "ra-nonce", "unverified-bubble", "unverified-source",
 	"server-packet", "send-error", "icmp-rate-limit", "bad-source", "closed",
 	"discovery", "truncated", "not-ipv6", "bad-length", "bad-indication",
-	"echo-rate-limit", "answer-rate-limit", "bad-trailer",
+	"echo-rate-limit", "answer-rate-limit", "bad-trailer", "bubble-nonce",
 }
 
 type counters struct {
