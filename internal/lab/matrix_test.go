@@ -1,6 +1,7 @@
 package lab
 
 import (
+	"context"
 	"fmt"
 	"net/netip"
 	"os"
@@ -14,19 +15,23 @@ import (
 type matrixRow struct {
 	name string
 	opts Options
+	// upnp runs miniupnpd (UPnP-IGD, NAT-PMP, PCP) on x's NAT and has x map its
+	// port there before it qualifies (RFC 6081's UPnP-enabled symmetric NAT).
+	upnp bool
 }
 
 // natMatrixRows are the NAT cases of the matrix in DESIGN.md. The peers sit behind
 // home routers, except where the case is about the peer's NAT too: two open
 // masquerades (b, and FW=0 behind the transit router) and the same NAT.
 var natMatrixRows = []matrixRow{
-	{"a", Options{Clients: []ClientSpec{{"x", HomeRouter}, {"p", HomeRouter}, {"m", HomeRouter}}}},
-	{"b", Options{Clients: []ClientSpec{{"x", OpenMasquerade}, {"p", OpenMasquerade}, {"m", OpenMasquerade}}}},
-	{"c", Options{Clients: []ClientSpec{{"x", Symmetric}, {"p", HomeRouter}, {"m", HomeRouter}}}},
-	{"c-to-d", Options{Clients: []ClientSpec{{"x", Symmetric}, {"p", FullCone}, {"m", FullCone}}}},
-	{"d", Options{Clients: []ClientSpec{{"x", FullCone}, {"p", HomeRouter}, {"m", HomeRouter}}}},
-	{"same-nat", Options{Clients: []ClientSpec{{"x", HomeRouter}}, Behind: map[string]string{"p": "x", "m": "x"}}},
-	{"fw0", Options{Clients: []ClientSpec{{"x", OpenMasquerade}, {"p", OpenMasquerade}, {"m", OpenMasquerade}}, Transit: []string{"x", "p", "m"}}},
+	{name: "a", opts: Options{Clients: []ClientSpec{{"x", HomeRouter}, {"p", HomeRouter}, {"m", HomeRouter}}}},
+	{name: "b", opts: Options{Clients: []ClientSpec{{"x", OpenMasquerade}, {"p", OpenMasquerade}, {"m", OpenMasquerade}}}},
+	{name: "c", opts: Options{Clients: []ClientSpec{{"x", Symmetric}, {"p", HomeRouter}, {"m", HomeRouter}}}},
+	{name: "c-to-d", opts: Options{Clients: []ClientSpec{{"x", Symmetric}, {"p", FullCone}, {"m", FullCone}}}},
+	{name: "c+upnp", opts: Options{Clients: []ClientSpec{{"x", Symmetric}, {"p", HomeRouter}, {"m", HomeRouter}}}, upnp: true},
+	{name: "d", opts: Options{Clients: []ClientSpec{{"x", FullCone}, {"p", HomeRouter}, {"m", HomeRouter}}}},
+	{name: "same-nat", opts: Options{Clients: []ClientSpec{{"x", HomeRouter}}, Behind: map[string]string{"p": "x", "m": "x"}}},
+	{name: "fw0", opts: Options{Clients: []ClientSpec{{"x", OpenMasquerade}, {"p", OpenMasquerade}, {"m", OpenMasquerade}}, Transit: []string{"x", "p", "m"}}},
 }
 
 // TestNATMatrix measures, for each NAT case, whether our client reaches our client,
@@ -88,7 +93,15 @@ func measureRow(t *testing.T, row matrixRow) []string {
 	StartMiredoRelay(t, l.Relay, MiredoRelayOptions{})
 	f := l.V6Host.ServeFile(t, netip.AddrPortFrom(V6HostAddr, 8080), 1<<20)
 	disc := []string{"-local-discovery"}
-	x := startProbe(t, l.Clients["x"], srv, probeOptions{Extra: disc})
+	xFlags := disc
+	if row.upnp {
+		StartMiniUPnPd(t, l.Clients["x"].NAT)
+		xFlags = append([]string{"-portmap"}, disc...)
+	}
+	x := startProbe(t, l.Clients["x"], srv, probeOptions{Extra: xFlags})
+	if row.upnp {
+		requireMappedAddress(t, x)
+	}
 	p := startProbe(t, l.Clients["p"], srv, probeOptions{Extra: disc, Control: 7901})
 	m := StartMiredoClient(t, l.Clients["m"], srv.Primary, MiredoClientOptions{})
 	serveEcho(t, m.Host, netip.AddrPortFrom(m.Addr, 7001))
@@ -124,5 +137,38 @@ func measureRow(t *testing.T, row matrixRow) []string {
 		return took, err
 	}))
 	cells = append(cells, cell(t, "IPv6 host → x", echoIn(l.V6Host, x.listen(t, 7005))))
+	if row.upnp {
+		// What the mapping and the symmetric NAT made of it all, for the
+		// report's "why".
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		out, err := l.Clients["x"].NAT.Router.Run(ctx, "conntrack", "-L", "-p", "udp")
+		t.Logf("conntrack on x's NAT (%v):\n%s", err, out)
+	}
 	return cells
+}
+
+// requireMappedAddress fails the row unless x's Teredo address carries the port
+// mapping it made on its NAT (the server saw another port: the NAT is symmetric), so
+// that the row measures the mapping and not the bare symmetric NAT again.
+func requireMappedAddress(t *testing.T, x *probeClient) {
+	t.Helper()
+	var st struct {
+		PortMap *struct { // stack.PortMapStatus
+			Mapping struct {
+				Protocol string
+				External netip.AddrPort
+			}
+			InAddress bool
+			ServerSaw netip.AddrPort
+		}
+	}
+	if err := x.call(5*time.Second, "/status", nil, &st); err != nil {
+		t.Fatal(err)
+	}
+	pm := st.PortMap
+	if pm == nil || !pm.InAddress || pm.Mapping.External != x.Teredo.Mapped {
+		t.Fatalf("x's address %v (mapped %v) does not carry a port mapping: %+v", x.Addr, x.Teredo.Mapped, pm)
+	}
+	t.Logf("x mapped its port by %s: %v in its address, the server saw %v", pm.Mapping.Protocol, pm.Mapping.External, pm.ServerSaw)
 }

@@ -58,6 +58,7 @@ func run(ctx context.Context, args []string) error {
 	bubbleTTL := fs.Int("bubble-ttl", 0, "IPv4 `TTL` of the first direct bubbles (0: the client's default, -1: the socket's)")
 	localDiscovery := fs.Bool("local-discovery", false, "RFC 4380 local discovery (224.0.0.253:3544)")
 	noHairpin := fs.Bool("no-hairpin", false, "no RFC 6081 Alternate Address trailer in bubbles")
+	portMapping := fs.Bool("portmap", false, "map the UDP port on the NAT (PCP, NAT-PMP, UPnP-IGD) before qualifying")
 	control := fs.String("control", "127.0.0.1:7900", "control API `address`")
 	qualify := fs.Duration("qualify", 20*time.Second, "qualification timeout")
 	recovery := fs.Int("tcp-recovery", -1, "gVisor TCPRecovery flags (0 turns RACK off; -1 keeps the stack's)")
@@ -74,6 +75,7 @@ func run(ctx context.Context, args []string) error {
 
 	cfg := stack.Config{Logger: log, ConeProbe: *coneProbe, DisableGSO: *disableGSO}
 	cfg.BubbleTTL, cfg.LocalDiscovery, cfg.NoHairpinning = *bubbleTTL, *localDiscovery, *noHairpin
+	cfg.PortMapping = *portMapping
 	var err error
 	srv, err := netip.ParseAddr(*server)
 	if err != nil {
@@ -207,6 +209,7 @@ func (p *probe) status(w http.ResponseWriter, r *http.Request) {
 		"state": c.State.String(), "nat": c.NAT.String(), "addr": c.Addr, "server": c.Server,
 		"mapped": c.Mapped, "mtu": c.MTU, "peers": c.Peers, "local": p.s.LocalAddr(),
 		"counters": c.Counters, "link": st.Link, "listeners": listeners, "tcp": p.tcpStats(),
+		"portmap": st.PortMap,
 	}, nil)
 }
 
