@@ -144,6 +144,8 @@ func measureRow(t *testing.T, row matrixRow) []string {
 		defer cancel()
 		out, err := l.Clients["x"].NAT.Router.Run(ctx, "conntrack", "-L", "-p", "udp")
 		t.Logf("conntrack on x's NAT (%v):\n%s", err, out)
+		t.Logf("x's counters: %s", x.status(t).Counters)
+		t.Logf("server: %s", srv.Proc.Output())
 	}
 	return cells
 }
