@@ -3,6 +3,7 @@ package relay
 import (
 	"bytes"
 	"net/netip"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -124,4 +125,43 @@ func TestHairpinHostSpecific(t *testing.T) {
 	if err == nil {
 		t.Fatal("a host-specific relay with Hairpin was accepted")
 	}
+}
+
+// FuzzReceiveHairpin is FuzzReceive with Hairpin: packets between Teredo
+// clients, challenges and the hop-limit rule must neither panic nor write
+// a packet for a Teredo destination to the IPv6 side.
+func FuzzReceiveHairpin(f *testing.F) {
+	peerAddr := teredoAddr(serverIP, clientMap)
+	other := teredoAddr(serverIP, clientMap2)
+	f.Add(udpPacket(peerAddr, other, []byte("x")), uint16(40000))
+	f.Add(udpPacket(other, peerAddr, []byte("x")), uint16(40001))
+	f.Add(proto.AppendBubble(nil, peerAddr, netip.MustParseAddr("fe80::1"), 0), uint16(1))
+	dev := &teredoWatch{}
+	r, err := New(Config{Conn: &nullConn{}, Device: dev, SourceRate: -1, Hairpin: true})
+	if err != nil {
+		f.Fatal(err)
+	}
+	defer r.table.Close()
+	var sc scratch
+	f.Fuzz(func(t *testing.T, b []byte, port uint16) {
+		r.receive(b, netip.AddrPortFrom(clientMap.Addr(), port), &sc)
+		if dev.teredo.Load() {
+			t.Fatalf("a packet for a Teredo address went to the IPv6 side: %x", b)
+		}
+	})
+}
+
+// teredoWatch is a null Device that notes a packet for a Teredo destination
+// other than the relay's own ICMPv6 errors (which its bubble timers write,
+// for the IPv6 side to route back to the relay).
+type teredoWatch struct {
+	nullDevice
+	teredo atomic.Bool
+}
+
+func (d *teredoWatch) WritePacket(p []byte) error {
+	if len(p) >= proto.IPv6HeaderLen && proto.IsTeredoBytes(p[24:40]) && p[6] != proto.ProtoICMPv6 {
+		d.teredo.Store(true)
+	}
+	return nil
 }
