@@ -119,6 +119,12 @@ type Config struct {
 	// FixedRelay, if set, carries every packet to a non-Teredo destination
 	// and is trusted as their source, instead of the echo test.
 	FixedRelay netip.AddrPort
+	// PeerRelay carries the traffic of a Teredo peer that direct bubbles
+	// cannot reach through a Teredo relay (FixedRelay, or the relay the
+	// last native echo test found), and accepts a Teredo peer's packets
+	// from a relay once an echo test through the peer's server proves that
+	// path (see peerrelay.go). Off, the client follows RFC 4380 alone.
+	PeerRelay bool
 	// LocalDiscovery turns on RFC 4380 §5.2.8: discovery bubbles are sent
 	// through Transport to 224.0.0.253:3544 every 200-300 s, and the caller
 	// passes datagrams received on its discovery socket (joined to
@@ -259,6 +265,13 @@ type Counters struct {
 
 	// TTLBubbles counts direct bubbles sent with Config.BubbleTTL.
 	TTLBubbles uint64
+
+	// Config.PeerRelay (peerrelay.go): Teredo peers whose traffic moved to
+	// a relay after direct bubbles went unanswered; packets sent to a
+	// Teredo peer's relay outside the fast path; relay paths to a Teredo
+	// peer proved by an echo test; echo requests from a Teredo peer
+	// relayed by our server and delivered.
+	PeerRelayFallbacks, PeerRelayTx, PeerRelayProved, PeerRelayServerEchoes uint64
 }
 
 // PeerState reports what the client knows about reaching dst, for a dialer
@@ -313,8 +326,9 @@ type Client struct {
 	seed      maphash.Seed
 	replySeen [replySlots]replySlot
 
-	ctr counters
-	ttl hopLimiter
+	ctr    counters
+	prelay peerRelay // Config.PeerRelay's state (peerrelay.go)
+	ttl    hopLimiter
 	// answerLimit bounds, client-wide, the answers to direct bubbles.
 	answerLimit *ratelimit.Limiter
 }
@@ -509,6 +523,7 @@ func (c *Client) Status() Status {
 		s.Addr, s.Mapped, s.MTU, s.PublicAddr = l.ip, l.mapped, l.mtu, l.public
 	}
 	s.Counters = c.ctr.snapshot()
+	c.prelay.snapshot(&s.Counters)
 	s.Counters.PeerTable = c.peers.Stats()
 	s.Peers = s.Counters.PeerTable.Peers
 	return s

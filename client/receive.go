@@ -86,6 +86,10 @@ func (c *Client) receiveSlow(pkt *proto.Packet, from netip.AddrPort, l *link) []
 			}
 		}
 	}
+	if dstOurs && pkt.HasOrigin && from == l.serverAP && c.serverEcho(pkt, &src) {
+		c.ctr.rxDelivered.Add(1)
+		return ip
+	}
 	if proto.IsTeredoBytes(src[:]) {
 		return c.fromTeredo(pkt, src, dst, from, dstOurs, bubble, l, now)
 	}
@@ -174,6 +178,7 @@ func (c *Client) prove(src [16]byte, echo []byte, from netip.AddrPort, l *link, 
 		}
 		matched = true
 		p.Trust(from)
+		c.provedPath(p, from, now)
 		p.Disarm()
 		a.flush = p.TakeQueue(nil)
 		a.flushTo = from
@@ -283,6 +288,10 @@ func (c *Client) holdAndTest(ip []byte, src [16]byte, from netip.AddrPort, l *li
 // a token of the echo limit was already taken. Under the peer table's lock.
 func (c *Client) hold(p *peer.Peer, a *action, ip []byte, from netip.AddrPort, l *link, now time.Time, paid bool) {
 	if k := p.Addr().As16(); proto.IsTeredoBytes(k[:]) {
+		if c.relayCandidate(p, from) {
+			c.holdRelayed(p, a, ip, from, l, now, paid)
+			return
+		}
 		c.holdTeredo(p, a, ip, from, now, paid)
 		return
 	}

@@ -55,6 +55,7 @@ type action struct {
 	flushTo  netip.AddrPort
 	failed   []peer.Packet // queue of a peer found unreachable
 	dropHeld bool          // an inbound packet is refused: its sender is unreachable
+	spare    []peer.Packet // taken from a queue and copied back: only released
 }
 
 func (c *Client) transmitSlow(bufs [][]byte) (netip.AddrPort, bool) {
@@ -117,6 +118,9 @@ func (c *Client) transmitSlow(bufs [][]byte) (netip.AddrPort, bool) {
 func (c *Client) toTeredo(p *peer.Peer, a *action, bufs [][]byte) {
 	if p.Trusted && p.Valid() {
 		a.sendTo = p.Mapping
+		return
+	}
+	if c.viaRelay(p, a) {
 		return
 	}
 	if p.Unreachable && p.BubblesExhausted() {
@@ -203,7 +207,7 @@ func (c *Client) act(a *action, dst [16]byte, l *link, now time.Time) {
 	if a.echo {
 		c.ctr.echo.Add(1)
 		id, seq, data := echoParts(a.nonce)
-		c.write(proto.AppendEcho(nil, l.ip, peerIP, echoHopLimit, proto.ICMPEchoRequest, id, seq, data), l.serverAP)
+		c.write(proto.AppendEcho(nil, l.ip, peerIP, echoHopLimit, proto.ICMPEchoRequest, id, seq, data), c.echoVia(dst, l))
 	}
 	if a.dropHeld {
 		c.ctr.drop(dropUnverifiedSource)
@@ -224,6 +228,9 @@ func (c *Client) act(a *action, dst [16]byte, l *link, now time.Time) {
 			}
 		}
 		c.peers.Release(a.flush)
+	}
+	if a.spare != nil {
+		c.peers.Release(a.spare)
 	}
 	if a.failed != nil {
 		for _, pk := range a.failed {
@@ -248,9 +255,18 @@ func (c *Client) onPeerTimer(addr netip.Addr) {
 	now := c.clk.Now()
 	dst := addr.As16()
 	teredo := proto.IsTeredoBytes(dst[:])
+	relayed := teredo && c.cfg.PeerRelay
+	var after int
+	if relayed {
+		after = c.fallbackAfter()
+	}
 	var a action
 	c.peers.Update(dst, false, now, func(p *peer.Peer) {
 		if p.Trusted && p.Valid() {
+			return
+		}
+		if relayed {
+			c.relayTimer(p, &a, l, now, after)
 			return
 		}
 		var exhausted bool

@@ -26,6 +26,10 @@ type Peer struct {
 	// Nonce is the owner's last nonce for the peer (RFC 4380 §5.2: "last
 	// nonce sent").
 	Nonce [8]byte
+	// Relay, if valid, is a Teredo relay the owner sends this peer's
+	// traffic through because the direct path failed (the client's peer
+	// relay, see package client); the table gives it no meaning.
+	Relay netip.AddrPort
 
 	t       *Table
 	addr    [16]byte

@@ -49,6 +49,9 @@ const (
 	RxErrors                             // IPv6-side write errors
 	ICMPSent                             // ICMPv6 errors written to the IPv6 side
 	ICMPRateLimited                      // ICMPv6 errors suppressed by the rate limit
+	RxHairpinned                         // Hairpin: sent from one Teredo client to another
+	RxDropHopLimit                       // Hairpin: a packet between Teredo clients whose hop limit ran out
+	PeersChallenged                      // Hairpin: clients bubbled because their packets came from another mapping
 	numCounters
 )
 
@@ -89,6 +92,9 @@ var counterKeys = [numCounters]metrics.Key{
 	RxErrors:              {Kind: metrics.Packets, Direction: metrics.RX, Name: "errors"},
 	ICMPSent:              {Kind: metrics.Packets, Direction: metrics.TX, Name: "icmp_errors"},
 	ICMPRateLimited:       {Kind: metrics.Dropped, Name: "icmp_rate_limited"},
+	RxHairpinned:          {Kind: metrics.Packets, Direction: metrics.RX, Name: "hairpinned"},
+	RxDropHopLimit:        {Kind: metrics.Dropped, Name: "rx_hop_limit"},
+	PeersChallenged:       {Kind: metrics.PeerEvents, Name: "challenged"},
 }
 
 // String returns the counter's key in Status: "tx_forwarded" for packets,

@@ -31,12 +31,13 @@ func (r *Relay) receive(b []byte, from netip.AddrPort, sc *scratch) {
 		return
 	}
 	bubble := proto.IsBubble(ip)
-	if !bubble && !r.serves(ip) {
+	hairpin := !bubble && r.cfg.Hairpin && r.inPrefix(ip[24:40])
+	if !bubble && !hairpin && !r.serves(ip) {
 		return // counted by serves
 	}
 	now := r.now()
 	if !bubble && r.table.Accept(src, from, now) {
-		r.deliver(ip, sc)
+		r.forward(ip, hairpin, sc)
 		return
 	}
 
@@ -53,6 +54,9 @@ func (r *Relay) receive(b []byte, from netip.AddrPort, sc *scratch) {
 		// the sender received our bubble to its Teredo address.
 		if !bubble || proto.Dst(ip) != r.bubbleSource(&src) {
 			r.ctr.inc(RxDropMappingMismatch)
+			if r.cfg.Hairpin {
+				r.challenge(&src, from, now, sc)
+			}
 			return
 		}
 		symmetric = true
@@ -98,7 +102,7 @@ func (r *Relay) receive(b []byte, from netip.AddrPort, sc *scratch) {
 		r.ctr.inc(RxBubbles)
 		return
 	}
-	r.deliver(ip, sc)
+	r.forward(ip, hairpin, sc)
 }
 
 // serves reports whether the relay forwards a decapsulated packet with the

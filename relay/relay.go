@@ -150,6 +150,15 @@ type Config struct {
 	// and accepting keeps clients working across a relay restart or an
 	// expired entry.
 	DropUnknownPeers bool
+	// Hairpin relays between Teredo clients (see hairpin.go): a packet
+	// from a client to a Teredo address goes back out to that client, as
+	// it would if the relay handed it to an IPv6 side that routes
+	// 2001::/32 to the relay, and a client whose packets come from another
+	// mapping than its address's (behind a symmetric NAT) is bubbled so
+	// that its answer makes it trusted there. Off, such packets are
+	// dropped (RxDropDstTeredo, RxDropMappingMismatch), as RFC 4380 and
+	// Miredo do.
+	Hairpin bool
 	// DirectBubbles also sends each bubble to the peer's mapped endpoint,
 	// not only through its server. It is off by default: on conntrack NATs
 	// an unsolicited packet can make the NAT remap the client's next
@@ -207,6 +216,9 @@ func (c *Config) setDefaults() error {
 	}
 	if c.HostSpecific && c.IsLocal == nil {
 		return errors.New("relay: host-specific mode needs IsLocal")
+	}
+	if c.HostSpecific && c.Hairpin {
+		return errors.New("relay: a host-specific relay serves its own addresses only, not other Teredo clients (Hairpin)")
 	}
 	if c.MaxPeers <= 0 {
 		c.MaxPeers = DefaultMaxPeers

@@ -94,6 +94,13 @@ type Config struct {
 	BubbleTTL int
 	// FixedRelay, if set, carries all traffic to non-Teredo destinations.
 	FixedRelay netip.AddrPort
+	// PeerRelay is client.Config.PeerRelay: a Teredo peer that direct
+	// bubbles cannot reach (behind a port-restricted NAT while this client
+	// is behind a symmetric one) is reached through a relay (FixedRelay, or
+	// the one the echo test found for native traffic), and peers that
+	// reach this client through a relay are accepted once an echo test
+	// proves that path.
+	PeerRelay bool
 	// LocalDiscovery turns on RFC 4380 §5.2.8 local discovery: discovery
 	// bubbles to 224.0.0.253:3544 every 200-300 s, and a shared socket on
 	// UDP port 3544 that finds Teredo clients behind the same NAT. If that
@@ -264,6 +271,7 @@ func Start(cfg Config) (*Stack, error) {
 		MaxPeers:   cfg.MaxPeers,
 		ConeProbe:  cfg.ConeProbe,
 		FixedRelay: cfg.FixedRelay,
+		PeerRelay:  cfg.PeerRelay,
 		OnEvent:    s.enqueue,
 		OnBackoff:  s.onBackoff,
 

@@ -5,7 +5,7 @@
 // Usage:
 //
 //	teredo-relay [-bind 0.0.0.0:3544] [-tun teredo] [-host-specific]
-//	             [-status 127.0.0.1:9545] [-direct-bubbles] [-v]
+//	             [-status 127.0.0.1:9545] [-direct-bubbles] [-hairpin] [-v]
 //	             [-log-format text|json] [-log-level info] [-version]
 //
 // It creates the TUN interface (MTU 1280) and routes 2001::/32 into it,
@@ -59,6 +59,7 @@ type options struct {
 	cli.Common
 	anyIPv4       bool
 	directBubbles bool
+	hairpin       bool
 	maxPeers      int
 	noTunOffload  bool
 }
@@ -74,6 +75,7 @@ func parseFlags(args []string, getenv func(string) string, stderr io.Writer) (op
 	fs.StringVar(&o.status, "status", "", "serve GET /status (JSON) and /metrics (Prometheus) on this TCP `address`")
 	fs.BoolVar(&o.anyIPv4, "any-ipv4", false, "treat every IPv4 address as global unicast\n(for tests on loopback or private networks only)")
 	fs.BoolVar(&o.directBubbles, "direct-bubbles", false, "also send bubbles straight to clients' mappings\n(can make conntrack NATs remap clients; off by default)")
+	fs.BoolVar(&o.hairpin, "hairpin", false, "relay between Teredo clients: send their packets for Teredo addresses back out to Teredo,\nand bubble a client whose packets come from another mapping (behind a symmetric NAT)")
 	fs.IntVar(&o.maxPeers, "max-peers", relay.DefaultMaxPeers, "peer table size")
 	fs.BoolVar(&o.noTunOffload, "disable-tun-offload", false, "read and write each packet on its own instead of writing clients' TCP segments to the TUN device\ncoalesced, for the kernel to split (IFF_VNET_HDR GSO), and reading TCP super-packets to split in the relay (TSO)")
 	o.Common.Register(fs)
@@ -159,6 +161,7 @@ func serve(ctx context.Context, o options, log *slog.Logger, stdout io.Writer) e
 		Logger:        log,
 		Prefix:        o.prefix,
 		DirectBubbles: o.directBubbles,
+		Hairpin:       o.hairpin,
 		MaxPeers:      o.maxPeers,
 	}
 	if o.anyIPv4 {

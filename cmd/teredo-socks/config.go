@@ -94,6 +94,7 @@ func parseConfig(args []string, getenv func(string) string, stderr io.Writer) (*
 		bind      string
 		fwds      forwardList
 		secondary string
+		relay     string
 	)
 	fs.StringVar(&c.Listen, "listen", "127.0.0.1:1080", "SOCKS5 listen `address`; a non-loopback address needs -user and -pass")
 	fs.StringVar(&servers, "server", DefaultServer, "Teredo server `host[,host...]`, tried in order, retried with backoff until stopped; names are resolved again before each round")
@@ -119,6 +120,8 @@ func parseConfig(args []string, getenv func(string) string, stderr io.Writer) (*
 	fs.BoolVar(&c.PortMap, "portmap", true, "ask the NAT for a mapping of the client's UDP port (PCP, NAT-PMP, UPnP-IGD); -portmap=false turns it off")
 	fs.BoolVar(&c.LocalDiscovery, "local-discovery", false, "find Teredo peers on the same LAN by multicast bubbles (RFC 4380 local discovery)")
 	fs.BoolVar(&c.ConeProbe, "cone-probe", false, "after qualifying, probe whether the NAT is a cone NAT (a reply from the server's second address)")
+	fs.BoolVar(&c.PeerRelay, "peer-relay", true, "reach a Teredo peer that bubbles cannot (you behind a symmetric NAT, it behind a home router) through a relay (-relay, or the one found for native IPv6), and accept peers that come through a relay once an echo test proves it; -peer-relay=false turns it off")
+	fs.StringVar(&relay, "relay", "", "a Teredo relay `IPv4[:port]` that carries all native IPv6 traffic instead of the one the echo test finds, and Teredo peers' traffic with -peer-relay")
 	fs.StringVar(&secondary, "secondary", "", "the Teredo server's second `IPv4` address (default: the first server's address + 1)")
 	fs.Usage = func() {
 		fmt.Fprintf(fs.Output(), "Usage: teredo-socks [flags]\n\nA SOCKS5 proxy that gives any program IPv6 through a user-space Teredo client.\nEvery flag can also be set with the environment variable %s<NAME>, e.g. %sLISTEN.\n\n", envPrefix, envPrefix)
@@ -180,6 +183,13 @@ func parseConfig(args []string, getenv func(string) string, stderr io.Writer) (*
 		}
 		c.Secondary = a
 	}
+	if relay != "" {
+		ap, err := parseRelay(relay)
+		if err != nil {
+			return nil, fmt.Errorf("%s %q: %w", name("relay"), relay, err)
+		}
+		c.FixedRelay = ap
+	}
 	switch c.IPv4 {
 	case "direct", "reject":
 	default:
@@ -220,6 +230,21 @@ func parseConfig(args []string, getenv func(string) string, stderr io.Writer) (*
 		seen[f.Port] = true
 	}
 	return &c, nil
+}
+
+// parseRelay accepts IPv4 or IPv4:port (default port 3544).
+func parseRelay(s string) (netip.AddrPort, error) {
+	if a, err := netip.ParseAddr(s); err == nil {
+		if !a.Is4() {
+			return netip.AddrPort{}, errors.New("want an IPv4 address")
+		}
+		return netip.AddrPortFrom(a, 3544), nil
+	}
+	ap, err := netip.ParseAddrPort(s)
+	if err != nil || !ap.Addr().Is4() || ap.Port() == 0 {
+		return netip.AddrPort{}, errors.New("want IPv4 or IPv4:port")
+	}
+	return ap, nil
 }
 
 func isLoopback(host string) bool {

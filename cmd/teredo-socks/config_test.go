@@ -116,6 +116,24 @@ func TestParseConfig(t *testing.T) {
 		}},
 		{name: "bad secondary", args: []string{"-secondary", "2001:db8::1"}, wantErr: "want an IPv4 address"},
 		{name: "bad secondary from env", env: map[string]string{"TEREDO_SOCKS_SECONDARY": "x"}, wantErr: "TEREDO_SOCKS_SECONDARY"},
+		{name: "peer relay defaults", check: func(t *testing.T, c *Config) {
+			if !c.PeerRelay || c.FixedRelay.IsValid() {
+				t.Fatalf("%+v", c)
+			}
+		}},
+		{name: "peer relay off, fixed relay", args: []string{"-peer-relay=false", "-relay", "198.18.0.4"}, check: func(t *testing.T, c *Config) {
+			if c.PeerRelay || c.FixedRelay != netip.MustParseAddrPort("198.18.0.4:3544") {
+				t.Fatalf("%+v", c)
+			}
+		}},
+		{name: "fixed relay with port from env", env: map[string]string{"TEREDO_SOCKS_RELAY": "198.18.0.4:3545", "TEREDO_SOCKS_PEER_RELAY": "0"}, check: func(t *testing.T, c *Config) {
+			if c.PeerRelay || c.FixedRelay != netip.MustParseAddrPort("198.18.0.4:3545") {
+				t.Fatalf("%+v", c)
+			}
+		}},
+		{name: "bad relay", args: []string{"-relay", "2001:db8::1"}, wantErr: "-relay"},
+		{name: "bad relay port", args: []string{"-relay", "198.18.0.4:0"}, wantErr: "want IPv4 or IPv4:port"},
+		{name: "bad relay from env", env: map[string]string{"TEREDO_SOCKS_RELAY": "relay.example"}, wantErr: "TEREDO_SOCKS_RELAY"},
 		{name: "bad portmap from env", env: map[string]string{"TEREDO_SOCKS_PORTMAP": "maybe"}, wantErr: "TEREDO_SOCKS_PORTMAP"},
 	}
 	for _, tt := range tests {

@@ -47,6 +47,9 @@ type Config struct {
 	LocalDiscovery bool
 	ConeProbe      bool
 	Secondary      netip.Addr
+	// PeerRelay and FixedRelay are stack.Config's.
+	PeerRelay  bool
+	FixedRelay netip.AddrPort
 
 	// SecondaryPort is the secondary port of a single-address server
 	// (teredo-gateway -secondary-port); zero: none.

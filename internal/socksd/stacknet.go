@@ -99,6 +99,8 @@ func (n *stackNet) Status() TeredoStatus {
 			"bubbles": c.Counters.Bubbles, "bubble_replies": c.Counters.BubbleReplies,
 			"ttl_bubbles":   c.Counters.TTLBubbles,
 			"echo_requests": c.Counters.EchoRequests, "icmp_errors": c.Counters.ICMPErrors, "relay_failovers": c.Counters.RelayFailovers,
+			"peer_relay_fallbacks": c.Counters.PeerRelayFallbacks, "peer_relay_tx": c.Counters.PeerRelayTx,
+			"peer_relay_proved": c.Counters.PeerRelayProved, "peer_relay_server_echoes": c.Counters.PeerRelayServerEchoes,
 			"peers_created": c.Counters.PeerTable.Created, "peers_evicted": c.Counters.PeerTable.Evicted,
 			"peers_expired": c.Counters.PeerTable.Expired, "peer_queue_drops": c.Counters.PeerTable.QueueDrops,
 			"peer_queued_dropped": c.Counters.PeerTable.Dropped,
@@ -178,6 +180,8 @@ func StackConfig(cfg *Config, log *slog.Logger, lookup func(ctx context.Context,
 		PortMapping:    cfg.PortMap,
 		LocalDiscovery: cfg.LocalDiscovery,
 		ConeProbe:      cfg.ConeProbe,
+		PeerRelay:      cfg.PeerRelay,
+		FixedRelay:     cfg.FixedRelay,
 	}
 }
 

@@ -98,6 +98,11 @@ var clientKeys = map[string]metrics.Key{
 	"peers_created":         {Kind: metrics.PeerEvents, Name: "created"},
 	"peers_evicted":         {Kind: metrics.PeerEvents, Name: "evicted"},
 	"peers_expired":         {Kind: metrics.PeerEvents, Name: "expired"},
+	// -peer-relay (client/peerrelay.go).
+	"peer_relay_fallbacks":     {Kind: metrics.PeerEvents, Name: "relay_fallback"},
+	"peer_relay_proved":        {Kind: metrics.PeerEvents, Name: "relay_path_proved"},
+	"peer_relay_tx":            {Kind: metrics.Packets, Direction: metrics.TX, Name: "peer_relay"},
+	"peer_relay_server_echoes": {Kind: metrics.Packets, Direction: metrics.RX, Name: "server_echo_requests"},
 }
 
 // clientCounters splits the client's counters into those of the shared

@@ -27,7 +27,7 @@ func testStatusSource() *statusSource {
 				NAT:      "restricted",
 				Peers:    3,
 				MTU:      1280,
-				Counters: map[string]uint64{"tx_fast": 10, "bubbles": 2, "odd-name": 1},
+				Counters: map[string]uint64{"tx_fast": 10, "bubbles": 2, "odd-name": 1, "peer_relay_fallbacks": 3, "peer_relay_tx": 7},
 				Drops:    map[string]uint64{"malformed": 4},
 			}
 		},
@@ -150,6 +150,8 @@ func TestStatusMetrics(t *testing.T) {
 		"teredo_socks_peers 3",
 		`teredo_client_packets_total{direction="tx",result="fast"} 10`,
 		`teredo_client_packets_total{direction="tx",result="bubbles"} 2`,
+		`teredo_client_packets_total{direction="tx",result="peer_relay"} 7`,
+		`teredo_client_peer_events_total{event="relay_fallback"} 3`,
 		"teredo_socks_odd_name_total 1",
 		`teredo_client_dropped_total{reason="malformed"} 4`,
 		"teredo_socks_socks5_accepted_total 5",
