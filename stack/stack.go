@@ -19,12 +19,12 @@ import (
 	"gvisor.dev/gvisor/pkg/tcpip/network/ipv6"
 	gstack "gvisor.dev/gvisor/pkg/tcpip/stack"
 	"gvisor.dev/gvisor/pkg/tcpip/transport/icmp"
-	"gvisor.dev/gvisor/pkg/tcpip/transport/tcp"
 	"gvisor.dev/gvisor/pkg/tcpip/transport/udp"
 
 	"github.com/teredo-go/teredo/client"
 	"github.com/teredo-go/teredo/clock"
 	"github.com/teredo-go/teredo/dialer"
+	tcp "github.com/teredo-go/teredo/internal/gvtcp"
 	"github.com/teredo-go/teredo/link"
 	"github.com/teredo-go/teredo/peer"
 	"github.com/teredo-go/teredo/portmap"
