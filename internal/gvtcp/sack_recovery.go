@@ -97,7 +97,11 @@ func (sr *sackRecovery) handleSACKRecovery(limit int, end seqnum.Value) (dataSen
 			// HighData, HighRxt MUST be set to the highest sequence
 			// number of the retransmitted segment unless NextSeg ()
 			// rule (4) was invoked for this retransmission."
-			snd.FastRecovery.HighRxt = segEnd - 1
+			// teredo-go patch: a lost retransmission (lostRetransmission
+			// in rate.go) lies below HighRxt, which must not move back.
+			if snd.FastRecovery.HighRxt.LessThan(segEnd - 1) {
+				snd.FastRecovery.HighRxt = segEnd - 1
+			}
 		}
 	}
 	return dataSent

@@ -343,6 +343,8 @@ func (s *sender) initCongestionControl(congestionControlName tcpip.CongestionCon
 	switch congestionControlName {
 	case ccCubic:
 		return newCubicCC(s)
+	case ccRate: // teredo-go patch: see rate.go.
+		return newRateCC(s)
 	case ccReno:
 		fallthrough
 	default:
@@ -760,6 +762,10 @@ func (s *sender) NextSeg(nextSegHint *segment) (nextSeg, hint *segment, rescueRt
 		//     loss, the sequence range of one segment of up to SMSS
 		//     octets starting with S2 MUST be returned.
 		if !s.ep.scoreboard.IsSACKED(header.SACKBlock{Start: segSeq, End: segSeq.Add(1)}) {
+			// teredo-go patch: see lostRetransmission in rate.go.
+			if s.lostRetransmission(seg, segSeq) {
+				return seg, seg.Next(), false
+			}
 			// NextSeg():
 			//
 			//    (1.a) S2 is greater than HighRxt
@@ -1763,6 +1769,12 @@ func (s *sender) handleRcvdSegment(rcvdSeg *segment) {
 			s.resendTimer.disable()
 			s.probeTimer.disable()
 		}
+	}
+
+	// teredo-go patch: a rate-based congestion control measures every ACK,
+	// also during recovery, where Update is not called (see rate.go).
+	if r, ok := s.cc.(*rateState); ok {
+		r.onAck(rcvdSeg.rcvdTime, bestRTT)
 	}
 
 	if s.ep.SACKPermitted && s.ep.tcpRecovery&tcpip.TCPRACKLossDetection != 0 {

@@ -17,10 +17,10 @@ package tcp
 import (
 	"time"
 
+	"github.com/teredo-go/teredo/internal/gvtcp/internal/tcp"
 	"gvisor.dev/gvisor/pkg/atomicbitops"
 	"gvisor.dev/gvisor/pkg/tcpip"
 	"gvisor.dev/gvisor/pkg/tcpip/header"
-	"github.com/teredo-go/teredo/internal/gvtcp/internal/tcp"
 	"gvisor.dev/gvisor/pkg/tcpip/seqnum"
 )
 

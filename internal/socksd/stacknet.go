@@ -178,6 +178,7 @@ func StackConfig(cfg *Config, log *slog.Logger, lookup func(ctx context.Context,
 		PortMapping:    cfg.PortMap,
 		LocalDiscovery: cfg.LocalDiscovery,
 		ConeProbe:      cfg.ConeProbe,
+		TCPCongestion:  cfg.TCPCongestion,
 	}
 }
 
