@@ -24,9 +24,9 @@ import (
 	"gvisor.dev/gvisor/pkg/tcpip/network/ipv6"
 	"gvisor.dev/gvisor/pkg/tcpip/stack"
 	"gvisor.dev/gvisor/pkg/tcpip/transport/icmp"
-	"gvisor.dev/gvisor/pkg/tcpip/transport/tcp"
 	"gvisor.dev/gvisor/pkg/tcpip/transport/udp"
 
+	tcp "github.com/teredo-go/teredo/internal/gvtcp"
 	"github.com/teredo-go/teredo/udpio"
 	"github.com/teredo-go/teredo/udpio/udpiotest"
 )

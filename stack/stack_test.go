@@ -14,10 +14,10 @@ import (
 
 	"go.uber.org/goleak"
 	"gvisor.dev/gvisor/pkg/tcpip"
-	"gvisor.dev/gvisor/pkg/tcpip/transport/tcp"
 
 	"github.com/teredo-go/teredo/client"
 	"github.com/teredo-go/teredo/dialer"
+	tcp "github.com/teredo-go/teredo/internal/gvtcp"
 	"github.com/teredo-go/teredo/listener"
 	"github.com/teredo-go/teredo/proto"
 	"github.com/teredo-go/teredo/server"

@@ -33,10 +33,10 @@ import (
 	"gvisor.dev/gvisor/pkg/tcpip/network/ipv6"
 	"gvisor.dev/gvisor/pkg/tcpip/stack"
 	"gvisor.dev/gvisor/pkg/tcpip/transport/icmp"
-	"gvisor.dev/gvisor/pkg/tcpip/transport/tcp"
 	"gvisor.dev/gvisor/pkg/tcpip/transport/udp"
 
 	"github.com/teredo-go/teredo/gateway"
+	tcp "github.com/teredo-go/teredo/internal/gvtcp"
 	"github.com/teredo-go/teredo/proto"
 	"github.com/teredo-go/teredo/relay"
 	"github.com/teredo-go/teredo/relay/netstack"

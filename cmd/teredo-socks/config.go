@@ -5,6 +5,7 @@ import (
 	"flag"
 	"fmt"
 	"github.com/teredo-go/teredo/socks5"
+	"github.com/teredo-go/teredo/stack"
 	"io"
 	"net"
 	"net/netip"
@@ -115,6 +116,7 @@ func parseConfig(args []string, getenv func(string) string, stderr io.Writer) (*
 	fs.Var(&fwds, "forward", "accept TCP on the Teredo address's `PORT=HOST:PORT` and forward it (repeatable)")
 	fs.StringVar(&c.Status, "status", "", "serve GET /status (JSON), /healthz (200 while IPv6 works, else 503) and /metrics (Prometheus) on `address`; no authentication, so keep it on loopback")
 	fs.IntVar(&c.MaxSessions, "max-sessions", socks5.DefaultMaxConns, "most concurrent SOCKS5 sessions; more are closed at once")
+	fs.StringVar(&c.TCPCongestion, "tcp-congestion", stack.TCPCongestionRate, "TCP congestion control of Teredo connections: `rate` (delivery-rate model, keeps its rate under random loss), cubic or reno")
 	fs.BoolVar(&c.Demo, "demo", false, "run against a built-in in-process Teredo internet (no root, no network)")
 	c.Common.Register(fs)
 	fs.BoolVar(&c.PortMap, "portmap", true, "ask the NAT for a mapping of the client's UDP port (PCP, NAT-PMP, UPnP-IGD); -portmap=false turns it off")
@@ -194,6 +196,11 @@ func parseConfig(args []string, getenv func(string) string, stderr io.Writer) (*
 	case "direct", "reject":
 	default:
 		return nil, fmt.Errorf("%s %q: want direct or reject", name("ipv4"), c.IPv4)
+	}
+	switch c.TCPCongestion {
+	case stack.TCPCongestionRate, "cubic", "reno":
+	default:
+		return nil, fmt.Errorf("%s %q: want rate, cubic or reno", name("tcp-congestion"), c.TCPCongestion)
 	}
 	switch c.Prefer {
 	case "ipv4", "ipv6":

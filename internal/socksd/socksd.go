@@ -57,6 +57,8 @@ type Config struct {
 	// MaxSessions bounds concurrent SOCKS5 sessions (socks5.Server.MaxConns);
 	// zero means socks5's default.
 	MaxSessions int
+	// TCPCongestion is stack.Config.TCPCongestion (-tcp-congestion).
+	TCPCongestion string
 }
 
 // Teredo is what the loop needs from a Teredo stack, qualified or not.

@@ -182,6 +182,7 @@ func StackConfig(cfg *Config, log *slog.Logger, lookup func(ctx context.Context,
 		ConeProbe:      cfg.ConeProbe,
 		PeerRelay:      cfg.PeerRelay,
 		FixedRelay:     cfg.FixedRelay,
+		TCPCongestion:  cfg.TCPCongestion,
 	}
 }
 

@@ -30,10 +30,10 @@ import (
 	"time"
 
 	"gvisor.dev/gvisor/pkg/tcpip"
-	"gvisor.dev/gvisor/pkg/tcpip/transport/tcp"
 
 	"github.com/teredo-go/teredo/client"
 	"github.com/teredo-go/teredo/dialer"
+	tcp "github.com/teredo-go/teredo/internal/gvtcp"
 	"github.com/teredo-go/teredo/internal/lab/internal/echo"
 	"github.com/teredo-go/teredo/listener"
 	"github.com/teredo-go/teredo/stack"
