@@ -51,14 +51,17 @@ const (
 	rateProbeRTTTime = 200 * time.Millisecond
 	rateMinCwnd      = 4
 	// A round that retransmits more than rateLossShare of what it sends
-	// (and sends at least rateLossMinPackets) is not random loss but a
-	// queue overflowing: a bottleneck buffer shallower than the window's
-	// extra BDP, where a model that ignored loss would drop a quarter of
-	// its packets. The window is then capped at rateLossBackoff of itself,
+	// (and sends at least rateLossMinPackets) while the RTT shows a queue
+	// is not random loss but the queue overflowing: a bottleneck buffer
+	// shallower than the window's extra BDP, where a model that ignored
+	// loss would drop a quarter of its packets. The window is then capped at rateLossBackoff of itself,
 	// and the cap grows by an eighth every rateProbeUpRounds clean rounds
 	// until it no longer binds (BBRv2's inflight_hi, simplified). The
 	// lab's lossiest profile retransmits about 2-3 %.
-	rateLossShare      = 0.05
+	rateLossShare = 0.05
+	// rateHeavyLossShare is loss no random path loss explains, queue or
+	// not (the RTT estimate lags a queue that fills within a round).
+	rateHeavyLossShare = 0.15
 	rateLossMinPackets = 20
 	rateLossBackoff    = 0.7
 	rateProbeUpRounds  = 4
@@ -189,7 +192,15 @@ func (r *rateState) onAck(now tcpip.MonotonicTime, rtt time.Duration) {
 func (r *rateState) checkLoss(got uint64) {
 	mss := uint64(max(r.s.MaxPayloadSize, 1))
 	sent := got/mss + r.lastRoundRetx
-	if sent >= rateLossMinPackets && float64(r.lastRoundRetx) > rateLossShare*float64(sent) {
+	r.s.rtt.Lock()
+	srtt := r.s.rtt.TCPRTTState.SRTT
+	r.s.rtt.Unlock()
+	// Loss with the RTT near its minimum is random loss on the path; loss
+	// while a queue has built up (RTT well above the minimum) is the
+	// queue overflowing.
+	queued := r.minRTT > 0 && srtt > r.minRTT+r.minRTT/4
+	share := float64(r.lastRoundRetx) / float64(max(sent, 1))
+	if sent >= rateLossMinPackets && (queued && share > rateLossShare || share > rateHeavyLossShare) {
 		r.inflightHi = max(int(rateLossBackoff*float64(r.s.SndCwnd)), rateMinCwnd)
 		r.cleanRounds = 0
 		return
@@ -345,22 +356,28 @@ func (r *rateState) PostRecovery() {
 // segments in flight some retransmission is lost every few round trips, and
 // each RTO restarts the window from one segment. Following RACK's principle
 // (RFC 8985: a segment is lost when one sent later has been delivered), a
-// retransmission still unacknowledged a smoothed RTT plus a quarter after it
-// was sent, while ACKs for later data keep arriving (NextSeg runs on ACKs
+// retransmission still unacknowledged a smoothed RTT plus the larger of a
+// quarter of it and twice its variance after it was sent, while ACKs for later data keep arriving (NextSeg runs on ACKs
 // in recovery), is lost. Only the rate congestion control uses it, so Reno
 // and CUBIC keep upstream's behaviour.
 //
 // +checklocks:s.ep.mu
 func (s *sender) lostRetransmission(seg *segment, segSeq seqnum.Value) bool {
-	if s.ep.cc != ccRate || seg.xmitCount < 2 || !s.FastRecovery.Active ||
+	if s.ep.cc != ccRate || seg.xmitCount < 2 || seg.xmitCount > rateMaxRetransmits || !s.FastRecovery.Active ||
 		s.FastRecovery.HighRxt.LessThan(segSeq) || !segSeq.LessThan(s.ep.scoreboard.maxSACKED) {
 		return false
 	}
 	s.rtt.Lock()
-	srtt := s.rtt.TCPRTTState.SRTT
+	srtt, rttvar := s.rtt.TCPRTTState.SRTT, s.rtt.TCPRTTState.RTTVar
 	s.rtt.Unlock()
 	if srtt <= 0 {
 		return false
 	}
-	return s.ep.stack.Clock().NowMonotonic().Sub(seg.xmitTime) > srtt+srtt/4
+	return s.ep.stack.Clock().NowMonotonic().Sub(seg.xmitTime) > srtt+max(srtt/4, 2*rttvar)
 }
+
+// rateMaxRetransmits bounds how often lostRetransmission sends one segment:
+// the RTO counts transmissions against the connection's retry limit
+// (MaxRetries), and a queue that briefly holds a segment longer than the
+// estimate must not spend that budget; beyond it the RTO takes over.
+const rateMaxRetransmits = 3
