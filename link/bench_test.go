@@ -15,6 +15,7 @@ import (
 	"gvisor.dev/gvisor/pkg/tcpip/header"
 	"gvisor.dev/gvisor/pkg/tcpip/network/ipv6"
 	"gvisor.dev/gvisor/pkg/tcpip/stack"
+	"gvisor.dev/gvisor/pkg/tcpip/stack/gro"
 	"gvisor.dev/gvisor/pkg/tcpip/transport/tcp"
 
 	"github.com/teredo-go/teredo/udpio"
@@ -23,18 +24,32 @@ import (
 // sinkConn is a udpio.Conn that discards writes and replays one datagram
 // to readers, so that benchmarks measure the endpoint, not a socket. No
 // reader goroutine runs on it: benchmarks drive the receive path directly.
+// With segments > 0 it acts as a socket with UDP GRO and puts that many
+// copies of the datagram in each message.
 type sinkConn struct {
 	datagram []byte
 	from     netip.AddrPort
+	segments int
 }
 
 func (c *sinkConn) ReadBatch(msgs []udpio.Message) (int, error) {
 	for i := range msgs {
-		msgs[i].N = copy(msgs[i].Buffers[0], c.datagram)
-		msgs[i].Addr = c.from
+		m := &msgs[i]
+		m.N, m.SegmentSize = 0, 0
+		for range max(c.segments, 1) {
+			m.N += copy(m.Buffers[0][m.N:], c.datagram)
+		}
+		if c.segments > 0 {
+			m.SegmentSize = len(c.datagram)
+		}
+		m.Addr = c.from
 	}
 	return len(msgs), nil
 }
+
+// Offload reports UDP GRO when the conn coalesces, so that the endpoint
+// sizes its receive buffers for it.
+func (c *sinkConn) Offload() (gso, gro bool) { return false, c.segments > 0 }
 
 func (c *sinkConn) WriteBatch(msgs []udpio.Message) (int, error) { return len(msgs), nil }
 func (c *sinkConn) WriteTo([]byte, netip.AddrPort) error         { return nil }
@@ -77,25 +92,43 @@ type nopDispatcher struct{}
 func (nopDispatcher) DeliverNetworkPacket(tcpip.NetworkProtocolNumber, *stack.PacketBuffer) {}
 func (nopDispatcher) DeliverLinkPacket(tcpip.NetworkProtocolNumber, *stack.PacketBuffer)    {}
 
-// BenchmarkReceive measures the endpoint's receive path per packet:
-// unwrapping through the tunnel and building the packet buffer to inject.
+// BenchmarkReceive measures the endpoint's receive path per packet: the
+// reader goroutine's handling of a batch (the sinkConn's copy into the
+// receive buffers stands for the kernel's), unwrapping through the tunnel
+// and building the packet buffers to inject. "datagrams" has one 1280-byte
+// datagram per message, "coalesced" 45 per message, as UDP GRO delivers a
+// bulk transfer.
 func BenchmarkReceive(b *testing.B) {
 	peer := netip.MustParseAddrPort("192.0.2.2:40001")
-	conn := &sinkConn{from: peer, datagram: ipv6Packet(1, 1240)}
-	ep := New(conn, &directTunnel{peer: peer}, Options{DisableGSO: true, DisableGRO: true})
-	ep.disp.Store(&dispatcherBox{nopDispatcher{}})
-	msgs := ep.rmsgs
-	b.ReportAllocs()
-	b.SetBytes(1280)
-	b.ResetTimer()
-	for i := 0; i < b.N; i += len(msgs) {
-		n, _ := conn.ReadBatch(msgs)
-		tb := ep.tun.Load()
-		for j := range msgs[:n] {
-			if ip := tb.t.Receive(msgs[j].Buffers[0][:msgs[j].N], msgs[j].Addr); ip != nil {
-				ep.inject(ip)
-			}
+	for _, segs := range []int{0, 45} {
+		name := "datagrams"
+		if segs > 0 {
+			name = "coalesced"
 		}
+		b.Run(name, func(b *testing.B) {
+			conn := &sinkConn{from: peer, datagram: ipv6Packet(1, 1240), segments: segs}
+			benchReceive(b, conn, &directTunnel{peer: peer}, 1280)
+		})
+	}
+}
+
+// benchReceive runs the reader's batches on conn through tun until b.N
+// packets of size bytes have been handed to a dispatcher that drops them.
+func benchReceive(b *testing.B, conn *sinkConn, tun Tunnel, size int) {
+	ep := New(conn, tun, Options{DisableGSO: true, DisableGRO: true})
+	ep.disp.Store(&dispatcherBox{nopDispatcher{}})
+	var coalescer gro.GRO
+	coalescer.Init(false)
+	b.ReportAllocs()
+	b.SetBytes(int64(size))
+	b.ResetTimer()
+	for ep.rxPackets.Load() < uint64(b.N) {
+		n, _ := ep.readBatch()
+		ep.handleBatch(ep.rmsgs[:n], &coalescer)
+	}
+	b.StopTimer()
+	if st := ep.Stats(); st.RxPackets != st.RxDatagrams {
+		b.Fatalf("not every datagram delivered: %+v", st)
 	}
 }
 

@@ -252,10 +252,7 @@ func (e *Endpoint) readLoop(done chan struct{}) {
 	var coalescer gro.GRO
 	coalescer.Init(!e.opts.DisableGRO)
 	for {
-		for i := range msgs {
-			msgs[i].N = 0
-		}
-		n, err := e.conn.ReadBatch(msgs)
+		n, err := e.readBatch()
 		if e.stopping.Load() {
 			return
 		}
@@ -273,35 +270,50 @@ func (e *Endpoint) readLoop(done chan struct{}) {
 			time.Sleep(10 * time.Millisecond)
 			continue
 		}
-		e.rxDatagrams.Add(uint64(n))
-		e.rxBatches.Add(1)
-		tb := e.tun.Load()
-		if tb == nil {
+		e.handleBatch(msgs[:n], &coalescer)
+	}
+}
+
+// readBatch receives the next batch into e.rmsgs.
+func (e *Endpoint) readBatch() (int, error) {
+	msgs := e.rmsgs
+	for i := range msgs {
+		msgs[i].N = 0
+	}
+	return e.conn.ReadBatch(msgs)
+}
+
+// handleBatch unwraps the datagrams of one receive batch and hands the IPv6
+// packets to the stack.
+func (e *Endpoint) handleBatch(msgs []udpio.Message, coalescer *gro.GRO) {
+	e.rxDatagrams.Add(uint64(len(msgs)))
+	e.rxBatches.Add(1)
+	tb := e.tun.Load()
+	if tb == nil {
+		return
+	}
+	db := e.disp.Load()
+	if db != nil {
+		coalescer.Dispatcher = db.d
+	}
+	for i := range msgs {
+		m := &msgs[i]
+		b := m.Buffers[0][:m.N]
+		if m.SegmentSize <= 0 || m.N <= m.SegmentSize {
+			e.receive(tb.t, db, coalescer, b, m.Addr)
 			continue
 		}
-		db := e.disp.Load()
-		if db != nil {
-			coalescer.Dispatcher = db.d
+		// The socket coalesced several datagrams (udpio GRO).
+		e.rxCoalesced.Add(1)
+		e.rxDatagrams.Add(uint64((len(b)+m.SegmentSize-1)/m.SegmentSize - 1))
+		for len(b) > 0 {
+			var d []byte
+			d, b = udpio.NextSegment(b, m.SegmentSize)
+			e.receive(tb.t, db, coalescer, d, m.Addr)
 		}
-		for i := range msgs[:n] {
-			m := &msgs[i]
-			b := m.Buffers[0][:m.N]
-			if m.SegmentSize <= 0 || m.N <= m.SegmentSize {
-				e.receive(tb.t, db, &coalescer, b, m.Addr)
-				continue
-			}
-			// The socket coalesced several datagrams (udpio GRO).
-			e.rxCoalesced.Add(1)
-			e.rxDatagrams.Add(uint64((len(b)+m.SegmentSize-1)/m.SegmentSize - 1))
-			for len(b) > 0 {
-				var d []byte
-				d, b = udpio.NextSegment(b, m.SegmentSize)
-				e.receive(tb.t, db, &coalescer, d, m.Addr)
-			}
-		}
-		if db != nil {
-			coalescer.Flush()
-		}
+	}
+	if db != nil {
+		coalescer.Flush()
 	}
 }
 
