@@ -107,6 +107,7 @@ type Stats struct {
 	ReadErrors    uint64 // socket read errors other than shutdown
 	RxBadChecksum uint64 // packets dropped for a bad transport checksum (GRO only)
 	RxCoalesced   uint64 // received messages carrying several datagrams (UDP GRO)
+	RxZeroCopy    uint64 // of RxPackets, those handed over in their receive buffer, not copied
 	TxPackets     uint64 // IPv6 packets sent straight to a UDP destination
 	TxTunnel      uint64 // IPv6 packets the tunnel took over (queued, dropped, answered)
 	TxErrors      uint64 // IPv6 packets the socket refused to send
@@ -137,10 +138,12 @@ type Endpoint struct {
 	wmsgs   []udpio.Message
 	scratch [][]byte // one MTU-sized buffer per slot, for packets whose header is split
 
-	rmsgs []udpio.Message
+	// The reader's receive buffers (rx.go); only the reader goroutine
+	// touches them.
+	rx rxState
 
 	rxDatagrams, rxBatches, rxPackets, rxNotAttached, readErrors atomic.Uint64
-	rxBadChecksum, rxCoalesced                                   atomic.Uint64
+	rxBadChecksum, rxCoalesced, rxZeroCopy                       atomic.Uint64
 	txPackets, txTunnel, txErrors, txBatches                     atomic.Uint64
 }
 
@@ -166,9 +169,9 @@ func New(conn udpio.Conn, tun Tunnel, opts Options) *Endpoint {
 	for i := range e.wmsgs {
 		e.wmsgs[i].Buffers = make([][]byte, 0, 4)
 	}
-	rbatch, rsize := opts.BatchSize, opts.ReadBufferSize
+	rbatch, rsize, coalesced := opts.BatchSize, opts.ReadBufferSize, false
 	if o, ok := conn.(offloader); ok {
-		if _, gro := o.Offload(); gro {
+		if _, coalesced = o.Offload(); coalesced {
 			// Each slot must hold a coalesced message of up to 64 KiB;
 			// one such message carries dozens of datagrams, so fewer
 			// slots move as many per call.
@@ -176,12 +179,7 @@ func New(conn udpio.Conn, tun Tunnel, opts Options) *Endpoint {
 			rbatch = min(rbatch, groBatchSize)
 		}
 	}
-	e.rmsgs = make([]udpio.Message, rbatch)
-	bufs := make([]byte, rbatch*rsize)
-	for i := range e.rmsgs {
-		b := bufs[i*rsize : (i+1)*rsize : (i+1)*rsize]
-		e.rmsgs[i].Buffers = [][]byte{b}
-	}
+	e.rx.init(rbatch, rsize, coalesced)
 	return e
 }
 
@@ -190,7 +188,8 @@ func New(conn udpio.Conn, tun Tunnel, opts Options) *Endpoint {
 type offloader interface{ Offload() (gso, gro bool) }
 
 // groBatchSize is the number of receive slots on a socket with UDP GRO.
-const groBatchSize = 16
+// Eight hold up to 512 KiB a call; a bulk transfer fills about three.
+const groBatchSize = 8
 
 // SetTunnel sets the tunnel that routes and unwraps packets.
 func (e *Endpoint) SetTunnel(t Tunnel) { e.tun.Store(&tunnelBox{t}) }
@@ -245,7 +244,7 @@ func (e *Endpoint) joinLocked() {
 
 func (e *Endpoint) readLoop(done chan struct{}) {
 	defer close(done)
-	msgs := e.rmsgs
+	defer e.rx.release()
 	// GRO merges consecutive TCP segments of a flow within one receive
 	// batch, so that TCP processes one large segment instead of dozens.
 	// It verifies TCP checksums itself before merging.
@@ -270,72 +269,8 @@ func (e *Endpoint) readLoop(done chan struct{}) {
 			time.Sleep(10 * time.Millisecond)
 			continue
 		}
-		e.handleBatch(msgs[:n], &coalescer)
+		e.handleBatch(n, &coalescer)
 	}
-}
-
-// readBatch receives the next batch into e.rmsgs.
-func (e *Endpoint) readBatch() (int, error) {
-	msgs := e.rmsgs
-	for i := range msgs {
-		msgs[i].N = 0
-	}
-	return e.conn.ReadBatch(msgs)
-}
-
-// handleBatch unwraps the datagrams of one receive batch and hands the IPv6
-// packets to the stack.
-func (e *Endpoint) handleBatch(msgs []udpio.Message, coalescer *gro.GRO) {
-	e.rxDatagrams.Add(uint64(len(msgs)))
-	e.rxBatches.Add(1)
-	tb := e.tun.Load()
-	if tb == nil {
-		return
-	}
-	db := e.disp.Load()
-	if db != nil {
-		coalescer.Dispatcher = db.d
-	}
-	for i := range msgs {
-		m := &msgs[i]
-		b := m.Buffers[0][:m.N]
-		if m.SegmentSize <= 0 || m.N <= m.SegmentSize {
-			e.receive(tb.t, db, coalescer, b, m.Addr)
-			continue
-		}
-		// The socket coalesced several datagrams (udpio GRO).
-		e.rxCoalesced.Add(1)
-		e.rxDatagrams.Add(uint64((len(b)+m.SegmentSize-1)/m.SegmentSize - 1))
-		for len(b) > 0 {
-			var d []byte
-			d, b = udpio.NextSegment(b, m.SegmentSize)
-			e.receive(tb.t, db, coalescer, d, m.Addr)
-		}
-	}
-	if db != nil {
-		coalescer.Flush()
-	}
-}
-
-// receive hands one datagram to the tunnel and queues the IPv6 packet it
-// yields for the stack.
-func (e *Endpoint) receive(t Tunnel, db *dispatcherBox, coalescer *gro.GRO, b []byte, from netip.AddrPort) {
-	ip := t.Receive(b, from)
-	if ip == nil {
-		return
-	}
-	if db == nil {
-		e.rxNotAttached.Add(1)
-		return
-	}
-	if !e.opts.DisableGRO && !validChecksum(ip, true) {
-		e.rxBadChecksum.Add(1)
-		return
-	}
-	pkt := newPacket(ip)
-	coalescer.Enqueue(pkt) // takes its own reference if it keeps pkt
-	pkt.DecRef()
-	e.rxPackets.Add(1)
 }
 
 // newPacket copies an inbound IPv6 packet into a packet buffer.
@@ -484,6 +419,7 @@ func (e *Endpoint) Stats() Stats {
 		ReadErrors:    e.readErrors.Load(),
 		RxBadChecksum: e.rxBadChecksum.Load(),
 		RxCoalesced:   e.rxCoalesced.Load(),
+		RxZeroCopy:    e.rxZeroCopy.Load(),
 		TxPackets:     e.txPackets.Load(),
 		TxTunnel:      e.txTunnel.Load(),
 		TxErrors:      e.txErrors.Load(),
