@@ -187,9 +187,11 @@ func benchReceive(b *testing.B, conn *sinkConn, tun Tunnel, size int) {
 		ep.handleBatch(n, &coalescer)
 	}
 	b.StopTimer()
-	if st := ep.Stats(); st.RxPackets != st.RxDatagrams {
+	st := ep.Stats()
+	if st.RxPackets != st.RxDatagrams {
 		b.Fatalf("not every datagram delivered: %+v", st)
 	}
+	b.ReportMetric(float64(st.RxZeroCopy)/float64(st.RxPackets)*100, "%zero-copy")
 }
 
 // BenchmarkStreamLoopback measures one TCP stream between two gVisor

@@ -3,6 +3,7 @@ package link
 import (
 	"math"
 	"net/netip"
+	"unsafe"
 
 	"gvisor.dev/gvisor/pkg/buffer"
 	"gvisor.dev/gvisor/pkg/tcpip/network/ipv6"
@@ -252,17 +253,19 @@ func (e *Endpoint) receive(t Tunnel, db *dispatcherBox, coalescer *gro.GRO, b []
 }
 
 // offsetIn returns the offset of inner within outer, if inner is a
-// non-empty sub-slice of outer (the tunnel returns one normally, but its
-// contract does not bind it to).
+// non-empty sub-slice of outer: the tunnel returns one normally (often
+// with its capacity cut, so capacities cannot tell), but its contract does
+// not bind it to.
 func offsetIn(outer, inner []byte) (int, bool) {
-	if len(inner) == 0 {
+	if len(inner) == 0 || len(outer) == 0 {
 		return 0, false
 	}
-	off := cap(outer) - cap(inner)
-	if off < 0 || off+len(inner) > len(outer) || &outer[off] != &inner[0] {
+	base := uintptr(unsafe.Pointer(unsafe.SliceData(outer)))
+	p := uintptr(unsafe.Pointer(unsafe.SliceData(inner)))
+	if p < base || p-base+uintptr(len(inner)) > uintptr(len(outer)) {
 		return 0, false
 	}
-	return off, true
+	return int(p - base), true
 }
 
 // viewPacket makes a packet of the n bytes at off in v without copying,

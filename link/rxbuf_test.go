@@ -90,6 +90,15 @@ func (k *keeper) release() {
 	k.pkts = nil
 }
 
+// capTunnel unwraps like directTunnel but cuts the capacity of the packet
+// it returns, as proto.Packet.Parse does.
+type capTunnel struct{ directTunnel }
+
+func (c *capTunnel) Receive(b []byte, from netip.AddrPort) []byte {
+	ip := c.directTunnel.Receive(b, from)
+	return ip[:len(ip):len(ip)]
+}
+
 // copyTunnel unwraps like directTunnel but returns a copy of the packet,
 // which the endpoint cannot share.
 type copyTunnel struct{ directTunnel }
@@ -146,23 +155,25 @@ func TestReceiveBuffers(t *testing.T) {
 	for _, tc := range []struct {
 		name     string
 		gro      bool
-		copies   bool // the tunnel returns copies
+		tun      string // "copy" or "cap": a tunnel that returns copies, or cuts capacities
 		msgs     []scriptMsg
 		zeroCopy int
 	}{
-		{"full datagrams", false, false, single(20, 1240), all},
-		{"small datagrams", false, false, single(20, 100), none},
-		{"large datagrams", false, false, single(20, 3000), none}, // straddle view and tail
-		{"tunnel copies", false, true, single(20, 1240), none},
-		{"coalesced", true, false, coalesced(10, 45, 1240), all},
-		{"few coalesced", true, false, coalesced(10, 2, 1240), all},
-		{"coalesced with a short last", true, false, short(10), all},
+		{"full datagrams", false, "", single(20, 1240), all},
+		{"small datagrams", false, "", single(20, 100), none},
+		{"large datagrams", false, "", single(20, 3000), none}, // straddle view and tail
+		{"tunnel copies", false, "copy", single(20, 1240), none},
+		{"tunnel cuts capacity", false, "cap", single(20, 1240), all},
+		{"coalesced", true, "", coalesced(10, 45, 1240), all},
+		{"few coalesced", true, "", coalesced(10, 2, 1240), all},
+		{"coalesced with a short last", true, "", short(10), all},
 		// The first batch was laid out for 1280-byte datagrams: those
 		// straddle views and are copied; the next ones fit.
-		{"coalesced, other size", true, false, coalesced(10, 40, 1000), some},
-		{"coalesced, larger than a view", true, false, coalesced(10, 15, 2500), none},
-		{"coalesced acks", true, false, coalesced(10, 45, 60), none},
-		{"lone datagrams on a GRO socket", true, false, single(20, 1240), all},
+		{"coalesced, other size", true, "", coalesced(10, 40, 1000), some},
+		{"coalesced, other size, tunnel cuts capacity", true, "cap", coalesced(10, 40, 1000), some},
+		{"coalesced, larger than a view", true, "", coalesced(10, 15, 2500), none},
+		{"coalesced acks", true, "", coalesced(10, 45, 60), none},
+		{"lone datagrams on a GRO socket", true, "", single(20, 1240), all},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			conn := &scriptConn{sinkConn: sinkConn{from: peer}, gro: tc.gro, msgs: tc.msgs}
@@ -171,8 +182,11 @@ func TestReceiveBuffers(t *testing.T) {
 				want = append(want, m.datagrams...)
 			}
 			var tun Tunnel = &directTunnel{peer: peer}
-			if tc.copies {
+			switch tc.tun {
+			case "copy":
 				tun = &copyTunnel{directTunnel{peer: peer}}
+			case "cap":
+				tun = &capTunnel{directTunnel{peer: peer}}
 			}
 			// Four slots: the reader reuses or replaces each one
 			// several times while the keeper holds every packet.
