@@ -58,8 +58,9 @@ type rxState struct {
 // the size.
 type rxSlot struct {
 	views []*buffer.View
-	n     int // views in the list
-	seg   int // bytes of each view in the list
+	n     int  // views in the list
+	seg   int  // bytes of each view in the list
+	dirty bool // a view went to the stack
 	tail  []byte
 }
 
@@ -87,6 +88,11 @@ func (r *rxState) arm() {
 	n := r.views()
 	for i := range r.slots {
 		sl, m := &r.slots[i], &r.msgs[i]
+		m.N = 0
+		if !sl.dirty && sl.n == n && sl.seg == r.seg && len(m.Buffers) > 0 {
+			continue // as the last read left it
+		}
+		sl.dirty = false
 		for j := n; j < len(sl.views); j++ {
 			if sl.views[j] != nil {
 				sl.views[j].Release()
@@ -114,7 +120,6 @@ func (r *rxState) arm() {
 			bufs = append(bufs, sl.tail[:t])
 		}
 		m.Buffers = bufs
-		m.N = 0
 	}
 }
 
@@ -243,6 +248,7 @@ func (e *Endpoint) receive(t Tunnel, db *dispatcherBox, coalescer *gro.GRO, b []
 	if off, ok := offsetIn(b, ip); ok && view >= 0 && len(b) >= minZeroCopy {
 		pkt = viewPacket(sl.views[view], off, len(ip))
 		sl.views[view] = nil // arm gives the slot a new one
+		sl.dirty = true
 		e.rxZeroCopy.Add(1)
 	} else {
 		pkt = newPacket(ip)
