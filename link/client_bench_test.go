@@ -10,7 +10,6 @@ import (
 	"gvisor.dev/gvisor/pkg/tcpip"
 	"gvisor.dev/gvisor/pkg/tcpip/header"
 	"gvisor.dev/gvisor/pkg/tcpip/stack"
-	"gvisor.dev/gvisor/pkg/tcpip/stack/gro"
 
 	"github.com/teredo-go/teredo/client"
 	"github.com/teredo-go/teredo/peer"
@@ -147,35 +146,4 @@ func BenchmarkClientPath(b *testing.B) {
 		conn := &sinkConn{from: addrB, datagram: teredoPacket(tb6, ta, proto.MinMTU-header.IPv6MinimumSize)}
 		benchReceive(b, conn, ca, proto.MinMTU)
 	})
-}
-
-// TestClientReceiveZeroCopy checks that datagrams the Teredo client unwraps
-// go to the stack in their receive buffers: the client returns the IPv6
-// packet as a sub-slice of the datagram, with its capacity cut.
-func TestClientReceiveZeroCopy(t *testing.T) {
-	ca, cb, _, addrB := clientPeers(t)
-	ta, _ := ca.Addr()
-	tb6, _ := cb.Addr()
-	var msgs []scriptMsg
-	for range 10 {
-		msgs = append(msgs, scriptMsg{datagrams: [][]byte{teredoPacket(tb6, ta, proto.MinMTU-header.IPv6MinimumSize)}})
-	}
-	conn := &scriptConn{sinkConn: sinkConn{from: addrB}, msgs: msgs}
-	ep := New(conn, ca, Options{DisableGSO: true, DisableGRO: true})
-	var k keeper
-	defer k.release()
-	ep.disp.Store(&dispatcherBox{&k})
-	var coalescer gro.GRO
-	coalescer.Init(false)
-	for {
-		n, err := ep.readBatch()
-		if err != nil {
-			break
-		}
-		ep.handleBatch(n, &coalescer)
-	}
-	ep.rx.release()
-	if st := ep.Stats(); st.RxPackets != 10 || st.RxZeroCopy != st.RxPackets {
-		t.Errorf("stats %+v: want 10 packets, all handed over in their receive buffers", st)
-	}
 }

@@ -107,7 +107,6 @@ type Stats struct {
 	ReadErrors    uint64 // socket read errors other than shutdown
 	RxBadChecksum uint64 // packets dropped for a bad transport checksum (GRO only)
 	RxCoalesced   uint64 // received messages carrying several datagrams (UDP GRO)
-	RxZeroCopy    uint64 // of RxPackets, those handed over in their receive buffer, not copied
 	TxPackets     uint64 // IPv6 packets sent straight to a UDP destination
 	TxTunnel      uint64 // IPv6 packets the tunnel took over (queued, dropped, answered)
 	TxErrors      uint64 // IPv6 packets the socket refused to send
@@ -138,12 +137,10 @@ type Endpoint struct {
 	wmsgs   []udpio.Message
 	scratch [][]byte // one MTU-sized buffer per slot, for packets whose header is split
 
-	// The reader's receive buffers (rx.go); only the reader goroutine
-	// touches them.
-	rx rxState
+	rmsgs []udpio.Message
 
 	rxDatagrams, rxBatches, rxPackets, rxNotAttached, readErrors atomic.Uint64
-	rxBadChecksum, rxCoalesced, rxZeroCopy                       atomic.Uint64
+	rxBadChecksum, rxCoalesced                                   atomic.Uint64
 	txPackets, txTunnel, txErrors, txBatches                     atomic.Uint64
 }
 
@@ -169,9 +166,9 @@ func New(conn udpio.Conn, tun Tunnel, opts Options) *Endpoint {
 	for i := range e.wmsgs {
 		e.wmsgs[i].Buffers = make([][]byte, 0, 4)
 	}
-	rbatch, rsize, coalesced := opts.BatchSize, opts.ReadBufferSize, false
+	rbatch, rsize := opts.BatchSize, opts.ReadBufferSize
 	if o, ok := conn.(offloader); ok {
-		if _, coalesced = o.Offload(); coalesced {
+		if _, gro := o.Offload(); gro {
 			// Each slot must hold a coalesced message of up to 64 KiB;
 			// one such message carries dozens of datagrams, so fewer
 			// slots move as many per call.
@@ -179,7 +176,12 @@ func New(conn udpio.Conn, tun Tunnel, opts Options) *Endpoint {
 			rbatch = min(rbatch, groBatchSize)
 		}
 	}
-	e.rx.init(rbatch, rsize, coalesced)
+	e.rmsgs = make([]udpio.Message, rbatch)
+	bufs := make([]byte, rbatch*rsize)
+	for i := range e.rmsgs {
+		b := bufs[i*rsize : (i+1)*rsize : (i+1)*rsize]
+		e.rmsgs[i].Buffers = [][]byte{b}
+	}
 	return e
 }
 
@@ -188,8 +190,7 @@ func New(conn udpio.Conn, tun Tunnel, opts Options) *Endpoint {
 type offloader interface{ Offload() (gso, gro bool) }
 
 // groBatchSize is the number of receive slots on a socket with UDP GRO.
-// Eight hold up to 512 KiB a call; a bulk transfer fills about three.
-const groBatchSize = 8
+const groBatchSize = 16
 
 // SetTunnel sets the tunnel that routes and unwraps packets.
 func (e *Endpoint) SetTunnel(t Tunnel) { e.tun.Store(&tunnelBox{t}) }
@@ -244,7 +245,7 @@ func (e *Endpoint) joinLocked() {
 
 func (e *Endpoint) readLoop(done chan struct{}) {
 	defer close(done)
-	defer e.rx.release()
+	msgs := e.rmsgs
 	// GRO merges consecutive TCP segments of a flow within one receive
 	// batch, so that TCP processes one large segment instead of dozens.
 	// It verifies TCP checksums itself before merging.
@@ -269,11 +270,86 @@ func (e *Endpoint) readLoop(done chan struct{}) {
 			time.Sleep(10 * time.Millisecond)
 			continue
 		}
-		e.handleBatch(n, &coalescer)
+		e.handleBatch(msgs[:n], &coalescer)
 	}
 }
 
+// readBatch receives the next batch into e.rmsgs.
+func (e *Endpoint) readBatch() (int, error) {
+	msgs := e.rmsgs
+	for i := range msgs {
+		msgs[i].N = 0
+	}
+	return e.conn.ReadBatch(msgs)
+}
+
+// handleBatch unwraps the datagrams of one receive batch and hands the IPv6
+// packets to the stack.
+func (e *Endpoint) handleBatch(msgs []udpio.Message, coalescer *gro.GRO) {
+	e.rxDatagrams.Add(uint64(len(msgs)))
+	e.rxBatches.Add(1)
+	tb := e.tun.Load()
+	if tb == nil {
+		return
+	}
+	db := e.disp.Load()
+	if db != nil {
+		coalescer.Dispatcher = db.d
+	}
+	for i := range msgs {
+		m := &msgs[i]
+		b := m.Buffers[0][:m.N]
+		if m.SegmentSize <= 0 || m.N <= m.SegmentSize {
+			e.receive(tb.t, db, coalescer, b, m.Addr)
+			continue
+		}
+		// The socket coalesced several datagrams (udpio GRO).
+		e.rxCoalesced.Add(1)
+		e.rxDatagrams.Add(uint64((len(b)+m.SegmentSize-1)/m.SegmentSize - 1))
+		for len(b) > 0 {
+			var d []byte
+			d, b = udpio.NextSegment(b, m.SegmentSize)
+			e.receive(tb.t, db, coalescer, d, m.Addr)
+		}
+	}
+	if db != nil {
+		coalescer.Flush()
+	}
+}
+
+// receive hands one datagram to the tunnel and queues the IPv6 packet it
+// yields for the stack.
+func (e *Endpoint) receive(t Tunnel, db *dispatcherBox, coalescer *gro.GRO, b []byte, from netip.AddrPort) {
+	ip := t.Receive(b, from)
+	if ip == nil {
+		return
+	}
+	if db == nil {
+		e.rxNotAttached.Add(1)
+		return
+	}
+	if !e.opts.DisableGRO && !validChecksum(ip, true) {
+		e.rxBadChecksum.Add(1)
+		return
+	}
+	pkt := newPacket(ip)
+	coalescer.Enqueue(pkt) // takes its own reference if it keeps pkt
+	pkt.DecRef()
+	e.rxPackets.Add(1)
+}
+
 // newPacket copies an inbound IPv6 packet into a packet buffer.
+//
+// Reading datagrams straight into pooled gVisor views instead, to save the
+// copy, does not pay at our gVisor pin (measured on branch
+// rxpath-zerocopy, 2026-12-06): a packet must own its chunk alone, because
+// buffer.PullUp copies a shared chunk whole before the headers are parsed
+// (one 64 KiB view per coalesced message made receiving three times as
+// expensive), so each datagram needs its own pooled chunk all the same,
+// and the pool zeroes every chunk it hands out. What the copy costs is
+// that Get and zeroing, not the 1280-byte memmove: with one 2 KiB view
+// per datagram, BenchmarkTCPStream's CPU per op and teredo-socks's CPU per
+// 100 MiB download in BenchmarkLabVsMiredo did not improve.
 func newPacket(ip []byte) *stack.PacketBuffer {
 	// MakeWithData copies into a pooled chunk, so ip may be reused.
 	pkt := stack.NewPacketBuffer(stack.PacketBufferOptions{Payload: buffer.MakeWithData(ip)})
@@ -419,7 +495,6 @@ func (e *Endpoint) Stats() Stats {
 		ReadErrors:    e.readErrors.Load(),
 		RxBadChecksum: e.rxBadChecksum.Load(),
 		RxCoalesced:   e.rxCoalesced.Load(),
-		RxZeroCopy:    e.rxZeroCopy.Load(),
 		TxPackets:     e.txPackets.Load(),
 		TxTunnel:      e.txTunnel.Load(),
 		TxErrors:      e.txErrors.Load(),
