@@ -341,8 +341,8 @@ func (e *Endpoint) receive(t Tunnel, db *dispatcherBox, coalescer *gro.GRO, b []
 // newPacket copies an inbound IPv6 packet into a packet buffer.
 //
 // Reading datagrams straight into pooled gVisor views instead, to save the
-// copy, does not pay at our gVisor pin (measured on branch
-// rxpath-zerocopy, 2026-12-06): a packet must own its chunk alone, because
+// copy, does not pay at our gVisor pin (measured at commit
+// 49cc56e, 2026-12-06): a packet must own its chunk alone, because
 // buffer.PullUp copies a shared chunk whole before the headers are parsed
 // (one 64 KiB view per coalesced message made receiving three times as
 // expensive), so each datagram needs its own pooled chunk all the same,
