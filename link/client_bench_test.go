@@ -144,23 +144,6 @@ func BenchmarkClientPath(b *testing.B) {
 
 	b.Run("receive", func(b *testing.B) {
 		conn := &sinkConn{from: addrB, datagram: teredoPacket(tb6, ta, proto.MinMTU-header.IPv6MinimumSize)}
-		ep := New(conn, ca, Options{DisableGSO: true, DisableGRO: true})
-		ep.disp.Store(&dispatcherBox{nopDispatcher{}})
-		msgs := ep.rmsgs
-		b.ReportAllocs()
-		b.SetBytes(proto.MinMTU)
-		b.ResetTimer()
-		for i := 0; i < b.N; i += len(msgs) {
-			n, _ := conn.ReadBatch(msgs)
-			for j := range msgs[:n] {
-				if ip := ca.Receive(msgs[j].Buffers[0][:msgs[j].N], msgs[j].Addr); ip != nil {
-					ep.inject(ip)
-				}
-			}
-		}
-		b.StopTimer()
-		if st := ep.Stats(); st.RxPackets == 0 {
-			b.Fatalf("nothing delivered: %+v", st)
-		}
+		benchReceive(b, conn, ca, proto.MinMTU)
 	})
 }

@@ -2,11 +2,13 @@ package stack_test
 
 import (
 	"context"
+	"flag"
 	"io"
 	"net"
 	"net/netip"
 	"os"
 	"runtime"
+	"runtime/pprof"
 	"strconv"
 	"strings"
 	"testing"
@@ -36,6 +38,12 @@ import (
 // overestimate for teredo-socks.
 func BenchmarkIdleSessions(b *testing.B) {
 	const sessions = 1000
+	if *sessionsHeapProfile != "" {
+		// Every allocation, so that the profile's per-session figures
+		// are exact rather than sampled every 512 KiB.
+		defer func(r int) { runtime.MemProfileRate = r }(runtime.MemProfileRate)
+		runtime.MemProfileRate = 1
+	}
 	in := teredotest.New(b)
 	h, err := in.AddHost(netip.Addr{})
 	if err != nil {
@@ -96,15 +104,20 @@ func BenchmarkIdleSessions(b *testing.B) {
 	}
 	open().Close()
 
-	var heap, rss, goroutines float64
+	var heap, stacks, rss, goroutines float64
 	for b.Loop() {
 		h0, r0, g0 := footprint()
+		s0 := stackInuse()
 		conns := make([]net.Conn, sessions)
 		for i := range conns {
 			conns[i] = open()
 		}
 		time.Sleep(100 * time.Millisecond) // let delayed ACKs go out
 		h1, r1, g1 := footprint()
+		stacks += float64(stackInuse() - s0)
+		if *sessionsHeapProfile != "" {
+			writeHeapProfile(b, *sessionsHeapProfile)
+		}
 		heap += float64(h1 - h0)
 		rss += float64(r1 - r0)
 		goroutines += float64(g1 - g0)
@@ -114,10 +127,33 @@ func BenchmarkIdleSessions(b *testing.B) {
 	}
 	n := float64(b.N)
 	b.ReportMetric(heap/n/1e6, "heap-MB/1000-sessions")
+	b.ReportMetric(stacks/n/1e6, "stacks-MB/1000-sessions")
 	b.ReportMetric(rss/n/1e6, "RSS-MB/1000-sessions")
 	b.ReportMetric(goroutines/n/sessions, "goroutines/session")
 	_, r, _ := footprint()
 	b.ReportMetric(float64(r)/1e6, "RSS-MB-total")
+}
+
+// sessionsHeapProfile names a file for a heap profile taken while
+// BenchmarkIdleSessions holds its sessions open (go test's -memprofile is
+// written at the end, when they are closed):
+//
+//	go test -run xxx -bench IdleSessions -benchtime 1x ./stack -sessions.heapprofile /tmp/idle.prof
+//	go tool pprof -sample_index=inuse_space -top stack.test /tmp/idle.prof
+var sessionsHeapProfile = flag.String("sessions.heapprofile", "", "write a heap profile of the idle sessions to this file")
+
+// writeHeapProfile writes the heap profile as of a fresh collection.
+func writeHeapProfile(tb testing.TB, path string) {
+	tb.Helper()
+	f, err := os.Create(path)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	defer f.Close()
+	runtime.GC()
+	if err := pprof.Lookup("heap").WriteTo(f, 0); err != nil {
+		tb.Fatal(err)
+	}
 }
 
 // footprint returns the live Go memory (heap in use and goroutine stacks)
@@ -127,6 +163,13 @@ func footprint() (heap, rss uint64, goroutines int) {
 	var ms runtime.MemStats
 	runtime.ReadMemStats(&ms)
 	return ms.HeapInuse + ms.StackInuse, residentSetSize(), runtime.NumGoroutine()
+}
+
+// stackInuse returns the memory of goroutine stacks.
+func stackInuse() uint64 {
+	var ms runtime.MemStats
+	runtime.ReadMemStats(&ms)
+	return ms.StackInuse
 }
 
 // residentSetSize reads VmRSS from /proc (0 where there is none).

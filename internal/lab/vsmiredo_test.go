@@ -141,17 +141,21 @@ func BenchmarkLabVsMiredo(b *testing.B) {
 			do   func(h *Host, extra []string) func(ctx context.Context) error
 			rate *[2][]float64
 			cpu  *[2][]time.Duration
+			own  *[]time.Duration // teredo-socks alone
 			peak *[][2]int64
-		}{{download, &r.down, &r.cpuDown, &r.peakDown}, {upload, &r.up, &r.cpuUp, &r.peakUp}} {
+		}{{download, &r.down, &r.cpuDown, &r.socksCPUDown, &r.peakDown}, {upload, &r.up, &r.cpuUp, &r.socksCPUUp, &r.peakUp}} {
 			for side, h := range []*Host{a, bh} {
 				var extra []string
 				if side == 0 {
 					extra = socksArgs
 				}
 				resetPeaks(b, ours, side == 0)
-				c0 := cpu[side]()
+				c0, s0 := cpu[side](), cpuTime(b, a, "teredo-socks")
 				d := timed(b, dir.do(h, extra))
 				dir.cpu[side] = append(dir.cpu[side], cpu[side]()-c0)
+				if side == 0 {
+					*dir.own = append(*dir.own, cpuTime(b, a, "teredo-socks")-s0)
+				}
 				dir.rate[side] = append(dir.rate[side], mbps(size, d))
 				if side == 0 {
 					*dir.peak = append(*dir.peak, peaks(b, ours))
@@ -178,6 +182,8 @@ func BenchmarkLabVsMiredo(b *testing.B) {
 	b.ReportMetric(ms(medianDur(r.qualify[0])), "ours-qualify-ms")
 	b.ReportMetric(ms(medianDur(r.qualify[1])), "miredo-qualify-ms")
 	b.ReportMetric(float64(idle.RSS)/1e6, "idle1000-RSS-MB")
+	b.ReportMetric(medianDur(r.socksCPUDown).Seconds(), "ours-socks-cpu-down-s")
+	b.ReportMetric(medianDur(r.socksCPUUp).Seconds(), "ours-socks-cpu-up-s")
 }
 
 // vsResults are the per-round measurements; index 0 is ours, 1 Miredo's.
@@ -187,6 +193,8 @@ type vsResults struct {
 	echoStarted      []time.Duration // to /bin/echo's line: Host.Start's own cost
 	down, up         [2][]float64    // MB/s
 	cpuDown, cpuUp   [2][]time.Duration
+	socksCPUDown     []time.Duration // teredo-socks's share of cpuDown[0]
+	socksCPUUp       []time.Duration
 	peakDown, peakUp [][2]int64 // peak RSS of teredo-socks and teredo-relay
 	drops            []string   // UDP InErrors per namespace during the transfers
 }
@@ -200,8 +208,10 @@ func (r *vsResults) print(b *testing.B, rtt time.Duration, size int64, idle, bas
 	w("| upload MB/s | %.1f | %.1f | %.2f | %s; %s |\n", median(r.up[0]), median(r.up[1]), median(r.up[0])/median(r.up[1]), floats(r.up[0]), floats(r.up[1]))
 	ca, cb := medianDur(r.cpuDown[0]), medianDur(r.cpuDown[1])
 	w("| CPU s per download (client + relay processes) | %.2f | %.2f | %.2f | %s; %s |\n", ca.Seconds(), cb.Seconds(), ca.Seconds()/cb.Seconds(), secs(r.cpuDown[0]), secs(r.cpuDown[1]))
+	w("| of which teredo-socks, CPU s per download | %.2f | | | %s |\n", medianDur(r.socksCPUDown).Seconds(), secs(r.socksCPUDown))
 	ca, cb = medianDur(r.cpuUp[0]), medianDur(r.cpuUp[1])
 	w("| CPU s per upload (client + relay processes) | %.2f | %.2f | %.2f | %s; %s |\n", ca.Seconds(), cb.Seconds(), ca.Seconds()/cb.Seconds(), secs(r.cpuUp[0]), secs(r.cpuUp[1]))
+	w("| of which teredo-socks, CPU s per upload | %.2f | | | %s |\n", medianDur(r.socksCPUUp).Seconds(), secs(r.socksCPUUp))
 	qa, qb := medianDur(r.qualify[0]), medianDur(r.qualify[1])
 	w("| qualification ms | %.1f | %.1f | %.2f | %s; %s |\n", ms(qa), ms(qb), ms(qa)/ms(qb), durs(r.qualify[0]), durs(r.qualify[1]))
 	w("| of which process start to teredo-socks's first line, ms | %.1f | | | %s |\n", ms(medianDur(r.socksStarted)), durs(r.socksStarted))
