@@ -141,6 +141,14 @@ type Config struct {
 	// server sees a random port, while peers reach the client at the mapped
 	// one (RFC 6081's UPnP-enabled symmetric NAT case).
 	MappedEndpoint func(serverSaw netip.AddrPort) netip.AddrPort
+	// PortMapping, if set, returns the external endpoint of a port mapping
+	// of the client's socket on its NAT (package portmap), or the zero
+	// AddrPort. Before each qualification the client then has its server
+	// reach it through the mapping first, so that its own flow to the
+	// server leaves from the mapped port on a NAT that does not keep
+	// ports; and while its address carries the mapping it sends no direct
+	// bubbles of its own (see portmapped.go).
+	PortMapping func() netip.AddrPort
 	// OnEvent receives state changes, in order, without locks held. It must
 	// not call Receive or Transmit synchronously.
 	OnEvent func(Event)
@@ -272,6 +280,11 @@ type Counters struct {
 	// peer proved by an echo test; echo requests from a Teredo peer
 	// relayed by our server and delivered.
 	PeerRelayFallbacks, PeerRelayTx, PeerRelayProved, PeerRelayServerEchoes uint64
+
+	// Config.PortMapping (portmapped.go): bubbles sent through the server
+	// to the port mapping before a qualification, and those that came back
+	// from the server's port, so that the server's flow is the mapping's.
+	PortMapOpens, PortMapOpened uint64
 }
 
 // PeerState reports what the client knows about reaching dst, for a dialer
@@ -331,6 +344,9 @@ type Client struct {
 	ttl    hopLimiter
 	// answerLimit bounds, client-wide, the answers to direct bubbles.
 	answerLimit *ratelimit.Limiter
+	// opening is the last bubble sent through the server to our port
+	// mapping (portmapped.go); nil if none.
+	opening atomic.Pointer[opener]
 }
 
 // link is the immutable snapshot of a qualified client that the data path
@@ -344,6 +360,9 @@ type link struct {
 	mtu      int
 	errSrc   netip.Addr // source of the ICMPv6 errors we generate
 	public   netip.Addr // see Status.PublicAddr
+	// portMapped: mapped is the NAT port mapping (Config.PortMapping),
+	// which lets every peer in; no direct bubbles are sent.
+	portMapped bool
 }
 
 // New validates cfg and returns a client; Start begins qualification.

@@ -41,6 +41,7 @@ type qualState struct {
 	tries      int
 	timer      clock.Timer
 	offline    bool // Offline was emitted since the last Qualified
+	opening    bool // waiting for the bubble through the port mapping (portmapped.go)
 
 	// The random flag bits stay the same while the mapping does (RFC 5991,
 	// Miredo 1.1.3).
@@ -129,6 +130,9 @@ func (c *Client) startRound(idx int) {
 	q.srv = c.servers[idx]
 	q.state = StateQualifying
 	q.refreshing = false
+	if c.openMapping() {
+		return // the RS follows the bubble's return, or openWait
+	}
 	c.sendRS(true)
 }
 
@@ -151,9 +155,14 @@ func (c *Client) onQualTimer() {
 	q := &c.q
 	switch q.state {
 	case StateQualifying:
-		if q.tries < QualificationTries {
+		switch {
+		case q.opening:
+			q.opening = false
+			c.log.Info("teredo client: the server did not reach us through the port mapping; qualifying anyway", "server", q.srv)
+			c.sendRS(true)
+		case q.tries < QualificationTries:
 			c.sendRS(false)
-		} else {
+		default:
 			c.failRound(ErrNoReply)
 		}
 	case StateQualified:
@@ -181,6 +190,7 @@ func (c *Client) onQualTimer() {
 // the next server, immediately, or after a backoff once every server failed.
 func (c *Client) failRound(reason error) {
 	q := &c.q
+	q.opening = false
 	q.awaiting = false
 	q.refreshing = false
 	if c.up.Swap(nil) != nil {
@@ -307,14 +317,15 @@ func (c *Client) acceptRA(ra *proto.RA, from netip.AddrPort) error {
 	}
 	a := proto.Address{Server: q.srv, Flags: q.flags, Mapped: ra.Mapped}.Addr()
 	l := &link{
-		addr:     a.As16(),
-		ip:       a,
-		mapped:   ra.Mapped,
-		server:   q.srv,
-		serverAP: c.serverAP(q.srv),
-		mtu:      mtu,
-		errSrc:   proto.ServerLinkLocal(q.srv),
-		public:   publicAddr(ra.Public, a),
+		addr:       a.As16(),
+		ip:         a,
+		mapped:     ra.Mapped,
+		server:     q.srv,
+		serverAP:   c.serverAP(q.srv),
+		mtu:        mtu,
+		errSrc:     proto.ServerLinkLocal(q.srv),
+		public:     publicAddr(ra.Public, a),
+		portMapped: c.portMapped(ra.Mapped),
 	}
 	c.up.Store(l)
 	q.state = StateQualified

@@ -23,6 +23,9 @@ func (c *Client) Receive(b []byte, from netip.AddrPort) []byte {
 		c.handleRA(&pkt, from)
 		return nil
 	}
+	if c.opening.Load() != nil && c.isServerPort(from.Port()) && c.openedMapping(&pkt, from) {
+		return nil
+	}
 	l := c.up.Load()
 	if l == nil {
 		if c.closed.Load() {

@@ -200,7 +200,9 @@ func (c *Client) act(a *action, dst [16]byte, l *link, now time.Time) {
 		} else {
 			src := c.bubbleSource(dst)
 			b := appendNonce(proto.AppendBubble(nil, src, peerIP, 0), c.bubbleNonce(l.addr, dst))
-			c.writeTTL(b, a.direct, a.ttl)
+			if !l.portMapped { // the mapping lets the peer in (portmapped.go)
+				c.writeTTL(b, a.direct, a.ttl)
+			}
 			c.write(c.appendAlternates(b, dst, l), c.serverAP(proto.ServerBytes(dst[:])))
 		}
 	}

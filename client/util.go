@@ -104,6 +104,7 @@ type counters struct {
 	echo, icmpErrors               atomic.Uint64
 	relayFailovers                 atomic.Uint64
 	ttlBubbles                     atomic.Uint64
+	mapOpens, mapOpened            atomic.Uint64
 	drops                          [numDropReasons]atomic.Uint64
 }
 
@@ -119,6 +120,7 @@ func (c *counters) snapshot() Counters {
 		Drops:          make(map[string]uint64),
 	}
 	s.TTLBubbles = c.ttlBubbles.Load()
+	s.PortMapOpens, s.PortMapOpened = c.mapOpens.Load(), c.mapOpened.Load()
 	for i := range c.drops {
 		if n := c.drops[i].Load(); n > 0 {
 			s.Drops[dropNames[i]] = n

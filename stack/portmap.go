@@ -99,6 +99,23 @@ func (s *Stack) closePortMap() {
 	}
 }
 
+// portMappingFunc returns the client's PortMapping hook: the mapping's
+// external endpoint, which the client has the server reach first so that
+// its own flow to the server leaves from the mapped port
+// (client/portmapped.go).
+func (s *Stack) portMappingFunc() func() netip.AddrPort {
+	if s.pm == nil {
+		return nil
+	}
+	return func() netip.AddrPort {
+		mp, ok := s.pm.Mapping()
+		if !ok {
+			return netip.AddrPort{}
+		}
+		return mp.External
+	}
+}
+
 // mappedEndpointFunc returns the client's MappedEndpoint hook: the Teredo
 // address carries the port mapping's external endpoint when the server saw
 // the same public address (the mapping is on the NAT the server sees, not

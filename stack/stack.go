@@ -286,6 +286,7 @@ func Start(cfg Config) (*Stack, error) {
 		SecondaryPort:  cfg.SecondaryPort,
 
 		MappedEndpoint: s.mappedEndpointFunc(),
+		PortMapping:    s.portMappingFunc(),
 	})
 	if err != nil {
 		s.conn.Close()
