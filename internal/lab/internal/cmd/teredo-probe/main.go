@@ -59,6 +59,7 @@ func run(ctx context.Context, args []string) error {
 	localDiscovery := fs.Bool("local-discovery", false, "RFC 4380 local discovery (224.0.0.253:3544)")
 	noHairpin := fs.Bool("no-hairpin", false, "no RFC 6081 Alternate Address trailer in bubbles")
 	portMapping := fs.Bool("portmap", false, "map the UDP port on the NAT (PCP, NAT-PMP, UPnP-IGD) before qualifying")
+	peerRelay := fs.Bool("peer-relay", false, "reach Teredo peers that bubbles cannot through a relay (stack.Config.PeerRelay, teredo-socks's default)")
 	control := fs.String("control", "127.0.0.1:7900", "control API `address`")
 	qualify := fs.Duration("qualify", 20*time.Second, "qualification timeout")
 	recovery := fs.Int("tcp-recovery", -1, "gVisor TCPRecovery flags (0 turns RACK off; -1 keeps the stack's)")
@@ -75,7 +76,7 @@ func run(ctx context.Context, args []string) error {
 
 	cfg := stack.Config{Logger: log, ConeProbe: *coneProbe, DisableGSO: *disableGSO}
 	cfg.BubbleTTL, cfg.LocalDiscovery, cfg.NoHairpinning = *bubbleTTL, *localDiscovery, *noHairpin
-	cfg.PortMapping = *portMapping
+	cfg.PortMapping, cfg.PeerRelay = *portMapping, *peerRelay
 	var err error
 	srv, err := netip.ParseAddr(*server)
 	if err != nil {
