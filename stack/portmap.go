@@ -41,8 +41,10 @@ type portMap struct {
 // carries the mapped endpoint (mappedEndpointFunc) and peers reach the
 // client there. The client's answers to them leave from the mapped port
 // too: the NAT sends them through the connection the peer's packet opened.
-// On a NAT that keeps ports (most home routers) the mapped port is the
-// internal one and nothing changes.
+// Its flow to the server does the same because the client has the server
+// reach it through the mapping before qualifying (portMappingFunc,
+// client/portmapped.go). On a NAT that keeps ports (most home routers) the
+// mapped port is the internal one and nothing changes.
 //
 // A failure is not fatal: the client qualifies as it would without. A
 // later change of the mapping shows in the address at the next refresh

@@ -101,6 +101,7 @@ func (n *stackNet) Status() TeredoStatus {
 			"echo_requests": c.Counters.EchoRequests, "icmp_errors": c.Counters.ICMPErrors, "relay_failovers": c.Counters.RelayFailovers,
 			"peer_relay_fallbacks": c.Counters.PeerRelayFallbacks, "peer_relay_tx": c.Counters.PeerRelayTx,
 			"peer_relay_proved": c.Counters.PeerRelayProved, "peer_relay_server_echoes": c.Counters.PeerRelayServerEchoes,
+			"portmap_opens": c.Counters.PortMapOpens, "portmap_opened": c.Counters.PortMapOpened,
 			"peers_created": c.Counters.PeerTable.Created, "peers_evicted": c.Counters.PeerTable.Evicted,
 			"peers_expired": c.Counters.PeerTable.Expired, "peer_queue_drops": c.Counters.PeerTable.QueueDrops,
 			"peer_queued_dropped": c.Counters.PeerTable.Dropped,
