@@ -381,3 +381,15 @@ func (s *sender) lostRetransmission(seg *segment, segSeq seqnum.Value) bool {
 // (MaxRetries), and a queue that briefly holds a segment longer than the
 // estimate must not spend that budget; beyond it the RTO takes over.
 const rateMaxRetransmits = 3
+
+// rateRTO is the retransmission timeout the rate congestion control uses:
+// the smoothed RTT plus the larger of four variances and the minimum RTO, as
+// Linux computes it, where RFC 6298 (and upstream) floor the sum at the
+// minimum. With timestamps on thousands of segments in flight the variance
+// shrinks to almost nothing (RFC 7323 appendix G), so on a 150 ms path
+// upstream's RTO is 200 ms, 50 ms over the RTT: a retransmission that waits a
+// little in a queue fires a spurious RTO, which restarts the window from one
+// segment and resends the window. RFC 6298 allows a larger RTO.
+func rateRTO(srtt, rttvar, minRTO time.Duration) time.Duration {
+	return srtt + max(4*rttvar, minRTO)
+}

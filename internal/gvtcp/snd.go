@@ -500,6 +500,10 @@ func (s *sender) updateRTO(rtt time.Duration) {
 	}
 
 	s.RTO = s.rtt.TCPRTTState.SRTT + 4*s.rtt.TCPRTTState.RTTVar
+	if s.ep.cc == ccRate {
+		// teredo-go patch: see rateRTO in rate.go.
+		s.RTO = rateRTO(s.rtt.TCPRTTState.SRTT, s.rtt.TCPRTTState.RTTVar, s.minRTO)
+	}
 	s.RTTState = s.rtt.TCPRTTState
 	s.rtt.Unlock()
 	if s.RTO < s.minRTO {

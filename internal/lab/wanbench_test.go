@@ -409,13 +409,13 @@ func socksTCPCounters(b *testing.B, h *Host) map[string]uint64 {
 	}
 	defer resp.Body.Close()
 	var st struct {
-		Counters struct{ Client map[string]uint64 }
+		Counters map[string]uint64
 	}
 	if err := json.NewDecoder(resp.Body).Decode(&st); err != nil {
 		b.Fatal(err)
 	}
 	out := map[string]uint64{}
-	for k, v := range st.Counters.Client {
+	for k, v := range st.Counters {
 		if strings.HasPrefix(k, "tcp_") {
 			out[strings.TrimPrefix(k, "tcp_")] = v
 		}
