@@ -110,7 +110,10 @@ type rateState struct {
 	// inflightHi caps the window after a round with heavy loss; zero: no
 	// cap. roundRetransmits is the endpoint's retransmission count at the
 	// start of the round.
-	inflightHi       int
+	inflightHi int
+	// rtoPrior is the window before the last RTO, restored once the
+	// data outstanding at the RTO is acknowledged (BBR does the same).
+	rtoPrior         int
 	cleanRounds      int
 	roundRetransmits uint64
 	lastRoundRetx    uint64
@@ -307,6 +310,13 @@ func (r *rateState) setCwnd(now tcpip.MonotonicTime, deliveredBytes uint64) {
 	default:
 		cwnd = min(cwnd+acked, r.target(rateProbeGain))
 	}
+	if r.rtoPrior > 0 && s.state != tcpip.RTORecovery {
+		// Everything outstanding at the RTO has been acknowledged: the
+		// path delivers again, and growing back from one segment at one
+		// doubling per round would cost ten rounds (1.5 s at 150 ms).
+		cwnd = max(cwnd, min(r.rtoPrior, r.target(rateProbeGain)))
+		r.rtoPrior = 0
+	}
 	if r.inflightHi > 0 && cwnd > r.inflightHi {
 		cwnd = r.inflightHi
 	}
@@ -332,11 +342,13 @@ func (r *rateState) HandleLossDetected() {
 
 // HandleRTOExpired implements congestionControl.HandleRTOExpired. An RTO
 // means the ACK clock stopped, so the window restarts from one packet as in
-// every TCP; the model is kept, and setCwnd grows the window back to its
-// target at slow-start speed.
+// every TCP; the model is kept, setCwnd grows the window at slow-start speed
+// and restores the window from before the RTO once the data outstanding then
+// is acknowledged.
 //
 // +checklocks:r.s.ep.mu
 func (r *rateState) HandleRTOExpired() {
+	r.rtoPrior = max(r.rtoPrior, r.s.SndCwnd, r.cwnd)
 	r.s.Ssthresh = max(r.s.SndCwnd-3, 2)
 	r.s.SndCwnd = 1
 	r.cwnd = 1
