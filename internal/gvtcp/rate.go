@@ -111,6 +111,9 @@ type rateState struct {
 	// cap. roundRetransmits is the endpoint's retransmission count at the
 	// start of the round.
 	inflightHi int
+	// pipe is SetPipe's reusable walker (pipe.go).
+	pipe pipeWalker
+
 	// rtoPrior is the window before the last RTO, restored once the
 	// data outstanding at the RTO is acknowledged (BBR does the same).
 	rtoPrior         int

@@ -1217,6 +1217,12 @@ func (s *sender) SetPipe() {
 	if !s.ep.SACKPermitted || !s.FastRecovery.Active {
 		return
 	}
+	if r, ok := s.cc.(*rateState); ok {
+		// teredo-go patch: the same pipe, without two btree searches per
+		// MSS of the window (see pipe.go).
+		s.setPipeWalk(&r.pipe)
+		return
+	}
 	pipe := 0
 	smss := seqnum.Size(s.ep.scoreboard.SMSS())
 	for s1 := s.writeList.Front(); s1 != nil && s1.payloadSize() != 0 && s.isAssignedSequenceNumber(s1); s1 = s1.Next() {
