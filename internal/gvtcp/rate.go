@@ -110,7 +110,13 @@ type rateState struct {
 	// inflightHi caps the window after a round with heavy loss; zero: no
 	// cap. roundRetransmits is the endpoint's retransmission count at the
 	// start of the round.
-	inflightHi       int
+	inflightHi int
+	// pipe is SetPipe's reusable walker (pipe.go).
+	pipe pipeWalker
+
+	// rtoPrior is the window before the last RTO, restored once the
+	// data outstanding at the RTO is acknowledged (BBR does the same).
+	rtoPrior         int
 	cleanRounds      int
 	roundRetransmits uint64
 	lastRoundRetx    uint64
@@ -307,6 +313,13 @@ func (r *rateState) setCwnd(now tcpip.MonotonicTime, deliveredBytes uint64) {
 	default:
 		cwnd = min(cwnd+acked, r.target(rateProbeGain))
 	}
+	if r.rtoPrior > 0 && s.state != tcpip.RTORecovery {
+		// Everything outstanding at the RTO has been acknowledged: the
+		// path delivers again, and growing back from one segment at one
+		// doubling per round would cost ten rounds (1.5 s at 150 ms).
+		cwnd = max(cwnd, min(r.rtoPrior, r.target(rateProbeGain)))
+		r.rtoPrior = 0
+	}
 	if r.inflightHi > 0 && cwnd > r.inflightHi {
 		cwnd = r.inflightHi
 	}
@@ -332,11 +345,13 @@ func (r *rateState) HandleLossDetected() {
 
 // HandleRTOExpired implements congestionControl.HandleRTOExpired. An RTO
 // means the ACK clock stopped, so the window restarts from one packet as in
-// every TCP; the model is kept, and setCwnd grows the window back to its
-// target at slow-start speed.
+// every TCP; the model is kept, setCwnd grows the window at slow-start speed
+// and restores the window from before the RTO once the data outstanding then
+// is acknowledged.
 //
 // +checklocks:r.s.ep.mu
 func (r *rateState) HandleRTOExpired() {
+	r.rtoPrior = max(r.rtoPrior, r.s.SndCwnd, r.cwnd)
 	r.s.Ssthresh = max(r.s.SndCwnd-3, 2)
 	r.s.SndCwnd = 1
 	r.cwnd = 1
@@ -381,3 +396,15 @@ func (s *sender) lostRetransmission(seg *segment, segSeq seqnum.Value) bool {
 // (MaxRetries), and a queue that briefly holds a segment longer than the
 // estimate must not spend that budget; beyond it the RTO takes over.
 const rateMaxRetransmits = 3
+
+// rateRTO is the retransmission timeout the rate congestion control uses:
+// the smoothed RTT plus the larger of four variances and the minimum RTO, as
+// Linux computes it, where RFC 6298 (and upstream) floor the sum at the
+// minimum. With timestamps on thousands of segments in flight the variance
+// shrinks to almost nothing (RFC 7323 appendix G), so on a 150 ms path
+// upstream's RTO is 200 ms, 50 ms over the RTT: a retransmission that waits a
+// little in a queue fires a spurious RTO, which restarts the window from one
+// segment and resends the window. RFC 6298 allows a larger RTO.
+func rateRTO(srtt, rttvar, minRTO time.Duration) time.Duration {
+	return srtt + max(4*rttvar, minRTO)
+}

@@ -500,6 +500,10 @@ func (s *sender) updateRTO(rtt time.Duration) {
 	}
 
 	s.RTO = s.rtt.TCPRTTState.SRTT + 4*s.rtt.TCPRTTState.RTTVar
+	if s.ep.cc == ccRate {
+		// teredo-go patch: see rateRTO in rate.go.
+		s.RTO = rateRTO(s.rtt.TCPRTTState.SRTT, s.rtt.TCPRTTState.RTTVar, s.minRTO)
+	}
 	s.RTTState = s.rtt.TCPRTTState
 	s.rtt.Unlock()
 	if s.RTO < s.minRTO {
@@ -1211,6 +1215,12 @@ func (s *sender) SetPipe() {
 	// If SACK isn't permitted or it is permitted but recovery is not active
 	// then ignore pipe calculations.
 	if !s.ep.SACKPermitted || !s.FastRecovery.Active {
+		return
+	}
+	if r, ok := s.cc.(*rateState); ok {
+		// teredo-go patch: the same pipe, without two btree searches per
+		// MSS of the window (see pipe.go).
+		s.setPipeWalk(&r.pipe)
 		return
 	}
 	pipe := 0

@@ -155,6 +155,7 @@ func BenchmarkLabWAN(b *testing.B) {
 			}
 		}
 		r.tcp = socksTCPCounters(b, a)
+		r.socksCPU = cpuTime(b, a, "teredo-socks")
 		for i, w := range wans {
 			r.hop[i] = [2]impair.Stats{w.Up.Stats(), w.Down.Stats()}
 		}
@@ -185,11 +186,12 @@ type wanRow struct {
 	down, up [2][]float64       // MB/s
 	hop      [2][2]impair.Stats // per side, Up and Down, cumulative
 	tcp      map[string]uint64  // teredo-socks's TCP counters, cumulative
+	socksCPU time.Duration      // teredo-socks's CPU time, cumulative
 }
 
 func (r wanRow) line() string {
-	return fmt.Sprintf("teredo-socks TCP %v; down %.2f vs %.2f MB/s, up %.2f vs %.2f MB/s, first byte %.1f vs %.1f ms",
-		r.tcp, median(r.down[0]), median(r.down[1]), median(r.up[0]), median(r.up[1]), ms(medianDur(r.ttfb[0])), ms(medianDur(r.ttfb[1])))
+	return fmt.Sprintf("teredo-socks CPU %.1f s, TCP %v; down %.2f vs %.2f MB/s, up %.2f vs %.2f MB/s, first byte %.1f vs %.1f ms",
+		r.socksCPU.Seconds(), r.tcp, median(r.down[0]), median(r.down[1]), median(r.up[0]), median(r.up[1]), ms(medianDur(r.ttfb[0])), ms(medianDur(r.ttfb[1])))
 }
 
 func printWAN(rows []wanRow, rounds, samples int, size int64, limit time.Duration, kernelCC string) {
@@ -409,13 +411,13 @@ func socksTCPCounters(b *testing.B, h *Host) map[string]uint64 {
 	}
 	defer resp.Body.Close()
 	var st struct {
-		Counters struct{ Client map[string]uint64 }
+		Counters map[string]uint64
 	}
 	if err := json.NewDecoder(resp.Body).Decode(&st); err != nil {
 		b.Fatal(err)
 	}
 	out := map[string]uint64{}
-	for k, v := range st.Counters.Client {
+	for k, v := range st.Counters {
 		if strings.HasPrefix(k, "tcp_") {
 			out[strings.TrimPrefix(k, "tcp_")] = v
 		}
