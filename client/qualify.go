@@ -290,6 +290,7 @@ func (c *Client) acceptRA(ra *proto.RA, from netip.AddrPort) error {
 	}
 	old := c.up.Load()
 	wasUp := q.state == StateQualified && old != nil
+	saw := ra.Mapped
 	if c.cfg.MappedEndpoint != nil {
 		if m := c.cfg.MappedEndpoint(ra.Mapped); c.glob(m.Addr()) && m.Port() != 0 {
 			ra.Mapped = m
@@ -310,6 +311,7 @@ func (c *Client) acceptRA(ra *proto.RA, from netip.AddrPort) error {
 		addr:     a.As16(),
 		ip:       a,
 		mapped:   ra.Mapped,
+		saw:      saw,
 		server:   q.srv,
 		serverAP: c.serverAP(q.srv),
 		mtu:      mtu,
@@ -364,6 +366,7 @@ func (c *Client) scheduleRefresh() {
 func (c *Client) startNAT() {
 	n := &c.nat
 	n.result = NATUnknown
+	c.classifyPorts(netip.AddrPort{}, netip.AddrPort{}) // unknown until the probe answers
 	n.phase = natSecondary
 	c.sendNATProbe(true)
 }
@@ -430,6 +433,7 @@ func (c *Client) natSecondaryRA(ra *proto.RA, from netip.AddrPort) error {
 		return nil
 	}
 	if ra.Mapped != l.mapped {
+		c.classifyPorts(l.saw, ra.Mapped)
 		c.finishNAT(NATSymmetric)
 		return nil
 	}

@@ -139,6 +139,7 @@ func (c *Client) indirectBubble(pkt *proto.Packet, from netip.AddrPort, l *link,
 	answer := echoNonceOf(proto.AppendBubble(nil, l.ip, proto.Src(ip), 0), pkt.Trailer)
 	c.write(answer, to)
 	c.answerAlternates(pkt, to, answer, l, now)
+	c.answerRandomPort(pkt, to, answer, now)
 }
 
 // echoProof is RFC 4380 §5.2.3 case 2: an echo reply carrying the nonce of
