@@ -198,7 +198,7 @@ func TestRandomPortAnswered(t *testing.T) {
 		tr   proto.Trailers
 		want []netip.AddrPort
 	}{
-		{"random port", proto.Trailers{HasRandomPort: true, RandomPort: 40006}, []netip.AddrPort{origin, netip.MustParseAddrPort("203.0.113.5:40006")}},
+		{"random port", proto.Trailers{HasRandomPort: true, RandomPort: 40006}, []netip.AddrPort{netip.MustParseAddrPort("203.0.113.5:40006"), origin}},
 		{"same port", proto.Trailers{HasRandomPort: true, RandomPort: 5000}, []netip.AddrPort{origin}},
 		{"port 0", proto.Trailers{HasRandomPort: true}, []netip.AddrPort{origin}},
 		{"none", proto.Trailers{}, []netip.AddrPort{origin}},
@@ -225,5 +225,16 @@ func TestRandomPortAnswered(t *testing.T) {
 				t.Fatalf("RandomPortAnswers %d", n)
 			}
 		})
+	}
+	// The sender's plain indirect bubble comes first; the one with the
+	// trailer, right after it, still gets its answer at the random port.
+	h := newHarness(t, nil)
+	us := h.qualify()
+	h.c.Receive(indirectWithTrailer(ll, us, origin, nil), ap(server1))
+	tr := proto.Trailers{HasRandomPort: true, RandomPort: 40006}
+	h.c.Receive(indirectWithTrailer(ll, us, origin, tr.Append(nil)), ap(server1))
+	b, _ := bubbles(h.net.take())
+	if len(b) != 2 || b[0].to != origin || b[1].to != netip.MustParseAddrPort("203.0.113.5:40006") {
+		t.Fatalf("answers %+v", b)
 	}
 }
