@@ -149,6 +149,10 @@ type Config struct {
 	// ports; and while its address carries the mapping it sends no direct
 	// bubbles of its own (see portmapped.go).
 	PortMapping func() netip.AddrPort
+	// PortProbe, if set, lets the client tell how a symmetric NAT picks
+	// ports and predict them behind a sequential one (RFC 6081; see
+	// portpredict.go).
+	PortProbe PortProbe
 	// OnEvent receives state changes, in order, without locks held. It must
 	// not call Receive or Transmit synchronously.
 	OnEvent func(Event)
@@ -239,8 +243,10 @@ func (n NATType) String() string {
 
 // Status is a snapshot of the client.
 type Status struct {
-	State    State
-	NAT      NATType
+	State State
+	NAT   NATType
+	// NATPorts says how a symmetric NAT picks ports (portpredict.go).
+	NATPorts NATPorts
 	Server   netip.Addr
 	Addr     netip.Addr
 	Mapped   netip.AddrPort
@@ -285,6 +291,11 @@ type Counters struct {
 	// to the port mapping before a qualification, and those that came back
 	// from the server's port, so that the server's flow is the mapping's.
 	PortMapOpens, PortMapOpened uint64
+	// Port prediction behind a sequential NAT (portpredict.go): ports
+	// predicted by a probe, probes that failed; indirect bubbles sent with
+	// a Random Port trailer; answers sent to a peer's Random Port.
+	PortPredictions, PortPredictionFailures uint64
+	RandomPortBubbles, RandomPortAnswers    uint64
 }
 
 // PeerState reports what the client knows about reaching dst, for a dialer
@@ -341,6 +352,7 @@ type Client struct {
 
 	ctr    counters
 	prelay peerRelay // Config.PeerRelay's state (peerrelay.go)
+	pred   predictor // Config.PortProbe's state (portpredict.go)
 	ttl    hopLimiter
 	// answerLimit bounds, client-wide, the answers to direct bubbles.
 	answerLimit *ratelimit.Limiter
@@ -355,6 +367,7 @@ type link struct {
 	addr     [16]byte
 	ip       netip.Addr
 	mapped   netip.AddrPort
+	saw      netip.AddrPort // the mapping the server saw (mapped, unless Config.MappedEndpoint changed it)
 	server   netip.Addr
 	serverAP netip.AddrPort
 	mtu      int
@@ -543,6 +556,8 @@ func (c *Client) Status() Status {
 	}
 	s.Counters = c.ctr.snapshot()
 	c.prelay.snapshot(&s.Counters)
+	c.pred.snapshot(&s.Counters)
+	s.NATPorts = c.natPorts()
 	s.Counters.PeerTable = c.peers.Stats()
 	s.Peers = s.Counters.PeerTable.Peers
 	return s

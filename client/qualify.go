@@ -300,6 +300,7 @@ func (c *Client) acceptRA(ra *proto.RA, from netip.AddrPort) error {
 	}
 	old := c.up.Load()
 	wasUp := q.state == StateQualified && old != nil
+	saw := ra.Mapped
 	if c.cfg.MappedEndpoint != nil {
 		if m := c.cfg.MappedEndpoint(ra.Mapped); c.glob(m.Addr()) && m.Port() != 0 {
 			ra.Mapped = m
@@ -320,6 +321,7 @@ func (c *Client) acceptRA(ra *proto.RA, from netip.AddrPort) error {
 		addr:       a.As16(),
 		ip:         a,
 		mapped:     ra.Mapped,
+		saw:        saw,
 		server:     q.srv,
 		serverAP:   c.serverAP(q.srv),
 		mtu:        mtu,
@@ -375,6 +377,7 @@ func (c *Client) scheduleRefresh() {
 func (c *Client) startNAT() {
 	n := &c.nat
 	n.result = NATUnknown
+	c.classifyPorts(netip.AddrPort{}, netip.AddrPort{}) // unknown until the probe answers
 	n.phase = natSecondary
 	c.sendNATProbe(true)
 }
@@ -441,6 +444,7 @@ func (c *Client) natSecondaryRA(ra *proto.RA, from netip.AddrPort) error {
 		return nil
 	}
 	if ra.Mapped != l.mapped {
+		c.classifyPorts(l.saw, ra.Mapped)
 		c.finishNAT(NATSymmetric)
 		return nil
 	}

@@ -135,11 +135,14 @@ func (c *Client) indirectBubble(pkt *proto.Packet, from netip.AddrPort, l *link,
 		c.ctr.drop(dropNonGlobal)
 		return
 	}
+	answer := echoNonceOf(proto.AppendBubble(nil, l.ip, proto.Src(ip), 0), pkt.Trailer)
+	// Before the origin's bound: a Random Port trailer comes in a second
+	// indirect bubble right after the first (portpredict.go).
+	c.answerRandomPort(pkt, to, answer, now)
 	if !c.allowReply(to, now) {
 		return
 	}
 	c.ctr.bubbleReplies.Add(1)
-	answer := echoNonceOf(proto.AppendBubble(nil, l.ip, proto.Src(ip), 0), pkt.Trailer)
 	c.write(answer, to)
 	c.answerAlternates(pkt, to, answer, l, now)
 }

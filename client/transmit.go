@@ -204,6 +204,7 @@ func (c *Client) act(a *action, dst [16]byte, l *link, now time.Time) {
 				c.writeTTL(b, a.direct, a.ttl)
 			}
 			c.write(c.appendAlternates(b, dst, l), c.serverAP(proto.ServerBytes(dst[:])))
+			c.predictPort(dst, l, now) // after the direct bubble: see portpredict.go
 		}
 	}
 	if a.echo {

@@ -143,6 +143,10 @@ type Config struct {
 	// sockets, ports and timeouts; the stack fills in the port and peers.
 	PortMapping bool
 	PortMap     portmap.Config
+	// NoPortPrediction turns off RFC 6081's port prediction behind a
+	// sequential symmetric NAT (client.Config.PortProbe): the probes from
+	// a new socket, and the NAT's port pattern in client.Status.NATPorts.
+	NoPortPrediction bool
 
 	// Resolver resolves ServerNames and the names given to Dial,
 	// DialContext and HTTPClient; nil means the host's
@@ -183,12 +187,14 @@ type Stack struct {
 	cfg  Config
 	log  *slog.Logger
 	conn udpio.Conn
-	ep   *link.Endpoint
-	cl   *client.Client
-	ns   *gstack.Stack
-	disc *discoverySocket    // nil unless local discovery runs
-	dt   *discoveryTransport // nil unless discovery runs on every interface
-	pm   *portMap            // nil unless Config.PortMapping
+	// prober opens the client's port probes (portprobe.go); nil if off.
+	prober *portProber
+	ep     *link.Endpoint
+	cl     *client.Client
+	ns     *gstack.Stack
+	disc   *discoverySocket    // nil unless local discovery runs
+	dt     *discoveryTransport // nil unless discovery runs on every interface
+	pm     *portMap            // nil unless Config.PortMapping
 
 	// Events from the client are queued here and applied, in order, by
 	// the event goroutine (or by New while it waits for qualification).
@@ -287,6 +293,7 @@ func Start(cfg Config) (*Stack, error) {
 
 		MappedEndpoint: s.mappedEndpointFunc(),
 		PortMapping:    s.portMappingFunc(),
+		PortProbe:      s.portProbe(),
 	})
 	if err != nil {
 		s.conn.Close()
@@ -314,6 +321,7 @@ func (s *Stack) abort() {
 	s.closePortMap()
 	s.stopDiscovery()
 	s.cl.Close()
+	s.prober.close()
 	s.ep.Close()
 	s.conn.Close()
 }
@@ -563,6 +571,7 @@ func (s *Stack) Close() error {
 	s.mu.Unlock()
 	s.stopDiscovery()
 	s.cl.Close()
+	s.prober.close()
 	close(s.quit)
 	<-s.evDone
 	s.stopResolver()

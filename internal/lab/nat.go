@@ -25,6 +25,15 @@ const (
 	// FullCone forwards the cone port (NAT.ConePort) of the WAN address statically to
 	// the client and translates the client's outbound packets from that port to it.
 	FullCone
+	// SequentialSymmetric is a symmetric NAT that gives each new flow, from any
+	// client, the next port of a range (RFC 6081's sequential port-symmetric NAT),
+	// behind a home router's firewall; see seqnat.go.
+	SequentialSymmetric
+	// PortPreservingSymmetric is a symmetric NAT that keeps the client's port for a
+	// flow when no other flow uses that public port yet, and picks a random one
+	// otherwise (RFC 6081's port-preserving symmetric NAT), behind a home router's
+	// firewall; see seqnat.go.
+	PortPreservingSymmetric
 )
 
 // String returns the kind's short name.
@@ -38,6 +47,10 @@ func (k NATKind) String() string {
 		return "symmetric"
 	case FullCone:
 		return "full-cone"
+	case SequentialSymmetric:
+		return "sequential-symmetric"
+	case PortPreservingSymmetric:
+		return "port-preserving-symmetric"
 	}
 	return "NATKind(" + strconv.Itoa(int(k)) + ")"
 }
@@ -133,18 +146,9 @@ func (l *Lab) addNATClient(spec ClientSpec, i int, transit, sharedLAN bool) (*Ho
 	return h, nil
 }
 
-// natRuleset returns the nftables ruleset of a NAT kind.
-func natRuleset(n *NAT, client netip.Addr) (string, error) {
-	const masq = `table ip nat {
-	chain postrouting {
-		type nat hook postrouting priority srcnat; policy accept;
-		oifname "wan" masquerade%s
-	}
-}
-`
-	switch n.Kind {
-	case HomeRouter:
-		return fmt.Sprintf(masq, "") + `table inet filter {
+// homeFirewall is a home router's firewall: from the WAN only established and
+// related traffic passes, to the router and through it.
+const homeFirewall = `table inet filter {
 	chain input {
 		type filter hook input priority filter; policy accept;
 		iifname "wan" ct state established,related accept
@@ -156,7 +160,20 @@ func natRuleset(n *NAT, client netip.Addr) (string, error) {
 		iifname "wan" drop
 	}
 }
-`, nil
+`
+
+// natRuleset returns the nftables ruleset of a NAT kind.
+func natRuleset(n *NAT, client netip.Addr) (string, error) {
+	const masq = `table ip nat {
+	chain postrouting {
+		type nat hook postrouting priority srcnat; policy accept;
+		oifname "wan" masquerade%s
+	}
+}
+`
+	switch n.Kind {
+	case HomeRouter:
+		return fmt.Sprintf(masq, "") + homeFirewall, nil
 	case OpenMasquerade:
 		return fmt.Sprintf(masq, ""), nil
 	case Symmetric:
@@ -174,6 +191,8 @@ func natRuleset(n *NAT, client netip.Addr) (string, error) {
 	}
 }
 `, n.WAN, client, n.ConePort), nil
+	case SequentialSymmetric, PortPreservingSymmetric:
+		return predictableRuleset(n), nil
 	}
 	return "", fmt.Errorf("unknown NAT kind %v", n.Kind)
 }

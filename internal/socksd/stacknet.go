@@ -84,14 +84,15 @@ func (n *stackNet) Status() TeredoStatus {
 		state = client.StateQualifying.String()
 	}
 	out := TeredoStatus{
-		State:  state,
-		Addr:   c.Addr,
-		Public: c.PublicAddr,
-		Server: c.Server,
-		Mapped: c.Mapped,
-		NAT:    c.NAT.String(),
-		Peers:  c.Peers,
-		MTU:    c.MTU,
+		State:    state,
+		Addr:     c.Addr,
+		Public:   c.PublicAddr,
+		Server:   c.Server,
+		Mapped:   c.Mapped,
+		NAT:      c.NAT.String(),
+		NATPorts: c.NATPorts.String(),
+		Peers:    c.Peers,
+		MTU:      c.MTU,
 		Counters: map[string]uint64{
 			"tx_fast": c.Counters.TxFast, "tx_queued": c.Counters.TxQueued, "tx_flushed": c.Counters.TxFlushed,
 			"rx_delivered": c.Counters.RxDelivered, "rx_held_delivered": c.Counters.RxHeldDelivered,
@@ -102,6 +103,8 @@ func (n *stackNet) Status() TeredoStatus {
 			"peer_relay_fallbacks": c.Counters.PeerRelayFallbacks, "peer_relay_tx": c.Counters.PeerRelayTx,
 			"peer_relay_proved": c.Counters.PeerRelayProved, "peer_relay_server_echoes": c.Counters.PeerRelayServerEchoes,
 			"portmap_opens": c.Counters.PortMapOpens, "portmap_opened": c.Counters.PortMapOpened,
+			"port_predictions": c.Counters.PortPredictions, "port_prediction_failures": c.Counters.PortPredictionFailures,
+			"random_port_bubbles": c.Counters.RandomPortBubbles, "random_port_answers": c.Counters.RandomPortAnswers,
 			"peers_created": c.Counters.PeerTable.Created, "peers_evicted": c.Counters.PeerTable.Evicted,
 			"peers_expired": c.Counters.PeerTable.Expired, "peer_queue_drops": c.Counters.PeerTable.QueueDrops,
 			"peer_queued_dropped": c.Counters.PeerTable.Dropped,

@@ -24,8 +24,11 @@ type TeredoStatus struct {
 	Server    netip.Addr
 	Mapped    netip.AddrPort
 	NAT       string // "unknown", "restricted", "symmetric", "cone"
-	Peers     int
-	MTU       int
+	// NATPorts is how a symmetric NAT picks ports: "sequential",
+	// "port-preserving", "random", or empty (client/portpredict.go).
+	NATPorts string
+	Peers    int
+	MTU      int
 	// Counters are cumulative packet counts by name (snake_case), Drops
 	// the client's discarded packets by reason.
 	Counters map[string]uint64
@@ -69,6 +72,7 @@ type statusJSON struct {
 	ServerName string     `json:"server_name,omitempty"`
 	Mapped     string     `json:"mapped"`
 	NAT        string     `json:"nat"`
+	NATPorts   string     `json:"nat_ports,omitempty"`
 	Peers      int        `json:"peers"`
 	MTU        int        `json:"mtu"`
 	Listen     string     `json:"listen"`
@@ -103,6 +107,11 @@ var clientKeys = map[string]metrics.Key{
 	"peer_relay_proved":        {Kind: metrics.PeerEvents, Name: "relay_path_proved"},
 	"peer_relay_tx":            {Kind: metrics.Packets, Direction: metrics.TX, Name: "peer_relay"},
 	"peer_relay_server_echoes": {Kind: metrics.Packets, Direction: metrics.RX, Name: "server_echo_requests"},
+	// Port prediction behind a sequential NAT (client/portpredict.go).
+	"port_predictions":         {Kind: metrics.PeerEvents, Name: "port_predicted"},
+	"port_prediction_failures": {Kind: metrics.PeerEvents, Name: "port_prediction_failed"},
+	"random_port_bubbles":      {Kind: metrics.Packets, Direction: metrics.TX, Name: "random_port_bubbles"},
+	"random_port_answers":      {Kind: metrics.Packets, Direction: metrics.TX, Name: "random_port_answers"},
 }
 
 // clientCounters splits the client's counters into those of the shared
@@ -195,6 +204,7 @@ func (s *statusSource) snapshot() statusJSON {
 		Server:    addrString(t.Server),
 		Mapped:    addrString(t.Mapped),
 		NAT:       t.NAT,
+		NATPorts:  t.NATPorts,
 		Peers:     t.Peers,
 		MTU:       t.MTU,
 		Listen:    s.listen,

@@ -58,6 +58,7 @@ func run(ctx context.Context, args []string) error {
 	bubbleTTL := fs.Int("bubble-ttl", 0, "IPv4 `TTL` of the first direct bubbles (0: the client's default, -1: the socket's)")
 	localDiscovery := fs.Bool("local-discovery", false, "RFC 4380 local discovery (224.0.0.253:3544)")
 	noHairpin := fs.Bool("no-hairpin", false, "no RFC 6081 Alternate Address trailer in bubbles")
+	noPortPrediction := fs.Bool("no-port-prediction", false, "no RFC 6081 port prediction behind a sequential symmetric NAT")
 	portMapping := fs.Bool("portmap", false, "map the UDP port on the NAT (PCP, NAT-PMP, UPnP-IGD) before qualifying")
 	peerRelay := fs.Bool("peer-relay", false, "reach Teredo peers that bubbles cannot through a relay (stack.Config.PeerRelay, teredo-socks's default)")
 	control := fs.String("control", "127.0.0.1:7900", "control API `address`")
@@ -76,7 +77,7 @@ func run(ctx context.Context, args []string) error {
 
 	cfg := stack.Config{Logger: log, ConeProbe: *coneProbe, DisableGSO: *disableGSO}
 	cfg.BubbleTTL, cfg.LocalDiscovery, cfg.NoHairpinning = *bubbleTTL, *localDiscovery, *noHairpin
-	cfg.PortMapping, cfg.PeerRelay = *portMapping, *peerRelay
+	cfg.PortMapping, cfg.PeerRelay, cfg.NoPortPrediction = *portMapping, *peerRelay, *noPortPrediction
 	var err error
 	srv, err := netip.ParseAddr(*server)
 	if err != nil {
@@ -207,7 +208,7 @@ func (p *probe) status(w http.ResponseWriter, r *http.Request) {
 	}
 	p.mu.Unlock()
 	reply(w, map[string]any{
-		"state": c.State.String(), "nat": c.NAT.String(), "addr": c.Addr, "server": c.Server,
+		"state": c.State.String(), "nat": c.NAT.String(), "nat_ports": c.NATPorts.String(), "addr": c.Addr, "server": c.Server,
 		"mapped": c.Mapped, "mtu": c.MTU, "peers": c.Peers, "local": p.s.LocalAddr(),
 		"counters": c.Counters, "link": st.Link, "listeners": listeners, "tcp": p.tcpStats(),
 		"portmap": st.PortMap,
