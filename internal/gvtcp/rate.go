@@ -207,7 +207,10 @@ func (r *rateState) checkLoss(got uint64) {
 	queued := r.minRTT > 0 && srtt > r.minRTT+r.minRTT/4
 	share := float64(r.lastRoundRetx) / float64(max(sent, 1))
 	if sent >= rateLossMinPackets && (queued && share > rateLossShare || share > rateHeavyLossShare) {
-		r.inflightHi = max(int(rateLossBackoff*float64(r.s.SndCwnd)), rateMinCwnd)
+		// From the window before an RTO, if one just cut it: a cap set
+		// from one segment would hold the connection near nothing for
+		// many rounds (seen at 150 ms, 2 %: 0.3 MB/s uploads).
+		r.inflightHi = max(int(rateLossBackoff*float64(max(r.s.SndCwnd, r.rtoPrior))), rateMinCwnd)
 		r.cleanRounds = 0
 		return
 	}
