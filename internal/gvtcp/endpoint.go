@@ -1213,6 +1213,10 @@ func (e *Endpoint) cleanupLocked() {
 		e.snd.reorderTimer.cleanup()
 		e.snd.corkTimer.cleanup()
 	}
+	// teredo-go patch: stop the SACK compression timer (sack_compress.go).
+	if e.rcv != nil {
+		e.rcv.sackc.timer.cleanup()
+	}
 
 	if e.finWait2Timer != nil {
 		e.finWait2Timer.Stop()

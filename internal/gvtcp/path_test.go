@@ -44,9 +44,22 @@ type wire struct {
 	mu      sync.Mutex
 	free    time.Time // when the bottleneck finishes the last queued packet
 	dropped int
+	data    int // TCP segments with payload offered to the wire
+	acks    int // TCP segments without payload (pure ACKs, SYN, FIN)
 }
 
 func (w *wire) send(b []byte) {
+	if ip := header.IPv6(b); len(b) >= header.IPv6MinimumSize && ip.TransportProtocol() == header.TCPProtocolNumber {
+		if tcpHdr := header.TCP(ip.Payload()); len(tcpHdr) >= header.TCPMinimumSize {
+			w.mu.Lock()
+			if len(tcpHdr) > int(tcpHdr.DataOffset()) {
+				w.data++
+			} else {
+				w.acks++
+			}
+			w.mu.Unlock()
+		}
+	}
 	if w.bn.Rate > 0 {
 		now := time.Now()
 		w.mu.Lock()

@@ -49,6 +49,10 @@ type receiver struct {
 
 	// Time when the last ack was received.
 	lastRcvdAckTime tcpip.MonotonicTime
+
+	// teredo-go patch: sackc holds back ACKs of out-of-order segments
+	// (sack_compress.go).
+	sackc sackCompressor `state:"nosave"`
 }
 
 func newReceiver(ep *Endpoint, irs seqnum.Value, rcvWnd seqnum.Size, rcvWndScale uint8) *receiver {
@@ -512,10 +516,16 @@ func (r *receiver) handleRcvdSegment(s *segment) (drop bool, err tcpip.Error) {
 
 			// Immediately send an ack so that the peer knows it may
 			// have to retransmit.
-			r.ep.snd.sendAck()
+			//
+			// teredo-go patch: immediately for the first duplicate
+			// ACKs only, then compressed (sack_compress.go).
+			r.ackOutOfOrder()
 		}
 		return false, nil
 	}
+
+	// teredo-go patch: the ACK for the new RcvNxt replaces any held one.
+	r.ackedInOrder()
 
 	// Since we consumed a segment update the receiver's RTT estimate
 	// if required.
