@@ -122,6 +122,7 @@ func parseConfig(args []string, getenv func(string) string, stderr io.Writer) (*
 	fs.BoolVar(&c.PortMap, "portmap", true, "ask the NAT for a mapping of the client's UDP port (PCP, NAT-PMP, UPnP-IGD); -portmap=false turns it off")
 	fs.BoolVar(&c.LocalDiscovery, "local-discovery", false, "find Teredo peers on the same LAN by multicast bubbles (RFC 4380 local discovery)")
 	fs.BoolVar(&c.ConeProbe, "cone-probe", false, "after qualifying, probe whether the NAT is a cone NAT (a reply from the server's second address)")
+	fs.BoolVar(&c.PortPrediction, "port-prediction", true, "behind a NAT that gives each new flow the next port (nat_ports sequential in /status), predict the port a bubble to a new Teredo peer leaves from and tell the peer (RFC 6081 Random Port trailer); -port-prediction=false turns it off")
 	fs.BoolVar(&c.PeerRelay, "peer-relay", true, "reach a Teredo peer that bubbles cannot (you behind a symmetric NAT, it behind a home router) through a relay (-relay, or the one found for native IPv6), and accept peers that come through a relay once an echo test proves it; -peer-relay=false turns it off")
 	fs.StringVar(&relay, "relay", "", "a Teredo relay `IPv4[:port]` that carries all native IPv6 traffic instead of the one the echo test finds, and Teredo peers' traffic with -peer-relay")
 	fs.StringVar(&secondary, "secondary", "", "the Teredo server's second `IPv4` address (default: the first server's address + 1)")

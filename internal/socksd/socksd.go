@@ -48,8 +48,10 @@ type Config struct {
 	ConeProbe      bool
 	Secondary      netip.Addr
 	// PeerRelay and FixedRelay are stack.Config's.
-	PeerRelay  bool
-	FixedRelay netip.AddrPort
+	PeerRelay bool
+	// PortPrediction is !stack.Config.NoPortPrediction (-port-prediction).
+	PortPrediction bool
+	FixedRelay     netip.AddrPort
 
 	// SecondaryPort is the secondary port of a single-address server
 	// (teredo-gateway -secondary-port); zero: none.

@@ -175,18 +175,19 @@ func RealStarter(cfg *Config, log *slog.Logger, lookup func(ctx context.Context,
 // StackConfig is the stack.Config that RealStarter starts for cfg.
 func StackConfig(cfg *Config, log *slog.Logger, lookup func(ctx context.Context, network, host string) ([]netip.Addr, error)) stack.Config {
 	return stack.Config{
-		ServerNames:    cfg.Servers,
-		Resolver:       LookupFunc(lookup),
-		Secondary:      cfg.Secondary,
-		SecondaryPort:  cfg.SecondaryPort,
-		LocalAddr:      cfg.Bind,
-		Logger:         log,
-		PortMapping:    cfg.PortMap,
-		LocalDiscovery: cfg.LocalDiscovery,
-		ConeProbe:      cfg.ConeProbe,
-		PeerRelay:      cfg.PeerRelay,
-		FixedRelay:     cfg.FixedRelay,
-		TCPCongestion:  cfg.TCPCongestion,
+		ServerNames:      cfg.Servers,
+		Resolver:         LookupFunc(lookup),
+		Secondary:        cfg.Secondary,
+		SecondaryPort:    cfg.SecondaryPort,
+		LocalAddr:        cfg.Bind,
+		Logger:           log,
+		PortMapping:      cfg.PortMap,
+		LocalDiscovery:   cfg.LocalDiscovery,
+		ConeProbe:        cfg.ConeProbe,
+		PeerRelay:        cfg.PeerRelay,
+		NoPortPrediction: !cfg.PortPrediction,
+		FixedRelay:       cfg.FixedRelay,
+		TCPCongestion:    cfg.TCPCongestion,
 	}
 }
 
