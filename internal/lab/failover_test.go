@@ -141,7 +141,11 @@ func TestRelayFailover(t *testing.T) {
 		// runs on another goroutine.
 		prepare func(t *testing.T, f *failoverLab, size int64) func(ctx context.Context) error
 	}{
-		{"download", 24 << 20, 0, "tx_forwarded", func(t *testing.T, f *failoverLab, size int64) func(ctx context.Context) error {
+		// 64 MiB: the host's kernel pushes the download into the proxy's
+		// TCP buffers and the loopback sockets to curl far faster than
+		// curl's 4 MB/s reads, and a 24 MiB file sometimes fitted whole
+		// before the kill (CI, 2026-12-06: relay 1 had carried it all).
+		{"download", 64 << 20, 0, "tx_forwarded", func(t *testing.T, f *failoverLab, size int64) func(ctx context.Context) error {
 			fs := f.l.V6Host.ServeFile(t, netip.AddrPortFrom(V6HostAddr, 8080), size)
 			return func(ctx context.Context) error {
 				got, err := f.s.Host.Curl(ctx, fs.URL, "--socks5-hostname", socksListen, "--limit-rate", rate)
