@@ -7,6 +7,7 @@ import (
 	"errors"
 	"net"
 	"net/http"
+	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -59,16 +60,6 @@ func commandBinary(t *testing.T) string {
 		t.Fatal(buildErr)
 	}
 	return buildPath
-}
-
-func freeTCPPort(t *testing.T) string {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	return ln.Addr().String()
 }
 
 // process is a running teredo-socks.
@@ -151,14 +142,17 @@ func TestDemoWithCurl(t *testing.T) {
 		}
 		t.Skip("curl is not installed (apt-get install curl); skipping the end-to-end test with a real client")
 	}
-	listen, status := freeTCPPort(t), freeTCPPort(t)
-	p := startProcess(t, "-demo", "-listen", listen, "-status", status)
+	// Port 0 for both, read back from the output: a port picked free
+	// beforehand can be taken by a parallel test before teredo-socks
+	// binds it (seen in CI: "bind: address already in use").
+	p := startProcess(t, "-demo", "-listen", "127.0.0.1:0", "-status", "127.0.0.1:0")
 	m := p.out.wait(t, qualifiedRe, 60*time.Second)
-	teredo := m[1]
-	if m[2] != listen {
-		t.Fatalf("qualified line names %s, want %s", m[2], listen)
+	teredo, listen := m[1], m[2]
+	if ap, err := netip.ParseAddrPort(listen); err != nil || ap.Port() == 0 || !ap.Addr().IsLoopback() {
+		t.Fatalf("qualified line names SOCKS5 on %q, want the bound loopback address", listen)
 	}
 	p.out.wait(t, regexp.MustCompile(`^teredo-socks: NAT type: restricted$`), 15*time.Second)
+	status := p.out.wait(t, statusRe, 15*time.Second)[1]
 	p.out.wait(t, regexp.MustCompile(`demo: try +curl --socks5-hostname `+regexp.QuoteMeta(listen)+` http://\[2001:db8::80\]/`), time.Second)
 
 	for _, url := range []string{"http://[2001:db8::80]/", "http://ipv6.demo/"} {
@@ -226,7 +220,7 @@ func TestDemoWithCurl(t *testing.T) {
 
 // TestSIGINT stops the demo with Ctrl-C's signal.
 func TestSIGINT(t *testing.T) {
-	p := startProcess(t, "-demo", "-listen", freeTCPPort(t))
+	p := startProcess(t, "-demo", "-listen", "127.0.0.1:0")
 	p.out.wait(t, qualifiedRe, 60*time.Second)
 	p.cmd.Process.Signal(os.Interrupt)
 	if code := p.exit(t, 15*time.Second); code != 0 {
