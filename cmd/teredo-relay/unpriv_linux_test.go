@@ -101,7 +101,8 @@ func TestUnprivilegedRelay(t *testing.T) {
 	for i := 0; ; i++ {
 		ns.sendUDP(t, netip.MustParseAddr("2001:db8::1"), netip.AddrPortFrom(peer, 9), []byte("to a Teredo peer"))
 		st = r.status(t, ns, status)
-		if st.Counters["tx_queued"] >= 1 {
+		// The indirect bubble follows the queued packet: wait for both.
+		if st.Counters["tx_queued"] >= 1 && st.Counters["tx_bubbles_indirect"] >= 1 {
 			break
 		}
 		if i == 50 {

@@ -30,10 +30,18 @@ const (
 	soakShortRate     = 200 // short connections (a 64-byte echo each)
 	soakShortInFlight = 400 // bound on short connections in progress
 	soakUDPEvery      = 100 * time.Millisecond
-	soakDownloadEvery = 5 * time.Second  // one download started at most this often
-	soakDownloadSize  = 4 << 20          // bytes
-	soakRebindEvery   = 5 * time.Minute  // NAT rebinding (half the run if shorter)
-	soakOpTimeout     = 10 * time.Second // one short connection or UDP round trip
+	soakDownloadEvery = 5 * time.Second // one download started at most this often
+	soakDownloadSize  = 4 << 20         // bytes
+	soakRebindEvery   = 5 * time.Minute // NAT rebinding (half the run if shorter)
+	// Under this load teredo-socks's RSS rises for two to three minutes
+	// before it levels off (230-250 MiB); in a shorter run the first
+	// third after the warm-up is still on the rise and looks like growth
+	// (CI, 2-minute soak: 182 to 251 MiB, with no leak; the 30-minute
+	// run stays at 227-235). RSS is judged for growth only in runs of
+	// soakRSSJudged or more; shorter ones check it against a ceiling.
+	soakRSSJudged  = 10 * time.Minute
+	soakRSSCeiling = 400 << 20
+	soakOpTimeout  = 10 * time.Second // one short connection or UDP round trip
 )
 
 // soakDuration reads soakEnv.
@@ -102,7 +110,8 @@ func socksGoroutines(ctx context.Context, s *socksProc) (int, error) {
 // after the warm-up (a sixth of the run, at least the 60 s that closed
 // connections stay in TIME_WAIT), the maximum over the last third of the
 // samples must stay within 1.2 times the maximum over the first third, plus
-// 8 MiB or 100 goroutines of slack. It fails too on a corrupted transfer, a
+// 8 MiB or 100 goroutines of slack (RSS only in runs of soakRSSJudged or
+// more, see there). It fails too on a corrupted transfer, a
 // dead proxy, too few successful operations, or traffic that does not recover
 // at the end.
 func TestSoak(t *testing.T) {
@@ -387,14 +396,20 @@ func soakFlat(t *testing.T, samples []soakSample, warmup time.Duration) {
 		}
 		return m
 	}
-	for _, c := range []struct {
+	type check struct {
 		name  string
 		f     func(soakSample) int64
 		slack int64
-	}{
-		{"RSS", func(s soakSample) int64 { return s.rss }, 8 << 20},
-		{"goroutines", func(s soakSample) int64 { return int64(s.goroutines) }, 100},
-	} {
+	}
+	checks := []check{{"goroutines", func(s soakSample) int64 { return int64(s.goroutines) }, 100}}
+	if samples[len(samples)-1].at >= soakRSSJudged {
+		checks = append(checks, check{"RSS", func(s soakSample) int64 { return s.rss }, 8 << 20})
+	} else if m := maxOf(steady, func(s soakSample) int64 { return s.rss }); m > soakRSSCeiling {
+		t.Errorf("RSS reached %d, over the %d ceiling of a short soak", m, int64(soakRSSCeiling))
+	} else {
+		t.Logf("RSS not judged for growth in a run shorter than %v (max %d, ceiling %d)", soakRSSJudged, m, int64(soakRSSCeiling))
+	}
+	for _, c := range checks {
 		a, b := maxOf(first, c.f), maxOf(lastThird, c.f)
 		if limit := a*6/5 + c.slack; b > limit {
 			t.Errorf("%s grew: last third max %d, first third max %d (limit %d)", c.name, b, a, limit)
