@@ -1,7 +1,6 @@
 package client
 
 import (
-	"encoding/binary"
 	"net/netip"
 	"sync"
 	"sync/atomic"
@@ -195,22 +194,13 @@ func (c *Client) predictPort(dst [16]byte, l *link, now time.Time) {
 		return
 	}
 	e = &prediction{self: l.addr, pending: true, at: now}
-	e.nonce = c.probeNonce(l.addr, dst, now)
+	e.nonce = c.timedNonce("port-probe", l.addr, dst, now)
 	p.peers[dst] = e
 	p.mu.Unlock()
 	c.ctr.rs.Add(1)
 	pp.Probe(proto.AppendRS(nil, e.nonce, false), l.serverAP, retryDelay, func(reply []byte) {
 		c.probed(dst, e, reply)
 	})
-}
-
-// probeNonce is the RS nonce of a probe for the peer dst at time t: an
-// HMAC, so that no reader of Config.Rand is needed off the client's lock.
-func (c *Client) probeNonce(self, dst [16]byte, t time.Time) [8]byte {
-	var ts [8]byte
-	binary.BigEndian.PutUint64(ts[:], uint64(t.UnixNano()))
-	m := c.mac("port-probe", self[:], dst[:], ts[:])
-	return [8]byte(m[:8])
 }
 
 // evict removes expired predictions, and if none was, the oldest one;

@@ -37,9 +37,16 @@ func (c *Client) bubbleSource(peer [16]byte) netip.Addr {
 // echoNonce derives the 64-bit nonce of an echo test series towards dst
 // started at time t.
 func (c *Client) echoNonce(src, dst [16]byte, t time.Time) [8]byte {
+	return c.timedNonce("echo", src, dst, t)
+}
+
+// timedNonce is a 64-bit nonce for an exchange between src and dst started
+// at time t, keyed by label: an HMAC, so that no reader of Config.Rand is
+// needed off the client's lock.
+func (c *Client) timedNonce(label string, src, dst [16]byte, t time.Time) [8]byte {
 	var ts [8]byte
 	binary.BigEndian.PutUint64(ts[:], uint64(t.UnixNano()))
-	m := c.mac("echo", src[:], dst[:], ts[:])
+	m := c.mac(label, src[:], dst[:], ts[:])
 	return [8]byte(m[:8])
 }
 

@@ -4,7 +4,6 @@ import (
 	"net/netip"
 	"time"
 
-	"github.com/teredo-go/teredo/internal/ratelimit"
 	"github.com/teredo-go/teredo/peer"
 	"github.com/teredo-go/teredo/proto"
 )
@@ -51,26 +50,14 @@ func (r *Relay) forward(ip []byte, hairpin bool, sc *scratch) {
 		return
 	}
 	ip[7]--
-	pkt, to := r.route(ip, sc)
-	if !to.IsValid() {
-		return // queued, bubbled or dropped, and counted, by route
-	}
-	if err := r.conn.WriteTo(pkt, to); err != nil {
-		r.ctr.inc(TxErrors)
-		return
-	}
-	r.ctr.inc(RxHairpinned)
+	r.send(ip, sc, RxHairpinned)
 }
 
 // challenge bubbles the Teredo client src through its server because a
 // packet of its came from from, another mapping than its address's; the
 // answer, from its mapping towards us, makes it trusted at that mapping.
 func (r *Relay) challenge(src *[16]byte, from netip.AddrPort, now time.Time, sc *scratch) {
-	var k ratelimit.Key
-	a4 := from.Addr().As4()
-	copy(k[:4], a4[:])
-	if !r.rxLimit.Allow(k, now) {
-		r.ctr.inc(RxDropRateLimited)
+	if !r.allowSource(from, now) {
 		return
 	}
 	mapped := proto.MappedBytes(src[:])

@@ -152,15 +152,18 @@ func FuzzReceiveHairpin(f *testing.F) {
 }
 
 // teredoWatch is a null Device that notes a packet for a Teredo destination
-// other than the relay's own ICMPv6 errors (which its bubble timers write,
-// for the IPv6 side to route back to the relay).
+// other than the relay's own ICMPv6 errors (type below 128; its bubble
+// timers write them for the IPv6 side to route back to the relay): a
+// hairpinned packet, ICMPv6 informational messages included, must never
+// reach the IPv6 side.
 type teredoWatch struct {
 	nullDevice
 	teredo atomic.Bool
 }
 
 func (d *teredoWatch) WritePacket(p []byte) error {
-	if len(p) >= proto.IPv6HeaderLen && proto.IsTeredoBytes(p[24:40]) && p[6] != proto.ProtoICMPv6 {
+	ownError := p[6] == proto.ProtoICMPv6 && len(p) > proto.IPv6HeaderLen && p[proto.IPv6HeaderLen] < 128
+	if len(p) >= proto.IPv6HeaderLen && proto.IsTeredoBytes(p[24:40]) && !ownError {
 		d.teredo.Store(true)
 	}
 	return nil

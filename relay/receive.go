@@ -2,6 +2,7 @@ package relay
 
 import (
 	"net/netip"
+	"time"
 
 	"github.com/teredo-go/teredo/internal/ratelimit"
 	"github.com/teredo-go/teredo/peer"
@@ -61,11 +62,7 @@ func (r *Relay) receive(b []byte, from netip.AddrPort, sc *scratch) {
 		}
 		symmetric = true
 	}
-	var k ratelimit.Key
-	a4 := from.Addr().As4()
-	copy(k[:4], a4[:])
-	if !r.rxLimit.Allow(k, now) {
-		r.ctr.inc(RxDropRateLimited)
+	if !r.allowSource(from, now) {
 		return
 	}
 	create := !bubble && !r.cfg.DropUnknownPeers
@@ -157,4 +154,17 @@ func (r *Relay) flushDelivered(sc *scratch) {
 	}
 	clear(sc.out) // the read buffers are reused; drop the references anyway
 	sc.out = sc.out[:0]
+}
+
+// allowSource charges one packet from from's IPv4 address to the per-source
+// rate limit, counting a refusal.
+func (r *Relay) allowSource(from netip.AddrPort, now time.Time) bool {
+	var k ratelimit.Key
+	a4 := from.Addr().As4()
+	copy(k[:4], a4[:])
+	if !r.rxLimit.Allow(k, now) {
+		r.ctr.inc(RxDropRateLimited)
+		return false
+	}
+	return true
 }

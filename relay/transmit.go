@@ -13,15 +13,21 @@ import (
 // transmit handles one IPv6 packet from the Device (RFC 4380 §5.4.1),
 // sending it on its own.
 func (r *Relay) transmit(pkt []byte, sc *scratch) {
+	r.send(pkt, sc, TxForwarded)
+}
+
+// send routes pkt (see route) and, if it may go now, writes it to the peer,
+// counting it as sent.
+func (r *Relay) send(pkt []byte, sc *scratch, sent Counter) {
 	pkt, to := r.route(pkt, sc)
 	if !to.IsValid() {
-		return
+		return // queued, bubbled or dropped, and counted, by route
 	}
 	if err := r.conn.WriteTo(pkt, to); err != nil {
 		r.ctr.inc(TxErrors)
 		return
 	}
-	r.ctr.inc(TxForwarded)
+	r.ctr.inc(sent)
 }
 
 // route applies the transmit rules to one IPv6 packet from the Device. If

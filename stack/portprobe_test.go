@@ -18,10 +18,17 @@ func TestPortProber(t *testing.T) {
 	}
 	defer srv.Close()
 	to := srv.LocalAddr().(*net.UDPAddr).AddrPort()
-	main := netip.MustParseAddrPort("127.0.0.1:1")
+	// The client's own socket, really bound, so that a probe leaving from
+	// it (not from a new socket) would fail the check below.
+	own, err := net.ListenUDP("udp4", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer own.Close()
+	main := own.LocalAddr().(*net.UDPAddr).AddrPort()
 	p := &portProber{local: func() netip.AddrPort { return main }, sem: make(chan struct{}, maxPortProbes)}
 	p.ctx, p.cancel = t.Context(), func() {}
-	if p.LocalPort() != 1 {
+	if p.LocalPort() != main.Port() {
 		t.Fatalf("LocalPort %d", p.LocalPort())
 	}
 	got := make(chan []byte, 1)

@@ -233,8 +233,8 @@ func (pt *path) upload(t testing.TB, n int64, d time.Duration) (int64, bool) {
 			t.Fatalf("write: %v", err)
 		}
 	}
-	// Close only once the data is acknowledged, so that the receiver's
-	// count is what arrived within d (plus what was in flight).
+	// Close queues a FIN behind the data: the receiver reads everything
+	// sent, what arrived within d plus what was in flight.
 	c.Close()
 	select {
 	case r := <-got:

@@ -60,22 +60,25 @@ func (w *pipeWalker) classify(r header.SACKBlock) (sacked, lost bool) {
 }
 
 // setPipeWalk is SetPipe computed with a pipeWalker; see SetPipe for the
-// RFC 6675 steps, which it follows line by line.
+// RFC 6675 steps, which it follows, except that it stops at the first
+// segment at or beyond SndNxt (SetPipe only leaves that segment's inner
+// loop; the write list is in sequence order, so the later ones add
+// nothing either).
 //
 // +checklocks:s.ep.mu
 func (s *sender) setPipeWalk(w *pipeWalker) {
 	w.reset(s.ep.scoreboard)
 	pipe := 0
 	smss := seqnum.Size(s.ep.scoreboard.SMSS())
-	for s1 := s.writeList.Front(); s1 != nil && s1.payloadSize() != 0 && s.isAssignedSequenceNumber(s1); s1 = s1.Next() {
+	for s1 := s.writeList.Front(); s1 != nil; s1 = s1.Next() {
+		if s1.payloadSize() == 0 || !s.isAssignedSequenceNumber(s1) || !s1.sequenceNumber.LessThan(s.SndNxt) {
+			break
+		}
 		segEnd := s1.sequenceNumber.Add(seqnum.Size(s1.payloadSize()))
 		for startSeq := s1.sequenceNumber; startSeq.LessThan(segEnd); startSeq = startSeq.Add(smss) {
 			endSeq := startSeq.Add(smss)
 			if segEnd.LessThan(endSeq) {
 				endSeq = segEnd
-			}
-			if !s1.sequenceNumber.LessThan(s.SndNxt) {
-				break
 			}
 			sacked, lost := w.classify(header.SACKBlock{Start: startSeq, End: endSeq})
 			if sacked {

@@ -54,10 +54,11 @@ const (
 	// (and sends at least rateLossMinPackets) while the RTT shows a queue
 	// is not random loss but the queue overflowing: a bottleneck buffer
 	// shallower than the window's extra BDP, where a model that ignored
-	// loss would drop a quarter of its packets. The window is then capped at rateLossBackoff of itself,
-	// and the cap grows by an eighth every rateProbeUpRounds clean rounds
-	// until it no longer binds (BBRv2's inflight_hi, simplified). The
-	// lab's lossiest profile retransmits about 2-3 %.
+	// loss would drop a quarter of its packets. The window is then capped
+	// at rateLossBackoff of itself, and the cap grows by an eighth every
+	// rateProbeUpRounds clean rounds until it no longer binds (BBRv2's
+	// inflight_hi, simplified). The lab's lossiest profile retransmits
+	// about 2-3 %.
 	rateLossShare = 0.05
 	// rateHeavyLossShare is loss no random path loss explains, queue or
 	// not (the RTT estimate lags a queue that fills within a round).
@@ -108,18 +109,19 @@ type rateState struct {
 	priorCwnd    int
 
 	// inflightHi caps the window after a round with heavy loss; zero: no
-	// cap. roundRetransmits is the endpoint's retransmission count at the
+	// cap. cleanRounds counts the rounds since it was set or grown.
+	inflightHi  int
+	cleanRounds int
+	// roundRetransmits is the endpoint's retransmission count at the
 	// start of the round.
-	inflightHi int
+	roundRetransmits uint64
+
+	// rtoPrior is the window before the last RTO, restored when the sender
+	// leaves RTO recovery (see setCwnd).
+	rtoPrior int
+
 	// pipe is SetPipe's reusable walker (pipe.go).
 	pipe pipeWalker
-
-	// rtoPrior is the window before the last RTO, restored once the
-	// data outstanding at the RTO is acknowledged (BBR does the same).
-	rtoPrior         int
-	cleanRounds      int
-	roundRetransmits uint64
-	lastRoundRetx    uint64
 
 	// cwnd is the window the model set after the last ACK; recovery exit
 	// restores it (leaveRecovery deflates to Ssthresh first).
@@ -192,20 +194,20 @@ func (r *rateState) onAck(now tcpip.MonotonicTime, rtt time.Duration) {
 }
 
 // checkLoss sets, grows or lifts the loss cap after a round that delivered
-// got bytes.
+// got bytes and retransmitted retx segments.
 //
 // +checklocks:r.s.ep.mu
-func (r *rateState) checkLoss(got uint64) {
+func (r *rateState) checkLoss(got, retx uint64) {
 	mss := uint64(max(r.s.MaxPayloadSize, 1))
-	sent := got/mss + r.lastRoundRetx
-	r.s.rtt.Lock()
-	srtt := r.s.rtt.TCPRTTState.SRTT
-	r.s.rtt.Unlock()
+	sent := got/mss + retx
+	// RTTState is updateRTO's copy of the estimator, read under ep.mu
+	// without the estimator's own lock.
+	srtt := r.s.RTTState.SRTT
 	// Loss with the RTT near its minimum is random loss on the path; loss
 	// while a queue has built up (RTT well above the minimum) is the
 	// queue overflowing.
 	queued := r.minRTT > 0 && srtt > r.minRTT+r.minRTT/4
-	share := float64(r.lastRoundRetx) / float64(max(sent, 1))
+	share := float64(retx) / float64(max(sent, 1))
 	if sent >= rateLossMinPackets && (queued && share > rateLossShare || share > rateHeavyLossShare) {
 		// From the window before an RTO, if one just cut it: a cap set
 		// from one segment would hold the connection near nothing for
@@ -247,19 +249,20 @@ func (r *rateState) endRound(now tcpip.MonotonicTime) {
 	elapsed := now.Sub(r.roundStart)
 	got := r.delivered - r.roundDelivered
 	r.roundStart, r.roundDelivered = now, r.delivered
-	retx := r.s.ep.stats.SendErrors.Retransmits.Value()
-	r.roundRetransmits, retx = retx, retx-r.roundRetransmits
-	r.lastRoundRetx = retx
+	total := r.s.ep.stats.SendErrors.Retransmits.Value()
+	retx := total - r.roundRetransmits
+	r.roundRetransmits = total
 	// A round in which the ACK clock stopped (waiting for an RTO) or the
 	// application had nothing more to send says nothing about the path's
 	// rate: recording it would let a stall shrink the window after it.
+	sample := float64(got) / elapsed.Seconds()
 	appLimited := r.s.writeNext == nil
-	if got == 0 || r.s.state == tcpip.RTORecovery || (appLimited && float64(got)/elapsed.Seconds() < r.maxBW()) {
+	if got == 0 || r.s.state == tcpip.RTORecovery || (appLimited && sample < r.maxBW()) {
 		return
 	}
 	r.round++
-	r.bw[r.round%rateBWRounds] = float64(got) / elapsed.Seconds()
-	r.checkLoss(got)
+	r.bw[r.round%rateBWRounds] = sample
+	r.checkLoss(got, retx)
 
 	switch r.mode {
 	case rateStartup:
@@ -284,10 +287,7 @@ func (r *rateState) endRound(now tcpip.MonotonicTime) {
 func (r *rateState) setCwnd(now tcpip.MonotonicTime, deliveredBytes uint64) {
 	s := r.s
 	cwnd := s.SndCwnd
-	mss := uint64(s.MaxPayloadSize)
-	if mss == 0 {
-		mss = 1
-	}
+	mss := uint64(max(s.MaxPayloadSize, 1))
 	r.carry += deliveredBytes
 	acked := int(r.carry / mss)
 	r.carry %= mss
@@ -317,9 +317,11 @@ func (r *rateState) setCwnd(now tcpip.MonotonicTime, deliveredBytes uint64) {
 		cwnd = min(cwnd+acked, r.target(rateProbeGain))
 	}
 	if r.rtoPrior > 0 && s.state != tcpip.RTORecovery {
-		// Everything outstanding at the RTO has been acknowledged: the
-		// path delivers again, and growing back from one segment at one
-		// doubling per round would cost ten rounds (1.5 s at 150 ms).
+		// The sender left RTO recovery: the path delivers again, and
+		// growing back from one segment at one doubling per round would
+		// cost ten rounds (1.5 s at 150 ms). (It leaves RTO recovery
+		// when SndUna passes the RTO's SndNxt, but also on entering SACK
+		// recovery or Disorder, which can be before the hole is filled.)
 		cwnd = max(cwnd, min(r.rtoPrior, r.target(rateProbeGain)))
 		r.rtoPrior = 0
 	}
@@ -349,8 +351,8 @@ func (r *rateState) HandleLossDetected() {
 // HandleRTOExpired implements congestionControl.HandleRTOExpired. An RTO
 // means the ACK clock stopped, so the window restarts from one packet as in
 // every TCP; the model is kept, setCwnd grows the window at slow-start speed
-// and restores the window from before the RTO once the data outstanding then
-// is acknowledged.
+// and restores the window from before the RTO when the sender leaves RTO
+// recovery.
 //
 // +checklocks:r.s.ep.mu
 func (r *rateState) HandleRTOExpired() {
@@ -375,19 +377,19 @@ func (r *rateState) PostRecovery() {
 // each RTO restarts the window from one segment. Following RACK's principle
 // (RFC 8985: a segment is lost when one sent later has been delivered), a
 // retransmission still unacknowledged a smoothed RTT plus the larger of a
-// quarter of it and twice its variance after it was sent, while ACKs for later data keep arriving (NextSeg runs on ACKs
-// in recovery), is lost. Only the rate congestion control uses it, so Reno
-// and CUBIC keep upstream's behaviour.
+// quarter of it and twice its variance after it was sent, while ACKs for
+// later data keep arriving (NextSeg runs on ACKs in recovery), is lost.
+// Only the rate congestion control uses it, so Reno and CUBIC keep
+// upstream's behaviour.
 //
 // +checklocks:s.ep.mu
 func (s *sender) lostRetransmission(seg *segment, segSeq seqnum.Value) bool {
-	if s.ep.cc != ccRate || seg.xmitCount < 2 || seg.xmitCount > rateMaxRetransmits || !s.FastRecovery.Active ||
+	if s.ep.cc != ccRate || !s.FastRecovery.Active ||
+		seg.xmitCount < 2 || seg.xmitCount > rateMaxRetransmits ||
 		s.FastRecovery.HighRxt.LessThan(segSeq) || !segSeq.LessThan(s.ep.scoreboard.maxSACKED) {
 		return false
 	}
-	s.rtt.Lock()
-	srtt, rttvar := s.rtt.TCPRTTState.SRTT, s.rtt.TCPRTTState.RTTVar
-	s.rtt.Unlock()
+	srtt, rttvar := s.RTTState.SRTT, s.RTTState.RTTVar
 	if srtt <= 0 {
 		return false
 	}

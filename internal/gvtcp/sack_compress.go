@@ -69,8 +69,11 @@ func (r *receiver) ackOutOfOrder() {
 		c.dupAcksFor = r.RcvNxt
 		c.dupAcks = 0
 	}
-	delay := r.sackCompressDelay()
-	if !r.ep.SACKPermitted || delay <= 0 || c.dupAcks < sackImmediateDupAcks || c.held >= sackCompressMax {
+	var delay time.Duration
+	if r.ep.SACKPermitted && c.dupAcks >= sackImmediateDupAcks && c.held < sackCompressMax {
+		delay = r.sackCompressDelay()
+	}
+	if delay <= 0 {
 		if c.dupAcks < sackImmediateDupAcks {
 			c.dupAcks++
 		}
@@ -107,11 +110,11 @@ func (r *receiver) sackCompressDelay() time.Duration {
 	r.ep.rcvQueueMu.Lock()
 	rtt := r.ep.RcvAutoParams.RTT
 	r.ep.rcvQueueMu.Unlock()
-	r.ep.snd.rtt.Lock()
-	if st := r.ep.snd.rtt.TCPRTTState; st.SRTTInited && (rtt == 0 || st.SRTT < rtt) {
+	// RTTState is updateRTO's copy of the sender's estimator, written
+	// under ep.mu, which the receiver holds.
+	if st := r.ep.snd.RTTState; st.SRTTInited && (rtt == 0 || st.SRTT < rtt) {
 		rtt = st.SRTT
 	}
-	r.ep.snd.rtt.Unlock()
 	return min(sackCompressDelay, rtt/20)
 }
 
